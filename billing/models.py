@@ -1,0 +1,80 @@
+"""Payments and refunds recorded through the payment abstraction."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class PaymentMethod(models.TextChoices):
+    SANDBOX = "sandbox", "Sandbox (no real money)"
+    FREE = "free", "Free self-rental"
+    STRIPE = "stripe", "Card (Stripe)"
+
+
+class PaymentStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    SUCCEEDED = "succeeded", "Paid"
+    REFUND_PENDING = "refund_pending", "Refund pending"
+    REFUNDED = "refunded", "Refunded"
+    REFUND_FAILED = "refund_failed", "Refund failed"
+    FAILED = "failed", "Failed"
+
+
+PAYMENT_STATUS_COLOURS = {
+    PaymentStatus.PENDING: "grey",
+    PaymentStatus.SUCCEEDED: "green",
+    PaymentStatus.REFUND_PENDING: "orange",
+    PaymentStatus.REFUNDED: "blue",
+    PaymentStatus.REFUND_FAILED: "red",
+    PaymentStatus.FAILED: "red",
+}
+
+
+class Payment(models.Model):
+    """Money taken (or, for free self-rentals, explicitly not taken) for one contract period."""
+
+    contract = models.ForeignKey("marketplace.Contract", on_delete=models.PROTECT, related_name="payments")
+    method = models.CharField(max_length=16, choices=PaymentMethod.choices)
+    status = models.CharField(max_length=16, choices=PaymentStatus.choices, default=PaymentStatus.PENDING)
+    amount_cents = models.PositiveIntegerField()
+    currency = models.CharField(max_length=3)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    reference = models.CharField(max_length=120, blank=True, help_text="The payment processor's id, if any.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Payment {self.pk}: {self.amount_cents / 100:.2f} {self.currency} ({self.get_status_display()})"
+
+    @property
+    def status_colour(self) -> str:
+        return PAYMENT_STATUS_COLOURS.get(self.status, "grey")
+
+
+class Refund(models.Model):
+    """A refund of a payment, recorded before the processor is called and updated after."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    amount_cents = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    reason = models.TextField()
+    reference = models.CharField(max_length=120, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Refund {self.pk} of payment {self.payment_id}: {self.status}"

@@ -1,0 +1,85 @@
+"""The payment abstraction: collect a period's payment and refund a contract.
+
+Without Stripe configured, payments use the `sandbox` method: they succeed at once and move
+no money, and every page that shows them says so. Self-rentals use the `free` method and
+record a zero amount.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from django.conf import settings
+from django.db import transaction
+
+from billing.models import Payment, PaymentMethod, PaymentStatus, Refund
+
+logger = logging.getLogger(__name__)
+
+
+class PaymentFailed(Exception):
+    """The payment method declined the charge."""
+
+
+def _method_for(contract) -> str:
+    if contract.is_self_rental or contract.price_cents == 0:
+        return PaymentMethod.FREE
+    if settings.PAYMENT_METHOD == PaymentMethod.STRIPE:
+        # TODO: remove once Stripe Checkout lands; until then Stripe keys fall back to sandbox.
+        logger.warning("Stripe is configured but not implemented yet; contract %s pays with sandbox", contract.pk)
+    return PaymentMethod.SANDBOX
+
+
+def payment_collect(*, contract, period_start: datetime, period_end: datetime) -> Payment:
+    """Record the payment for one billing period of `contract`; sandbox and free succeed at once."""
+    method = _method_for(contract)
+    amount = 0 if method == PaymentMethod.FREE else contract.price_cents
+    payment = Payment.objects.create(
+        contract=contract,
+        method=method,
+        status=PaymentStatus.SUCCEEDED,
+        amount_cents=amount,
+        currency=contract.currency,
+        period_start=period_start,
+        period_end=period_end,
+        reference=f"{method}-{contract.public_id.hex[:12]}-{period_start:%Y%m%d%H%M%S}",
+    )
+    logger.info("Payment %s collected for contract %s: %s %s via %s", payment.pk, contract.pk, amount, contract.currency, method)
+    return payment
+
+
+@transaction.atomic
+def payment_refund_contract(*, contract, reason: str) -> list[Refund]:
+    """Refund every succeeded payment of `contract` in full.
+
+    A refund row is written first; the sandbox and free methods complete it at once. A refund
+    is only shown as done when its row says `succeeded`.
+    """
+    refunds = []
+    payments = Payment.objects.select_for_update().filter(contract=contract, status=PaymentStatus.SUCCEEDED).order_by("pk")
+    for payment in payments:
+        refund = Refund.objects.create(payment=payment, amount_cents=payment.amount_cents, reason=reason[:2000])
+        if payment.method in (PaymentMethod.SANDBOX, PaymentMethod.FREE):
+            refund.status = Refund.Status.SUCCEEDED
+            refund.reference = f"{payment.reference}-refund"
+            refund.save(update_fields=["status", "reference", "updated_at"])
+            payment.status = PaymentStatus.REFUNDED
+        else:
+            payment.status = PaymentStatus.REFUND_PENDING
+        payment.save(update_fields=["status", "updated_at"])
+        refunds.append(refund)
+        logger.info("Refund %s of payment %s for contract %s: %s", refund.pk, payment.pk, contract.pk, refund.status)
+    return refunds
+
+
+def contract_refund_state(contract) -> str:
+    """Summarise refunds for display: "", "refunded", "pending" or "failed"."""
+    statuses = set(contract.payments.values_list("status", flat=True))
+    if PaymentStatus.REFUND_FAILED in statuses:
+        return "failed"
+    if PaymentStatus.REFUND_PENDING in statuses:
+        return "pending"
+    if PaymentStatus.REFUNDED in statuses and PaymentStatus.SUCCEEDED not in statuses:
+        return "refunded"
+    return ""

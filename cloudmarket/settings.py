@@ -1,0 +1,286 @@
+"""Settings, read from the environment with safe local defaults.
+
+With no variables set the platform runs on SQLite, a file-system Celery broker, the Sandbox
+cloud backend and the sandbox payment method. `DATABASE_URL`, `REDIS_URL` and the cloud and
+payment credentials switch to the real services.
+"""
+
+import base64
+import hashlib
+from pathlib import Path
+
+import environ
+from celery.schedules import crontab
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(environ.Env().str("VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+env = environ.Env()
+
+DEBUG = env.bool("DEBUG", default=True)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY is missing: set it in the environment (DEBUG is off).")
+    SECRET_KEY = "insecure-local-development-key-do-not-use-in-production"
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_filters",
+    "django_htmx",
+    "django_celery_beat",
+    "allauth",
+    "allauth.account",
+    "marketplace",
+    "provisioning",
+    "recipes",
+    "notifications",
+    "billing",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+ROOT_URLCONF = "cloudmarket.urls"
+WSGI_APPLICATION = "cloudmarket.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "marketplace.context_processors.platform",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web, worker and scheduler are separate processes; WAL and immediate transactions let
+    # them share one SQLite file without "database is locked" errors under light load.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("CONN_MAX_AGE", default=60))
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "marketplace.User"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+LOGIN_URL = "account_login"
+LOGIN_REDIRECT_URL = "marketplace:dashboard"
+LOGOUT_REDIRECT_URL = "marketplace:catalog"
+
+# Accounts: email and password, verified email before the first sign-in.
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_USER_MODEL_USERNAME_FIELD = None
+ACCOUNT_EMAIL_VERIFICATION = env.str("ACCOUNT_EMAIL_VERIFICATION", default="mandatory")
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_CONFIRM_EMAIL_ON_GET = False
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Cloudmarket] "
+ACCOUNT_RATE_LIMITS = {
+    "login_failed": "10/m/ip,5/5m/key",
+    "signup": "20/m/ip",
+    "confirm_email": "1/3m/key",
+    "reset_password": "20/m/ip,5/m/key",
+}
+
+EMAIL_CONFIG = env.email_url("EMAIL_URL", default="consolemail://")
+vars().update(EMAIL_CONFIG)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Cloudmarket <noreply@cloudmarket.local>")
+
+REDIS_URL = env.str("REDIS_URL", default="")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "cloudmarket_cache",
+        }
+    }
+
+# Celery: Redis when REDIS_URL is set, otherwise a file-system broker under VAR_DIR that the
+# web, worker and scheduler processes on one machine share.
+if REDIS_URL:
+    CELERY_BROKER_URL = REDIS_URL
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+else:
+    _broker_dir = VAR_DIR / "broker"
+    (_broker_dir / "queue").mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "store_processed": False,
+    }
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULE = {
+    "end-expired-rentals": {
+        "task": "marketplace.tasks.end_expired_rentals_task",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    "resume-stalled-provisioning": {
+        "task": "provisioning.tasks.resume_stalled_provisioning_task",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    "retry-pending-notifications": {
+        "task": "notifications.tasks.retry_pending_notifications_task",
+        "schedule": crontab(minute="*/5"),
+        "options": {"expires": 290},
+    },
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 24,
+    "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"user": "600/min", "rent": "20/min"},
+    "EXCEPTION_HANDLER": "marketplace.api.exceptions.api_exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Cloudmarket API",
+    "DESCRIPTION": "Rent VMs and services, sell capacity, follow provisioning.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Serve Swagger UI from our own static files; the default loads it from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+
+def _encryption_keys() -> dict[str, bytes]:
+    """Parse `FIELD_ENCRYPTION_KEYS` ("id:base64key,id2:base64key"); the first key encrypts."""
+    raw = env.str("FIELD_ENCRYPTION_KEYS", default="")
+    if not raw:
+        if not DEBUG:
+            raise ImproperlyConfigured(
+                "FIELD_ENCRYPTION_KEYS is missing: set it to 'k1:<32 random bytes, base64>' "
+                "(generate one with: python -c \"import os,base64;print(base64.b64encode(os.urandom(32)).decode())\")."
+            )
+        # Local development only: derived from the development SECRET_KEY.
+        return {"dev": hashlib.sha256(("field-encryption:" + SECRET_KEY).encode()).digest()}
+    keys: dict[str, bytes] = {}
+    for item in raw.split(","):
+        key_id, _, encoded = item.strip().partition(":")
+        key = base64.b64decode(encoded)
+        if not key_id or len(key) != 32:
+            raise ImproperlyConfigured(
+                f"FIELD_ENCRYPTION_KEYS entry {key_id!r} is invalid: expected 'id:<base64 of 32 bytes>'."
+            )
+        keys[key_id] = key
+    return keys
+
+
+FIELD_ENCRYPTION_KEYS = _encryption_keys()
+FIELD_ENCRYPTION_KEY_ID = next(iter(FIELD_ENCRYPTION_KEYS))
+
+# Marketplace rules.
+PLATFORM_COMMISSION_BPS = env.int("PLATFORM_COMMISSION_BPS", default=2000)  # 20 %
+PAYMENT_METHOD = "stripe" if env.str("STRIPE_SECRET_KEY", default="") else "sandbox"
+
+# Provisioning.
+# Written into the labels of every cloud object, so two deployments sharing a cloud account
+# never touch each other's servers.
+DEPLOYMENT_NAME = env.str("DEPLOYMENT_NAME", default="local")
+PROVISIONING_LEASE_SECONDS = env.int("PROVISIONING_LEASE_SECONDS", default=120)
+HCLOUD_API_ENDPOINT = env.str("HCLOUD_API_ENDPOINT", default="https://api.hetzner.cloud/v1")
+# Port of the SSH server on created machines; tests point it at a loopback sshd.
+PROVISIONING_SSH_PORT = env.int("PROVISIONING_SSH_PORT", default=22)
+PROVISIONING_SSH_USERNAME = env.str("PROVISIONING_SSH_USERNAME", default="root")
+PROVISIONING_BOOT_TIMEOUT = env.float("PROVISIONING_BOOT_TIMEOUT", default=300.0)
+PROVISIONING_SSH_TIMEOUT = env.float("PROVISIONING_SSH_TIMEOUT", default=300.0)
+PROVISIONING_POLL_INTERVAL = env.float("PROVISIONING_POLL_INTERVAL", default=2.0)
+PROVISIONING_STALL_SECONDS = env.int("PROVISIONING_STALL_SECONDS", default=900)
+SANDBOX_BOOT_SECONDS = env.float("SANDBOX_BOOT_SECONDS", default=4.0)
+RECIPE_TIMEOUT_SECONDS = env.int("RECIPE_TIMEOUT_SECONDS", default=1800)
+RECIPE_MAX_OUTPUT_BYTES = env.int("RECIPE_MAX_OUTPUT_BYTES", default=1_000_000)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+if not DEBUG:
+    SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=True)
+    CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=True)

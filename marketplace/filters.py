@@ -1,0 +1,87 @@
+"""The catalog filter set, shared by the marketplace page and the API."""
+
+from __future__ import annotations
+
+import django_filters
+from django.db.models import Q
+
+from marketplace.models import Offering, ProductType
+
+SORT_CHOICES = [
+    ("price", "Price: low to high"),
+    ("-price", "Price: high to low"),
+    ("-vcpu", "Most vCPUs"),
+    ("vcpu", "Fewest vCPUs"),
+    ("-memory", "Most memory"),
+    ("memory", "Least memory"),
+    ("newest", "Newest"),
+]
+
+SORT_FIELDS = {
+    "price": ("price_cents", "id"),
+    "-price": ("-price_cents", "-id"),
+    "vcpu": ("vcpu", "price_cents", "id"),
+    "-vcpu": ("-vcpu", "price_cents", "id"),
+    "memory": ("memory_mib", "price_cents", "id"),
+    "-memory": ("-memory_mib", "price_cents", "id"),
+    "newest": ("-created_at", "-id"),
+}
+
+
+class OfferingFilter(django_filters.FilterSet):
+    """Catalog filters; every value lives in the URL query string."""
+
+    q = django_filters.CharFilter(method="filter_text", label="Search", max_length=200)
+    product_type = django_filters.ChoiceFilter(choices=ProductType.choices, label="Type", empty_label="Any type")
+    country = django_filters.CharFilter(method="filter_country", label="Country", max_length=2)
+    price_min = django_filters.NumberFilter(method="filter_price_min", label="Min price / month", min_value=0)
+    price_max = django_filters.NumberFilter(method="filter_price_max", label="Max price / month", min_value=0)
+    min_vcpu = django_filters.NumberFilter(field_name="vcpu", lookup_expr="gte", label="Min vCPU", min_value=0)
+    min_memory_gib = django_filters.NumberFilter(method="filter_memory", label="Min memory (GiB)", min_value=0)
+    min_disk_gb = django_filters.NumberFilter(field_name="disk_gb", lookup_expr="gte", label="Min disk (GB)", min_value=0)
+    gpu = django_filters.BooleanFilter(method="filter_gpu", label="GPU")
+    has_recipe = django_filters.BooleanFilter(method="filter_has_recipe", label="Ready-made service (has recipe)")
+    sort = django_filters.ChoiceFilter(choices=SORT_CHOICES, method="filter_sort", label="Sort", empty_label="Price: low to high")
+
+    class Meta:
+        model = Offering
+        fields: list[str] = []
+
+    def filter_queryset(self, queryset):
+        queryset = super().filter_queryset(queryset)
+        if not self.form.cleaned_data.get("sort"):
+            queryset = queryset.order_by(*SORT_FIELDS["price"])
+        return queryset
+
+    def filter_text(self, queryset, name, value):
+        value = value.strip()
+        if not value:
+            return queryset
+        return queryset.filter(
+            Q(name__icontains=value)
+            | Q(description__icontains=value)
+            | Q(city__icontains=value)
+            | Q(provider__display_name__icontains=value)
+            | Q(server_type__iexact=value)
+        )
+
+    def filter_country(self, queryset, name, value):
+        return queryset.filter(country=value.strip().upper()) if value.strip() else queryset
+
+    def filter_price_min(self, queryset, name, value):
+        return queryset.filter(price_cents__gte=int(value * 100))
+
+    def filter_price_max(self, queryset, name, value):
+        return queryset.filter(price_cents__lte=int(value * 100))
+
+    def filter_memory(self, queryset, name, value):
+        return queryset.filter(memory_mib__gte=int(value * 1024))
+
+    def filter_gpu(self, queryset, name, value):
+        return queryset.filter(gpu_count__gt=0) if value else queryset.filter(gpu_count=0)
+
+    def filter_has_recipe(self, queryset, name, value):
+        return queryset.filter(recipe_version__isnull=not value)
+
+    def filter_sort(self, queryset, name, value):
+        return queryset.order_by(*SORT_FIELDS.get(value, SORT_FIELDS["price"]))

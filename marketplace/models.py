@@ -1,0 +1,386 @@
+"""Users, provider profiles, offerings, saved SSH keys and rental contracts."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractUser, BaseUserManager
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.urls import reverse
+from django.utils import timezone
+
+
+class UserManager(BaseUserManager):
+    """Creates users identified by email address."""
+
+    use_in_migrations = True
+
+    def _create_user(self, email: str, password: str | None, **extra_fields):
+        if not email:
+            raise ValueError("An email address is required.")
+        user = self.model(email=self.normalize_email(email), **extra_fields)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_user(self, email: str, password: str | None = None, **extra_fields):
+        extra_fields.setdefault("is_staff", False)
+        extra_fields.setdefault("is_superuser", False)
+        return self._create_user(email, password, **extra_fields)
+
+    def create_superuser(self, email: str, password: str | None = None, **extra_fields):
+        extra_fields.setdefault("is_staff", True)
+        extra_fields.setdefault("is_superuser", True)
+        return self._create_user(email, password, **extra_fields)
+
+
+class User(AbstractUser):
+    """A person with an account; the same account can rent (tenant) and sell (provider)."""
+
+    username = None
+    email = models.EmailField("email address", unique=True)
+
+    USERNAME_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    objects = UserManager()
+
+    def __str__(self) -> str:
+        return self.email
+
+    @property
+    def is_provider(self) -> bool:
+        return hasattr(self, "provider_profile")
+
+
+class ProviderProfile(models.Model):
+    """A user's public identity as a seller of capacity."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="provider_profile")
+    display_name = models.CharField(max_length=80)
+    slug = models.SlugField(max_length=80, unique=True)
+    description = models.TextField(blank=True, max_length=5000)
+    website = models.URLField(blank=True)
+    country = models.CharField(
+        max_length=2, blank=True, validators=[RegexValidator(r"^[A-Z]{2}$", "Use a two-letter ISO country code, for example DE.")]
+    )
+    auto_accept = models.BooleanField(
+        default=True, help_text="Accept paid rentals at once; when off, each rental waits for your decision."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["display_name"]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+    def get_absolute_url(self) -> str:
+        return reverse("marketplace:provider", kwargs={"slug": self.slug})
+
+
+class SshKey(models.Model):
+    """An SSH public key a user saved to reuse when renting."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ssh_keys")
+    name = models.CharField(max_length=80)
+    public_key = models.TextField()
+    key_type = models.CharField(max_length=64)
+    fingerprint = models.CharField(max_length=128)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "fingerprint"], name="sshkey_unique_per_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.fingerprint})"
+
+
+class ProductType(models.TextChoices):
+    VM = "vm", "Virtual machine"
+    SERVICE = "service", "Ready-made service"
+    GPU = "gpu", "GPU machine"
+
+
+class Visibility(models.TextChoices):
+    PUBLIC = "public", "Public"
+    PRIVATE = "private", "Private"
+
+
+class StockStatus(models.TextChoices):
+    IN_STOCK = "in_stock", "In stock"
+    LIMITED = "limited", "Limited"
+    OUT_OF_STOCK = "out_of_stock", "Out of stock"
+
+
+class Offering(models.Model):
+    """Something a provider sells: a backend configuration, optional recipe and a monthly price."""
+
+    provider = models.ForeignKey(ProviderProfile, on_delete=models.PROTECT, related_name="offerings")
+    cloud_account = models.ForeignKey(
+        "provisioning.CloudAccount", on_delete=models.PROTECT, related_name="offerings"
+    )
+    name = models.CharField(max_length=120)
+    slug = models.SlugField(max_length=140, unique=True)
+    description = models.TextField(blank=True, max_length=10000)
+    product_type = models.CharField(max_length=16, choices=ProductType.choices, default=ProductType.VM)
+
+    vcpu = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(1024)])
+    memory_mib = models.PositiveIntegerField(validators=[MinValueValidator(128)])
+    disk_gb = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    gpu_model = models.CharField(max_length=80, blank=True)
+    gpu_count = models.PositiveSmallIntegerField(default=0)
+
+    country = models.CharField(max_length=2, validators=[RegexValidator(r"^[A-Z]{2}$", "Use a two-letter ISO country code, for example DE.")])
+    city = models.CharField(max_length=80)
+    location_code = models.CharField(max_length=40, help_text="The backend's location code, for example fsn1.")
+
+    server_type = models.CharField(max_length=60, help_text="The backend's server type, for example cx22.")
+    image = models.CharField(max_length=80, help_text="The image to boot, for example ubuntu-24.04.")
+    recipe_version = models.ForeignKey(
+        "recipes.RecipeVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="offerings"
+    )
+
+    price_cents = models.PositiveIntegerField(
+        validators=[MinValueValidator(0), MaxValueValidator(100_000_000)],
+        help_text="Monthly price in the currency's minor unit (cents).",
+    )
+    currency = models.CharField(max_length=3, default="EUR", validators=[RegexValidator(r"^[A-Z]{3}$", "Use a three-letter ISO 4217 code, for example EUR.")])
+    visibility = models.CharField(max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC)
+    stock_status = models.CharField(max_length=16, choices=StockStatus.choices, default=StockStatus.IN_STOCK)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["price_cents", "id"]
+        indexes = [
+            models.Index(fields=["visibility", "price_cents", "id"], name="offering_catalog_price"),
+            models.Index(fields=["visibility", "vcpu", "id"], name="offering_catalog_vcpu"),
+            models.Index(fields=["visibility", "memory_mib", "id"], name="offering_catalog_memory"),
+            models.Index(fields=["visibility", "country", "price_cents"], name="offering_catalog_country"),
+            models.Index(fields=["visibility", "product_type", "price_cents"], name="offering_catalog_type"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(gpu_count__gte=0), name="offering_gpu_count_nonnegative"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("marketplace:offering", kwargs={"slug": self.slug})
+
+    @property
+    def memory_gib(self) -> float:
+        return self.memory_mib / 1024
+
+    def is_rentable(self) -> bool:
+        return self.stock_status != StockStatus.OUT_OF_STOCK and self.cloud_account.is_usable
+
+
+class ContractStatus(models.TextChoices):
+    REQUESTED = "requested", "Awaiting payment"
+    PAID = "paid", "Paid, awaiting provider"
+    PROVISIONING = "provisioning", "Provisioning"
+    ACTIVE = "active", "Active"
+    TERMINATING = "terminating", "Terminating"
+    TERMINATED = "terminated", "Terminated"
+    REJECTED = "rejected", "Rejected"
+    CANCELLED = "cancelled", "Cancelled"
+    FAILED = "failed", "Failed"
+    TERMINATION_FAILED = "termination_failed", "Termination failed"
+
+
+#: Badge colour per contract status, used by every template that shows a status.
+CONTRACT_STATUS_COLOURS = {
+    ContractStatus.REQUESTED: "grey",
+    ContractStatus.PAID: "blue",
+    ContractStatus.PROVISIONING: "blue",
+    ContractStatus.ACTIVE: "green",
+    ContractStatus.TERMINATING: "orange",
+    ContractStatus.TERMINATED: "grey",
+    ContractStatus.REJECTED: "red",
+    ContractStatus.CANCELLED: "grey",
+    ContractStatus.FAILED: "red",
+    ContractStatus.TERMINATION_FAILED: "red",
+}
+
+ENDED_STATUSES = frozenset(
+    {ContractStatus.TERMINATED, ContractStatus.REJECTED, ContractStatus.CANCELLED, ContractStatus.FAILED}
+)
+
+
+class ProvisioningStep(models.TextChoices):
+    CREATING_SERVER = "creating_server", "Creating server"
+    WAITING_FOR_BOOT = "waiting_for_boot", "Waiting for boot"
+    WAITING_FOR_SSH = "waiting_for_ssh", "Waiting for SSH"
+    RUNNING_RECIPE = "running_recipe", "Running recipe"
+    FINALIZING = "finalizing", "Finalizing"
+
+
+PROVISIONING_STEP_ORDER = list(ProvisioningStep)
+
+
+class Contract(models.Model):
+    """One rental of one offering by one tenant, with a snapshot of what the tenant agreed to.
+
+    Only `marketplace.services.contracts` changes `status`; every change is a compare-and-set
+    that writes a `ContractEvent` in the same transaction.
+    """
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    tenant = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="contracts")
+    offering = models.ForeignKey(Offering, on_delete=models.PROTECT, related_name="contracts")
+    provider = models.ForeignKey(ProviderProfile, on_delete=models.PROTECT, related_name="contracts")
+    cloud_account = models.ForeignKey("provisioning.CloudAccount", on_delete=models.PROTECT, related_name="contracts")
+
+    status = models.CharField(max_length=24, choices=ContractStatus.choices, default=ContractStatus.REQUESTED)
+    provisioning_step = models.CharField(max_length=24, choices=ProvisioningStep.choices, blank=True)
+    status_reason = models.TextField(blank=True)
+    # Set once per submitted rent form, so a second click or a replayed request finds the
+    # contract the first one created.
+    idempotency_key = models.CharField(max_length=64)
+
+    # Snapshot of the offering at rental time.
+    offering_name = models.CharField(max_length=120)
+    price_cents = models.PositiveIntegerField()
+    currency = models.CharField(max_length=3)
+    billing_period = models.CharField(max_length=16, default="month")
+    commission_bps = models.PositiveIntegerField()
+    is_self_rental = models.BooleanField(default=False)
+    vcpu = models.PositiveSmallIntegerField()
+    memory_mib = models.PositiveIntegerField()
+    disk_gb = models.PositiveIntegerField()
+    gpu_model = models.CharField(max_length=80, blank=True)
+    gpu_count = models.PositiveSmallIntegerField(default=0)
+    country = models.CharField(max_length=2)
+    city = models.CharField(max_length=80)
+    location_code = models.CharField(max_length=40)
+    backend = models.CharField(max_length=16)
+    server_type = models.CharField(max_length=60)
+    image = models.CharField(max_length=80)
+    recipe_version = models.ForeignKey(
+        "recipes.RecipeVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="contracts"
+    )
+    recipe_script = models.TextField(blank=True)
+
+    ssh_public_key = models.TextField()
+    ssh_key_fingerprint = models.CharField(max_length=128)
+
+    # Provisioning results.
+    cloud_server_id = models.CharField(max_length=64, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    ssh_port = models.PositiveIntegerField(default=22)
+    ssh_username = models.CharField(max_length=32, default="root")
+    host_public_key = models.TextField(blank=True)
+    # The per-contract platform key's private half, AES-256-GCM encrypted (see provisioning.crypto).
+    platform_key_ciphertext = models.TextField(blank=True)
+    platform_key_key_id = models.CharField(max_length=32, blank=True)
+    platform_public_key = models.TextField(blank=True)
+    host_key_ciphertext = models.TextField(blank=True)
+    host_key_key_id = models.CharField(max_length=32, blank=True)
+
+    # Work in flight: the worker holding the provisioning or termination lease.
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    paid_until = models.DateTimeField(null=True, blank=True)
+    cancel_at_period_end = models.BooleanField(default=False)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "idempotency_key"], name="contract_idempotency_per_tenant"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "paid_until"], name="contract_status_paid_until"),
+            models.Index(fields=["status", "lease_expires_at"], name="contract_status_lease"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Contract {self.pk} ({self.offering_name})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("marketplace:rental", kwargs={"public_id": self.public_id})
+
+    @property
+    def status_colour(self) -> str:
+        return CONTRACT_STATUS_COLOURS.get(self.status, "grey")
+
+    @property
+    def is_ended(self) -> bool:
+        return self.status in ENDED_STATUSES
+
+    @property
+    def ssh_command(self) -> str:
+        if not self.ip_address:
+            return ""
+        port = "" if self.ssh_port == 22 else f" -p {self.ssh_port}"
+        return f"ssh{port} {self.ssh_username}@{self.ip_address}"
+
+    @property
+    def is_sandbox(self) -> bool:
+        return self.backend == "sandbox"
+
+    def step_states(self) -> list[tuple[str, str, str]]:
+        """Return (step value, label, "done" | "current" | "pending") for the progress list."""
+        current = self.provisioning_step
+        past_provisioning = self.status in {ContractStatus.ACTIVE, ContractStatus.TERMINATING, ContractStatus.TERMINATED}
+        result = []
+        seen_current = False
+        for step in PROVISIONING_STEP_ORDER:
+            if past_provisioning:
+                state = "done"
+            elif step == current:
+                state = "failed" if self.status == ContractStatus.FAILED else "current"
+                seen_current = True
+            elif current and not seen_current:
+                state = "done"
+            else:
+                state = "pending"
+            result.append((step.value, step.label, state))
+        return result
+
+    def can_cancel(self) -> bool:
+        return self.status in {ContractStatus.REQUESTED, ContractStatus.PAID} or (
+            self.status == ContractStatus.ACTIVE and not self.cancel_at_period_end
+        )
+
+    def can_accept(self) -> bool:
+        return self.status == ContractStatus.PAID
+
+    def can_retry_provisioning(self) -> bool:
+        return self.status == ContractStatus.PROVISIONING
+
+
+class ContractEvent(models.Model):
+    """One change of a contract's status or provisioning step, with who made it and why."""
+
+    contract = models.ForeignKey(Contract, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=24, blank=True)
+    to_status = models.CharField(max_length=24)
+    step = models.CharField(max_length=24, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor_label = models.CharField(max_length=64, help_text="'tenant', 'provider', 'staff', 'system' or a worker id.")
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.from_status or '-'} -> {self.to_status} ({self.step})"

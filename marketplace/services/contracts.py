@@ -1,0 +1,471 @@
+"""Every change of a contract's status: one function per transition.
+
+Each function locks the contract row, checks the current status (compare-and-set), writes the
+change and a `ContractEvent` in one transaction, and schedules side effects (Celery tasks,
+notifications, refunds at the processor) with `transaction.on_commit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from marketplace.models import (
+    Contract,
+    ContractEvent,
+    ContractStatus,
+    Offering,
+    ProvisioningStep,
+    StockStatus,
+    User,
+    Visibility,
+)
+from marketplace.periods import add_months
+from marketplace.sshkeys import parse_public_key
+
+logger = logging.getLogger(__name__)
+
+
+class InvalidTransition(Exception):
+    """The contract is not in a status from which the requested change is allowed."""
+
+    def __init__(self, contract: Contract, action: str):
+        super().__init__(
+            f"Contract {contract.pk} cannot {action}: it is {contract.get_status_display().lower()}."
+        )
+        self.contract = contract
+        self.action = action
+
+
+def _lock(contract_id: int) -> Contract:
+    return Contract.objects.select_for_update().select_related("offering", "provider__user", "tenant").get(
+        pk=contract_id
+    )
+
+
+def _record(
+    contract: Contract,
+    *,
+    to_status: str,
+    actor: User | None,
+    actor_label: str,
+    reason: str = "",
+    step: str = "",
+    from_status: str | None = None,
+) -> ContractEvent:
+    return ContractEvent.objects.create(
+        contract=contract,
+        from_status=contract.status if from_status is None else from_status,
+        to_status=to_status,
+        step=step,
+        actor=actor,
+        actor_label=actor_label,
+        reason=reason[:5000],
+    )
+
+
+def _move(
+    contract: Contract,
+    *,
+    allowed_from: Iterable[str],
+    to_status: str,
+    action: str,
+    actor: User | None,
+    actor_label: str,
+    reason: str = "",
+    step: str = "",
+    **fields,
+) -> Contract:
+    """Compare-and-set the status of a locked contract and write its history row."""
+    allowed = set(allowed_from)
+    if contract.status not in allowed:
+        raise InvalidTransition(contract, action)
+    from_status = contract.status
+    fields.setdefault("provisioning_step", step)
+    updated = Contract.objects.filter(pk=contract.pk, status=from_status).update(
+        status=to_status, status_reason=reason[:5000], updated_at=timezone.now(), **fields
+    )
+    if updated != 1:  # Only reachable without row locks (SQLite); the check above raced.
+        raise InvalidTransition(contract, action)
+    _record(contract, to_status=to_status, actor=actor, actor_label=actor_label, reason=reason, step=step, from_status=from_status)
+    contract.refresh_from_db()
+    logger.info("Contract %s: %s -> %s by %s (%s)", contract.pk, from_status, to_status, actor_label, reason[:200])
+    return contract
+
+
+# --- creation and payment -------------------------------------------------------------------
+
+
+def contract_create(
+    *, tenant: User, offering: Offering, ssh_public_key: str, idempotency_key: str
+) -> tuple[Contract, bool]:
+    """Create a rental request, or return the one this idempotency key already created."""
+    existing = Contract.objects.filter(tenant=tenant, idempotency_key=idempotency_key).first()
+    if existing is not None:
+        return existing, False
+
+    parsed = parse_public_key(ssh_public_key)
+    offering = Offering.objects.select_related("provider__user", "cloud_account", "recipe_version").get(pk=offering.pk)
+    is_self_rental = offering.provider.user_id == tenant.pk
+    if offering.visibility != Visibility.PUBLIC and not is_self_rental:
+        raise ValidationError("This offering is private and cannot be rented.")
+    if offering.stock_status == StockStatus.OUT_OF_STOCK:
+        raise ValidationError("This offering is out of stock.")
+    if not offering.cloud_account.is_usable:
+        raise ValidationError("This offering is unavailable because the provider's cloud account needs attention.")
+
+    version = offering.recipe_version
+    contract = Contract(
+        tenant=tenant,
+        offering=offering,
+        provider=offering.provider,
+        cloud_account=offering.cloud_account,
+        idempotency_key=idempotency_key,
+        offering_name=offering.name,
+        price_cents=0 if is_self_rental else offering.price_cents,
+        currency=offering.currency,
+        commission_bps=settings.PLATFORM_COMMISSION_BPS,
+        is_self_rental=is_self_rental,
+        vcpu=offering.vcpu,
+        memory_mib=offering.memory_mib,
+        disk_gb=offering.disk_gb,
+        gpu_model=offering.gpu_model,
+        gpu_count=offering.gpu_count,
+        country=offering.country,
+        city=offering.city,
+        location_code=offering.location_code,
+        backend=offering.cloud_account.backend,
+        server_type=offering.server_type,
+        image=offering.image,
+        recipe_version=version,
+        recipe_script=version.script if version else "",
+        ssh_public_key=parsed.normalized,
+        ssh_key_fingerprint=parsed.fingerprint_sha256,
+    )
+    try:
+        with transaction.atomic():
+            contract.save()
+            _record(contract, to_status=ContractStatus.REQUESTED, actor=tenant, actor_label="tenant", from_status="")
+    except IntegrityError:
+        # A concurrent submit with the same key won the insert; return its contract.
+        existing = Contract.objects.filter(tenant=tenant, idempotency_key=idempotency_key).first()
+        if existing is None:
+            raise
+        return existing, False
+    logger.info("Contract %s requested by user %s for offering %s", contract.pk, tenant.pk, offering.pk)
+    return contract, True
+
+
+def new_idempotency_key() -> str:
+    return secrets.token_urlsafe(24)
+
+
+@transaction.atomic
+def contract_pay(*, contract: Contract, actor: User) -> Contract:
+    """Collect the first period's payment and move the contract to `paid`.
+
+    The provider's auto-accept (or a self-rental) accepts at once in the same transaction.
+    """
+    from billing.services import payment_collect
+
+    contract = _lock(contract.pk)
+    if contract.status != ContractStatus.REQUESTED:
+        raise InvalidTransition(contract, "be paid")
+    now = timezone.now()
+    period_end = add_months(now, 1)
+    payment = payment_collect(contract=contract, period_start=now, period_end=period_end)
+    contract = _move(
+        contract,
+        allowed_from={ContractStatus.REQUESTED},
+        to_status=ContractStatus.PAID,
+        action="be paid",
+        actor=actor,
+        actor_label="tenant",
+        reason=f"Paid with {payment.get_method_display()}.",
+        paid_at=now,
+        paid_until=period_end,
+    )
+    _notify(contract, "rental_paid", to_tenant=False)
+    if contract.is_self_rental or contract.provider.auto_accept:
+        contract = _accept(contract, actor=None, actor_label="system", reason="Accepted automatically.")
+    return contract
+
+
+# --- provider decisions ---------------------------------------------------------------------
+
+
+def _accept(contract: Contract, *, actor: User | None, actor_label: str, reason: str) -> Contract:
+    from provisioning.tasks import provision_contract_task
+
+    contract = _move(
+        contract,
+        allowed_from={ContractStatus.PAID},
+        to_status=ContractStatus.PROVISIONING,
+        action="be accepted",
+        actor=actor,
+        actor_label=actor_label,
+        reason=reason,
+        step=ProvisioningStep.CREATING_SERVER,
+    )
+    contract_id = contract.pk
+    transaction.on_commit(lambda: provision_contract_task.delay(contract_id))
+    return contract
+
+
+@transaction.atomic
+def contract_accept(*, contract: Contract, actor: User) -> Contract:
+    contract = _lock(contract.pk)
+    _require_provider(contract, actor)
+    return _accept(contract, actor=actor, actor_label="provider", reason="Accepted by the provider.")
+
+
+@transaction.atomic
+def contract_reject(*, contract: Contract, actor: User, reason: str) -> Contract:
+    from billing.services import payment_refund_contract
+
+    contract = _lock(contract.pk)
+    _require_provider(contract, actor)
+    reason = reason.strip() or "Rejected by the provider."
+    contract = _move(
+        contract,
+        allowed_from={ContractStatus.PAID},
+        to_status=ContractStatus.REJECTED,
+        action="be rejected",
+        actor=actor,
+        actor_label="provider",
+        reason=reason,
+        ended_at=timezone.now(),
+    )
+    payment_refund_contract(contract=contract, reason=f"Rejected by the provider: {reason}")
+    _notify(contract, "rental_rejected")
+    return contract
+
+
+def _require_provider(contract: Contract, actor: User) -> None:
+    if contract.provider.user_id != actor.pk and not actor.is_staff:
+        raise PermissionError(f"User {actor.pk} is not the provider of contract {contract.pk}.")
+
+
+# --- provisioning progress (called by workers) ------------------------------------------------
+
+
+@transaction.atomic
+def contract_set_step(*, contract_id: int, step: str, worker: str) -> Contract:
+    contract = _lock(contract_id)
+    if contract.status != ContractStatus.PROVISIONING:
+        raise InvalidTransition(contract, f"enter step {step}")
+    if contract.provisioning_step == step:
+        return contract
+    Contract.objects.filter(pk=contract.pk).update(provisioning_step=step, updated_at=timezone.now())
+    _record(contract, to_status=contract.status, actor=None, actor_label=worker, step=step)
+    contract.refresh_from_db()
+    return contract
+
+
+@transaction.atomic
+def contract_activate(*, contract_id: int, worker: str) -> Contract:
+    contract = _lock(contract_id)
+    if not contract.cloud_server_id or not contract.ip_address:
+        raise InvalidTransition(contract, "become active without a server address")
+    contract = _move(
+        contract,
+        allowed_from={ContractStatus.PROVISIONING},
+        to_status=ContractStatus.ACTIVE,
+        action="become active",
+        actor=None,
+        actor_label=worker,
+        reason="Server is running and the recipe succeeded." if contract.recipe_script else "Server is running.",
+        step="",
+        activated_at=timezone.now(),
+        lease_owner="",
+        lease_expires_at=None,
+    )
+    _notify(contract, "rental_active")
+    return contract
+
+
+@transaction.atomic
+def contract_fail(*, contract_id: int, reason: str, actor_label: str = "system", actor: User | None = None) -> Contract:
+    """Fail a paid or provisioning contract: refund in full and delete what was created."""
+    from billing.services import payment_refund_contract
+    from provisioning.tasks import cleanup_contract_servers_task
+
+    contract = _lock(contract_id)
+    step = contract.provisioning_step
+    contract = _move(
+        contract,
+        allowed_from={ContractStatus.PAID, ContractStatus.PROVISIONING},
+        to_status=ContractStatus.FAILED,
+        action="fail",
+        actor=actor,
+        actor_label=actor_label,
+        reason=reason,
+        step=step,
+        ended_at=timezone.now(),
+        lease_owner="",
+        lease_expires_at=None,
+    )
+    payment_refund_contract(contract=contract, reason=f"Provisioning failed: {reason}")
+    contract_pk = contract.pk
+    transaction.on_commit(lambda: cleanup_contract_servers_task.delay(contract_pk))
+    _notify(contract, "rental_failed")
+    return contract
+
+
+# --- cancellation and termination ----------------------------------------------------------
+
+
+@transaction.atomic
+def contract_cancel(*, contract: Contract, actor: User) -> Contract:
+    """Cancel on the tenant's request.
+
+    Before payment the request is dropped; after payment but before acceptance it is refunded.
+    An active rental ends at the end of its paid period, except Sandbox and self-rentals, which
+    have nothing to pay for and end at once.
+    """
+    from billing.services import payment_refund_contract
+
+    contract = _lock(contract.pk)
+    if contract.tenant_id != actor.pk and not actor.is_staff:
+        raise PermissionError(f"User {actor.pk} is not the tenant of contract {contract.pk}.")
+    label = "tenant" if contract.tenant_id == actor.pk else "staff"
+
+    if contract.status == ContractStatus.REQUESTED:
+        return _move(
+            contract, allowed_from={ContractStatus.REQUESTED}, to_status=ContractStatus.CANCELLED,
+            action="be cancelled", actor=actor, actor_label=label, reason="Cancelled before payment.",
+            ended_at=timezone.now(),
+        )
+    if contract.status == ContractStatus.PAID:
+        contract = _move(
+            contract, allowed_from={ContractStatus.PAID}, to_status=ContractStatus.CANCELLED,
+            action="be cancelled", actor=actor, actor_label=label,
+            reason="Cancelled before the provider accepted; refunded in full.", ended_at=timezone.now(),
+        )
+        payment_refund_contract(contract=contract, reason="Cancelled before acceptance.")
+        _notify(contract, "rental_cancelled")
+        return contract
+    if contract.status == ContractStatus.ACTIVE:
+        if contract.is_sandbox or contract.is_self_rental:
+            return _begin_termination(contract, actor=actor, actor_label=label, reason="Cancelled by the tenant.")
+        if contract.cancel_at_period_end:
+            return contract
+        Contract.objects.filter(pk=contract.pk).update(cancel_at_period_end=True, updated_at=timezone.now())
+        _record(
+            contract, to_status=contract.status, actor=actor, actor_label=label,
+            reason=f"Cancelled by the tenant; runs until the end of the paid period ({contract.paid_until:%Y-%m-%d %H:%M} UTC).",
+        )
+        contract.refresh_from_db()
+        _notify(contract, "rental_cancelled")
+        return contract
+    raise InvalidTransition(contract, "be cancelled")
+
+
+def _begin_termination(contract: Contract, *, actor: User | None, actor_label: str, reason: str) -> Contract:
+    from provisioning.tasks import terminate_contract_task
+
+    contract = _move(
+        contract,
+        allowed_from={ContractStatus.ACTIVE, ContractStatus.TERMINATION_FAILED},
+        to_status=ContractStatus.TERMINATING,
+        action="be terminated",
+        actor=actor,
+        actor_label=actor_label,
+        reason=reason,
+        attempts=0,
+    )
+    contract_pk = contract.pk
+    transaction.on_commit(lambda: terminate_contract_task.delay(contract_pk))
+    return contract
+
+
+@transaction.atomic
+def contract_terminate(*, contract: Contract, actor: User | None, actor_label: str, reason: str) -> Contract:
+    """Start deleting the server now (staff, provider ending the rental, or period end)."""
+    contract = _lock(contract.pk)
+    return _begin_termination(contract, actor=actor, actor_label=actor_label, reason=reason)
+
+
+@transaction.atomic
+def contract_mark_terminated(*, contract_id: int, worker: str) -> Contract:
+    contract = _lock(contract_id)
+    contract = _move(
+        contract,
+        allowed_from={ContractStatus.TERMINATING},
+        to_status=ContractStatus.TERMINATED,
+        action="be marked terminated",
+        actor=None,
+        actor_label=worker,
+        reason="Server deleted.",
+        ended_at=timezone.now(),
+        lease_owner="",
+        lease_expires_at=None,
+    )
+    _notify(contract, "rental_terminated")
+    return contract
+
+
+@transaction.atomic
+def contract_mark_termination_failed(*, contract_id: int, worker: str, reason: str) -> Contract:
+    contract = _lock(contract_id)
+    contract = _move(
+        contract,
+        allowed_from={ContractStatus.TERMINATING},
+        to_status=ContractStatus.TERMINATION_FAILED,
+        action="be marked termination failed",
+        actor=None,
+        actor_label=worker,
+        reason=reason,
+        lease_owner="",
+        lease_expires_at=None,
+    )
+    _notify(contract, "termination_failed", to_tenant=False, to_staff=True)
+    return contract
+
+
+def contracts_end_expired(*, now: datetime | None = None) -> list[int]:
+    """End or renew every active rental whose paid period is over; return the ended ids.
+
+    A rental cancelled for period end is terminated. Otherwise the next period is collected
+    through the payment abstraction (instant for sandbox and free rentals).
+    """
+    from billing.services import payment_collect
+
+    now = now or timezone.now()
+    ended: list[int] = []
+    due = Contract.objects.filter(status=ContractStatus.ACTIVE, paid_until__lte=now).values_list("pk", flat=True)
+    for contract_id in list(due):
+        with transaction.atomic():
+            contract = _lock(contract_id)
+            if contract.status != ContractStatus.ACTIVE or contract.paid_until is None or contract.paid_until > now:
+                continue
+            if contract.cancel_at_period_end:
+                _begin_termination(contract, actor=None, actor_label="system", reason="The paid period ended.")
+                ended.append(contract_id)
+                continue
+            anchor = contract.paid_at.day if contract.paid_at else None
+            start = contract.paid_until
+            end = add_months(start, 1, anchor_day=anchor)
+            payment_collect(contract=contract, period_start=start, period_end=end)
+            Contract.objects.filter(pk=contract.pk).update(paid_until=end, updated_at=timezone.now())
+            _record(contract, to_status=contract.status, actor=None, actor_label="system",
+                    reason=f"Renewed until {end:%Y-%m-%d %H:%M} UTC.")
+    return ended
+
+
+# --- notifications --------------------------------------------------------------------------
+
+
+def _notify(contract: Contract, event: str, *, to_tenant: bool = True, to_provider: bool = True, to_staff: bool = False) -> None:
+    from notifications.services import notify_contract_event
+
+    notify_contract_event(
+        event=event, contract=contract, to_tenant=to_tenant, to_provider=to_provider, to_staff=to_staff
+    )

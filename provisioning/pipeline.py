@@ -1,0 +1,340 @@
+"""The provisioning pipeline: create server -> wait for boot -> wait for SSH -> run recipe -> active.
+
+A worker claims a contract with a lease (owner token plus expiry) before it acts, renews the
+lease while it waits, and persists each step before starting the next, so another worker can
+resume after a crash. The cloud server id is stored the moment the cloud returns it. Cloud
+calls never run inside a database transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import F, Q
+from django.utils import timezone
+
+from marketplace.models import Contract, ContractStatus, ProvisioningStep
+from marketplace.services import contracts as contract_services
+from provisioning import crypto
+from provisioning.backends import get_backend
+from provisioning.backends.base import CloudBackend, ServerInfo, ServerNotFound, ServerSpec
+from recipes.models import RecipeLogChunk, RecipeRun, RecipeRunStatus
+
+logger = logging.getLogger(__name__)
+
+PLATFORM_KEY_BINDING = "marketplace.Contract.platform_key"
+HOST_KEY_BINDING = "marketplace.Contract.host_key"
+
+
+class LeaseLost(Exception):
+    """Another worker took over this contract; the current worker must stop touching it."""
+
+
+class ProvisioningError(Exception):
+    """A provisioning step failed for good; the message is shown to tenant and provider."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    contract_id: int
+    owner: str
+
+
+def contract_labels(contract: Contract) -> dict[str, str]:
+    return {"cloudmarket-contract": str(contract.pk), "cloudmarket-deployment": settings.DEPLOYMENT_NAME}
+
+
+def lease_claim(*, contract_id: int, owner: str, status: str = ContractStatus.PROVISIONING) -> Lease | None:
+    """Take the contract's lease if it is free, expired or already ours; None if another worker has it."""
+    now = timezone.now()
+    claimed = (
+        Contract.objects.filter(pk=contract_id, status=status)
+        .filter(Q(lease_owner="") | Q(lease_expires_at__lt=now) | Q(lease_owner=owner))
+        .update(
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=settings.PROVISIONING_LEASE_SECONDS),
+            attempts=F("attempts") + 1,
+        )
+    )
+    return Lease(contract_id, owner) if claimed else None
+
+
+def lease_renew(lease: Lease) -> None:
+    renewed = Contract.objects.filter(pk=lease.contract_id, lease_owner=lease.owner).update(
+        lease_expires_at=timezone.now() + timedelta(seconds=settings.PROVISIONING_LEASE_SECONDS)
+    )
+    if not renewed:
+        raise LeaseLost(f"Worker {lease.owner} no longer holds the lease on contract {lease.contract_id}.")
+
+
+def lease_release(lease: Lease) -> None:
+    Contract.objects.filter(pk=lease.contract_id, lease_owner=lease.owner).update(lease_owner="", lease_expires_at=None)
+
+
+def _reload(lease: Lease) -> Contract:
+    contract = Contract.objects.select_related("cloud_account").get(pk=lease.contract_id)
+    if contract.lease_owner != lease.owner:
+        raise LeaseLost(f"Worker {lease.owner} no longer holds the lease on contract {lease.contract_id}.")
+    return contract
+
+
+def _set_step(lease: Lease, step: str) -> Contract:
+    lease_renew(lease)
+    contract_services.contract_set_step(contract_id=lease.contract_id, step=step, worker=lease.owner)
+    return _reload(lease)
+
+
+def _ensure_keys(contract: Contract) -> None:
+    """Generate the per-contract platform key and the VM's host key once, encrypted at rest."""
+    if contract.platform_public_key and contract.host_public_key:
+        return
+    from recipes.keys import generate_keypair
+
+    platform_key = generate_keypair(f"cloudmarket-contract-{contract.pk}")
+    host_key = generate_keypair(f"cloudmarket-host-{contract.pk}")
+    platform_sealed = crypto.encrypt(platform_key.private_openssh, associated_data=PLATFORM_KEY_BINDING)
+    host_sealed = crypto.encrypt(host_key.private_openssh, associated_data=HOST_KEY_BINDING)
+    # Only the first worker's keys are kept; a concurrent second writer updates nothing.
+    Contract.objects.filter(pk=contract.pk, platform_public_key="").update(
+        platform_public_key=platform_key.public_line,
+        platform_key_ciphertext=platform_sealed.ciphertext,
+        platform_key_key_id=platform_sealed.key_id,
+        host_public_key=host_key.public_line,
+        host_key_ciphertext=host_sealed.ciphertext,
+        host_key_key_id=host_sealed.key_id,
+    )
+
+
+def platform_private_key(contract: Contract) -> str:
+    return crypto.decrypt(
+        crypto.EncryptedValue(contract.platform_key_ciphertext, contract.platform_key_key_id),
+        associated_data=PLATFORM_KEY_BINDING,
+    )
+
+
+def host_private_key(contract: Contract) -> str:
+    return crypto.decrypt(
+        crypto.EncryptedValue(contract.host_key_ciphertext, contract.host_key_key_id), associated_data=HOST_KEY_BINDING
+    )
+
+
+def _server_spec(contract: Contract) -> ServerSpec:
+    from recipes.keys import KeyPair, cloud_config_user_data
+
+    host_key = KeyPair(private_openssh=host_private_key(contract), public_line=contract.host_public_key)
+    return ServerSpec(
+        name=f"cm-{settings.DEPLOYMENT_NAME}-{contract.pk}",
+        server_type=contract.server_type,
+        image=contract.image,
+        location=contract.location_code,
+        labels=contract_labels(contract),
+        ssh_public_keys=(contract.ssh_public_key, contract.platform_public_key),
+        user_data=cloud_config_user_data(host_key=host_key),
+    )
+
+
+def _create_server(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
+    if contract.cloud_server_id:
+        try:
+            backend.get_server(contract.cloud_server_id)
+            return contract
+        except ServerNotFound:
+            logger.warning("Contract %s: stored server %s is gone; creating again", contract.pk, contract.cloud_server_id)
+    logger.info("Contract %s: creating server (%s, %s, %s)", contract.pk, contract.server_type, contract.image, contract.location_code)
+    info = backend.create_server(_server_spec(contract))
+    # Store the id before anything else can fail, so a crash after this line cannot leak it.
+    Contract.objects.filter(pk=contract.pk, lease_owner=lease.owner).update(
+        cloud_server_id=info.id, ssh_port=backend.ssh_port, ssh_username=backend.ssh_username
+    )
+    logger.info("Contract %s: server %s created", contract.pk, info.id)
+    return _reload(lease)
+
+
+def _wait_for_boot(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
+    deadline = time.monotonic() + settings.PROVISIONING_BOOT_TIMEOUT
+    interval = settings.PROVISIONING_POLL_INTERVAL
+    while True:
+        info: ServerInfo = backend.get_server(contract.cloud_server_id)
+        if info.is_running:
+            Contract.objects.filter(pk=contract.pk, lease_owner=lease.owner).update(ip_address=info.ipv4)
+            logger.info("Contract %s: server %s running at %s", contract.pk, info.id, info.ipv4)
+            return _reload(lease)
+        if time.monotonic() > deadline:
+            raise ProvisioningError(
+                f"The server did not finish booting within {settings.PROVISIONING_BOOT_TIMEOUT:.0f} seconds "
+                f"(last status: {info.status})."
+            )
+        lease_renew(lease)
+        time.sleep(interval)
+
+
+def _wait_for_ssh(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
+    if not backend.executes_recipes:
+        return contract
+    from recipes.runner import SshUnreachable, wait_for_ssh
+
+    try:
+        wait_for_ssh(
+            host=contract.ip_address,
+            port=contract.ssh_port,
+            username=contract.ssh_username,
+            client_private_key=platform_private_key(contract),
+            host_public_key=contract.host_public_key,
+            deadline_seconds=settings.PROVISIONING_SSH_TIMEOUT,
+            interval=min(2.0, settings.PROVISIONING_POLL_INTERVAL),
+        )
+    except SshUnreachable as exc:
+        raise ProvisioningError(
+            f"The server never became reachable over SSH within {settings.PROVISIONING_SSH_TIMEOUT:.0f} seconds: {exc}"
+        ) from exc
+    lease_renew(lease)
+    return contract
+
+
+def _run_recipe(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
+    if not contract.recipe_script.strip():
+        return contract
+    run = RecipeRun.objects.create(
+        contract=contract,
+        executed=backend.executes_recipes,
+        timeout_seconds=settings.RECIPE_TIMEOUT_SECONDS,
+    )
+    if not backend.executes_recipes:
+        from provisioning.backends.sandbox import simulated_recipe_log
+
+        text = simulated_recipe_log(contract.recipe_script)
+        RecipeLogChunk.objects.create(run=run, sequence=0, text=text)
+        RecipeRun.objects.filter(pk=run.pk).update(
+            status=RecipeRunStatus.SIMULATED, finished_at=timezone.now(), duration_seconds=0.0,
+            output_bytes=len(text.encode()),
+        )
+        return contract
+
+    result = _execute_recipe_streaming(lease, contract, run)
+    fields = {
+        "finished_at": timezone.now(),
+        "duration_seconds": result.duration_seconds,
+        "exit_code": result.exit_code,
+        "timed_out": result.timed_out,
+        "output_bytes": result.output_bytes,
+        "truncated": result.truncated,
+    }
+    if result.timed_out:
+        RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.TIMED_OUT, **fields)
+        raise ProvisioningError(f"The recipe timed out after {run.timeout_seconds} seconds and was stopped.")
+    if result.exit_code != 0:
+        RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.FAILED, **fields)
+        raise ProvisioningError(f"The recipe failed with exit code {result.exit_code}.")
+    RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.SUCCEEDED, **fields)
+    logger.info("Contract %s: recipe run %s succeeded in %.1f s", contract.pk, run.pk, result.duration_seconds)
+    return contract
+
+
+def _execute_recipe_streaming(lease: Lease, contract: Contract, run: RecipeRun):
+    """Run the recipe in a thread and store its output chunks from this thread as they arrive.
+
+    The SSH client runs an asyncio loop, where Django's ORM must not be called, so chunks pass
+    through a queue to this (synchronous) thread, which also keeps the lease renewed.
+    """
+    from recipes.runner import RecipeRunError, run_recipe
+
+    chunks: queue.Queue[str] = queue.Queue()
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = run_recipe(
+                host=contract.ip_address,
+                port=contract.ssh_port,
+                username=contract.ssh_username,
+                client_private_key=platform_private_key(contract),
+                host_public_key=contract.host_public_key,
+                script=contract.recipe_script,
+                timeout_seconds=run.timeout_seconds,
+                on_output=chunks.put,
+                max_output_bytes=settings.RECIPE_MAX_OUTPUT_BYTES,
+            )
+        except BaseException as exc:  # Re-raised in the calling thread below.
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"recipe-{contract.pk}", daemon=True)
+    thread.start()
+    sequence = 0
+    last_renewal = time.monotonic()
+    while thread.is_alive() or not chunks.empty():
+        try:
+            text = chunks.get(timeout=0.5)
+        except queue.Empty:
+            text = None
+        if text:
+            RecipeLogChunk.objects.create(run=run, sequence=sequence, text=text)
+            sequence += 1
+        if time.monotonic() - last_renewal > 10:
+            lease_renew(lease)
+            last_renewal = time.monotonic()
+    thread.join()
+    error = outcome.get("error")
+    if isinstance(error, RecipeRunError):
+        RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.FAILED, error=str(error), finished_at=timezone.now())
+        raise ProvisioningError(f"The recipe run failed over SSH: {error}") from error
+    if error is not None:
+        raise error
+    return outcome["result"]
+
+
+STEPS = [
+    (ProvisioningStep.CREATING_SERVER, _create_server),
+    (ProvisioningStep.WAITING_FOR_BOOT, _wait_for_boot),
+    (ProvisioningStep.WAITING_FOR_SSH, _wait_for_ssh),
+    (ProvisioningStep.RUNNING_RECIPE, _run_recipe),
+]
+
+
+def provision(*, lease: Lease) -> Contract:
+    """Run the remaining steps for a claimed contract and activate it.
+
+    Resumes at the contract's current step. Raises `ProvisioningError` and backend errors for
+    the task to classify; raises `LeaseLost` when another worker took over.
+    """
+    contract = _reload(lease)
+    _ensure_keys(contract)
+    contract = _reload(lease)
+    backend = get_backend(contract.cloud_account)
+    step_values = [step.value for step, _ in STEPS]
+    start_index = step_values.index(contract.provisioning_step) if contract.provisioning_step in step_values else 0
+    if contract.provisioning_step == ProvisioningStep.FINALIZING:
+        start_index = len(STEPS)
+    for step, function in STEPS[start_index:]:
+        contract = _set_step(lease, step)
+        contract = function(lease, contract, backend)
+    contract = _set_step(lease, ProvisioningStep.FINALIZING)
+    return contract_services.contract_activate(contract_id=contract.pk, worker=lease.owner)
+
+
+def delete_contract_servers(*, contract: Contract) -> None:
+    """Delete the contract's server and every cloud object carrying its labels."""
+    backend = get_backend(contract.cloud_account)
+    labels = contract_labels(contract)
+    if contract.cloud_server_id:
+        backend.delete_server(contract.cloud_server_id, labels=labels)
+    for info in backend.find_servers(labels):
+        backend.delete_server(info.id, labels=labels)
+
+
+def stalled_contract_ids(*, now=None) -> tuple[list[int], list[int]]:
+    """Return (provisioning ids, terminating ids) with no live lease that need a worker."""
+    now = now or timezone.now()
+    quiet = now - timedelta(seconds=settings.PROVISIONING_LEASE_SECONDS)
+    free = Q(lease_owner="", updated_at__lt=quiet) | Q(lease_expires_at__lt=now)
+    provisioning = list(Contract.objects.filter(free, status=ContractStatus.PROVISIONING).values_list("pk", flat=True)[:500])
+    terminating = list(Contract.objects.filter(free, status=ContractStatus.TERMINATING).values_list("pk", flat=True)[:500])
+    return provisioning, terminating
+
+
+

@@ -1,0 +1,142 @@
+"""Celery tasks that drive provisioning, cleanup and termination. Each takes a contract id."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+
+from celery import shared_task
+
+from marketplace.models import Contract, ContractStatus
+from marketplace.services import contracts as contract_services
+from provisioning import pipeline
+from provisioning.backends.base import (
+    CloudError,
+    CredentialsInvalid,
+    RequestRejected,
+    TransientCloudError,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_TRANSIENT_RETRIES = 6
+MAX_TERMINATION_RETRIES = 6
+
+
+def worker_id(task_request) -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{(task_request.id or 'direct')[:8]}"
+
+
+def backoff_seconds(retries: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with full jitter, at least the server's Retry-After."""
+    delay = random.uniform(0, min(300.0, 2.0 * 2**retries))
+    if retry_after is not None:
+        delay = max(delay, float(retry_after))
+    return delay
+
+
+@shared_task(bind=True, acks_late=True, max_retries=MAX_TRANSIENT_RETRIES)
+def provision_contract_task(self, contract_id: int) -> None:
+    owner = worker_id(self.request)
+    lease = pipeline.lease_claim(contract_id=contract_id, owner=owner)
+    if lease is None:
+        logger.info("Contract %s: not provisioning or leased by another worker; skipping", contract_id)
+        return
+    logger.info("Contract %s: provisioning started by %s (try %s)", contract_id, owner, self.request.retries + 1)
+    try:
+        pipeline.provision(lease=lease)
+    except pipeline.LeaseLost as exc:
+        logger.warning("Contract %s: %s", contract_id, exc)
+    except TransientCloudError as exc:
+        pipeline.lease_release(lease)
+        Contract.objects.filter(pk=contract_id).update(last_error=str(exc)[:2000])
+        if self.request.retries >= self.max_retries:
+            logger.error("Contract %s: giving up after %s tries: %s", contract_id, self.request.retries + 1, exc)
+            _fail(contract_id, f"The cloud kept failing after {self.request.retries + 1} tries: {exc}")
+            return
+        countdown = backoff_seconds(self.request.retries, exc.retry_after)
+        logger.warning("Contract %s: transient cloud error, retrying in %.1f s: %s", contract_id, countdown, exc)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    except CredentialsInvalid as exc:
+        from provisioning.services import cloud_account_mark_invalid
+
+        contract = Contract.objects.get(pk=contract_id)
+        cloud_account_mark_invalid(account_id=contract.cloud_account_id, error=str(exc))
+        _fail(contract_id, f"The provider's cloud credentials were rejected: {exc}")
+    except (RequestRejected, pipeline.ProvisioningError) as exc:
+        _fail(contract_id, str(exc))
+    except CloudError as exc:
+        logger.exception("Contract %s: unclassified cloud error", contract_id)
+        _fail(contract_id, f"The cloud returned an unexpected error: {exc}")
+    except Exception as exc:
+        logger.exception("Contract %s: unexpected error during provisioning", contract_id)
+        _fail(contract_id, f"Provisioning stopped on an internal error ({type(exc).__name__}); staff have been alerted.")
+
+
+def _fail(contract_id: int, reason: str) -> None:
+    try:
+        contract_services.contract_fail(contract_id=contract_id, reason=reason, actor_label="worker")
+    except contract_services.InvalidTransition as exc:
+        logger.info("Contract %s: not failed: %s", contract_id, exc)
+
+
+@shared_task(bind=True, acks_late=True, max_retries=MAX_TERMINATION_RETRIES)
+def cleanup_contract_servers_task(self, contract_id: int) -> None:
+    """Delete whatever a failed contract created at the cloud."""
+    contract = Contract.objects.select_related("cloud_account").filter(pk=contract_id).first()
+    if contract is None:
+        return
+    try:
+        pipeline.delete_contract_servers(contract=contract)
+    except CloudError as exc:
+        if self.request.retries >= self.max_retries:
+            logger.error("Contract %s: cleanup failed for good: %s", contract_id, exc)
+            Contract.objects.filter(pk=contract_id).update(last_error=f"Cleanup failed: {exc}"[:2000])
+            return
+        countdown = backoff_seconds(self.request.retries, getattr(exc, "retry_after", None))
+        logger.warning("Contract %s: cleanup failed, retrying in %.1f s: %s", contract_id, countdown, exc)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    logger.info("Contract %s: cloud objects deleted after failure", contract_id)
+
+
+@shared_task(bind=True, acks_late=True, max_retries=MAX_TERMINATION_RETRIES)
+def terminate_contract_task(self, contract_id: int) -> None:
+    owner = worker_id(self.request)
+    lease = pipeline.lease_claim(contract_id=contract_id, owner=owner, status=ContractStatus.TERMINATING)
+    if lease is None:
+        logger.info("Contract %s: not terminating or leased by another worker; skipping", contract_id)
+        return
+    contract = Contract.objects.select_related("cloud_account").get(pk=contract_id)
+    logger.info("Contract %s: terminating server %s", contract_id, contract.cloud_server_id or "(none)")
+    try:
+        pipeline.delete_contract_servers(contract=contract)
+    except CloudError as exc:
+        pipeline.lease_release(lease)
+        Contract.objects.filter(pk=contract_id).update(last_error=str(exc)[:2000])
+        if self.request.retries >= self.max_retries:
+            logger.error("Contract %s: termination failed for good: %s", contract_id, exc)
+            contract_services.contract_mark_termination_failed(
+                contract_id=contract_id, worker=owner, reason=f"Deleting the server failed: {exc}"
+            )
+            return
+        countdown = backoff_seconds(self.request.retries, getattr(exc, "retry_after", None))
+        logger.warning("Contract %s: termination failed, retrying in %.1f s: %s", contract_id, countdown, exc)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    contract_services.contract_mark_terminated(contract_id=contract_id, worker=owner)
+
+
+@shared_task(expires=55)
+def resume_stalled_provisioning_task() -> None:
+    """Re-queue contracts whose worker died or whose task was lost (lease expired)."""
+    provisioning, terminating = pipeline.stalled_contract_ids()
+    for contract_id in provisioning:
+        logger.info("Contract %s: re-queueing stalled provisioning", contract_id)
+        provision_contract_task.delay(contract_id)
+    for contract_id in terminating:
+        logger.info("Contract %s: re-queueing stalled termination", contract_id)
+        terminate_contract_task.delay(contract_id)
+
+
+

@@ -1,0 +1,196 @@
+"""Shared fixtures: loopback-only networking, the real peers, and a real Celery worker process."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.peers.sshd import loopback_sshd  # noqa: F401  (fixture re-export)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEST_HCLOUD_TOKEN = "test-hcloud-token-0123456789abcdef"
+
+_original_connect = socket.socket.connect
+_original_connect_ex = socket.socket.connect_ex
+
+
+def _check_address(address) -> None:
+    if isinstance(address, tuple) and address:
+        host = address[0]
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            if host not in ("localhost",):
+                raise OSError(f"Tests may only connect to loopback; refused connection to {host!r}.") from None
+            return
+        if not ip.is_loopback:
+            raise OSError(f"Tests may only connect to loopback; refused connection to {host}.")
+
+
+def _guarded_connect(self, address):
+    _check_address(address)
+    return _original_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    _check_address(address)
+    return _original_connect_ex(self, address)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _loopback_only_network():
+    """Fail any test that tries to reach a host outside 127.0.0.0/8 (or ::1)."""
+    socket.socket.connect = _guarded_connect
+    socket.socket.connect_ex = _guarded_connect_ex
+    yield
+    socket.socket.connect = _original_connect
+    socket.socket.connect_ex = _original_connect_ex
+
+
+def database_url_for_workers() -> str:
+    """A DATABASE_URL for the test database pytest-django created, for worker subprocesses."""
+    from django.db import connection
+
+    settings_dict = connection.settings_dict
+    if settings_dict["ENGINE"] != "django.db.backends.postgresql":
+        pytest.fail(
+            "Journey tests run real worker processes and need PostgreSQL: set DATABASE_URL "
+            "(for example postgres://postgres@127.0.0.1:5432/cloudmarket) or use tests/run."
+        )
+    user = settings_dict.get("USER") or ""
+    password = settings_dict.get("PASSWORD") or ""
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    host = settings_dict.get("HOST") or "127.0.0.1"
+    port = settings_dict.get("PORT") or "5432"
+    return f"postgres://{auth}{host}:{port}/{settings_dict['NAME']}"
+
+
+def redis_url_for_tests() -> str:
+    url = os.environ.get("REDIS_URL", "")
+    if not url:
+        pytest.fail("Journey tests need Redis as the Celery broker: set REDIS_URL or use tests/run.")
+    return url
+
+
+class WorkerProcess:
+    """A real `celery worker` subprocess with its own environment and log file."""
+
+    def __init__(self, *, env: dict[str, str], log_path: Path, concurrency: int = 2, name: str = "w1"):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "cloudmarket", "worker",
+                "--loglevel=INFO", "-P", "prefork", f"--concurrency={concurrency}",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                f"--hostname={name}@%h",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Celery worker exited with {self.process.returncode}:\n{self.log_tail()}")
+            if b" ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"Celery worker not ready after {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, size: int = 6000) -> str:
+        return self.log_path.read_bytes()[-size:].decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def session_sshd():
+    from tests.peers.sshd import LoopbackSshd
+
+    with LoopbackSshd() as sshd:
+        yield sshd
+
+
+@pytest.fixture(scope="session")
+def session_hetzner_api(session_sshd):
+    from tests.peers.hetzner_api import HetznerApiServer
+
+    with HetznerApiServer(tokens={TEST_HCLOUD_TOKEN}, sshd=session_sshd, boot_delay=0.3) as api:
+        yield api
+
+
+@pytest.fixture(scope="session")
+def worker_env(django_db_setup, django_db_blocker, session_sshd, session_hetzner_api, tmp_path_factory):
+    """Environment for worker subprocesses: the test database, Redis, and the loopback peers."""
+    import redis
+    from django.conf import settings
+
+    with django_db_blocker.unblock():
+        database_url = database_url_for_workers()
+    redis_url = redis_url_for_tests()
+    redis.Redis.from_url(redis_url).flushdb()
+    var_dir = tmp_path_factory.mktemp("worker-var")
+    keys = ",".join(f"{key_id}:{__import__('base64').b64encode(key).decode()}" for key_id, key in settings.FIELD_ENCRYPTION_KEYS.items())
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "VAR_DIR": str(var_dir),
+        "FIELD_ENCRYPTION_KEYS": keys,
+        "HCLOUD_API_ENDPOINT": session_hetzner_api.url,
+        "PROVISIONING_SSH_PORT": str(session_sshd.port),
+        "PROVISIONING_SSH_USERNAME": session_sshd.username,
+        "PROVISIONING_POLL_INTERVAL": "0.2",
+        "PROVISIONING_BOOT_TIMEOUT": "30",
+        "PROVISIONING_SSH_TIMEOUT": "30",
+        "SANDBOX_BOOT_SECONDS": "0.5",
+        "RECIPE_TIMEOUT_SECONDS": "60",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(worker_env, tmp_path_factory):
+    worker = WorkerProcess(env=worker_env, log_path=tmp_path_factory.mktemp("worker-log") / "worker.log")
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture
+def hetzner_api(session_hetzner_api):
+    session_hetzner_api.reset()
+    yield session_hetzner_api
+    session_hetzner_api.reset()
+
+
+@pytest.fixture(autouse=True)
+def _settings_for_peers(request, settings):
+    """Point this process at the loopback peers when a test uses them, else at a dead loopback port."""
+    settings.HCLOUD_API_ENDPOINT = "http://127.0.0.1:9/v1"
+    if "session_hetzner_api" in request.fixturenames:
+        api = request.getfixturevalue("session_hetzner_api")
+        sshd = request.getfixturevalue("session_sshd")
+        settings.HCLOUD_API_ENDPOINT = api.url
+        settings.PROVISIONING_SSH_PORT = sshd.port
+        settings.PROVISIONING_SSH_USERNAME = sshd.username

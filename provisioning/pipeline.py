@@ -176,6 +176,7 @@ def _wait_for_boot(lease: Lease, contract: Contract, backend: CloudBackend) -> C
 
 def _wait_for_ssh(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
     if not backend.executes_recipes:
+        time.sleep(settings.SANDBOX_STEP_SECONDS)  # Simulated, so the tenant sees the step.
         return contract
     from recipes.runner import SshUnreachable, wait_for_ssh
 
@@ -207,6 +208,8 @@ def _run_recipe(lease: Lease, contract: Contract, backend: CloudBackend) -> Cont
     )
     if not backend.executes_recipes:
         from provisioning.backends.sandbox import simulated_recipe_log
+
+        time.sleep(settings.SANDBOX_STEP_SECONDS)
 
         text = simulated_recipe_log(contract.recipe_script)
         RecipeLogChunk.objects.create(run=run, sequence=0, text=text)

@@ -164,6 +164,7 @@ def worker_env(django_db_setup, django_db_blocker, session_sshd, session_hetzner
         "PROVISIONING_BOOT_TIMEOUT": "30",
         "PROVISIONING_SSH_TIMEOUT": "30",
         "SANDBOX_BOOT_SECONDS": "0.5",
+        "SANDBOX_STEP_SECONDS": "0.3",
         "RECIPE_TIMEOUT_SECONDS": "60",
         "PYTHONUNBUFFERED": "1",
     }
@@ -182,6 +183,20 @@ def hetzner_api(session_hetzner_api):
     session_hetzner_api.reset()
     yield session_hetzner_api
     session_hetzner_api.reset()
+
+
+@pytest.fixture(autouse=True)
+def _local_memory_cache(settings):
+    """Give each test an empty in-process cache, so rate-limit counters never carry over.
+
+    The Redis database the tests use is also the Celery broker, so it is never flushed here.
+    """
+    from django.core.cache import cache
+
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    cache.clear()
+    # The default hasher's work factor dominates test time; tests check no hash strength.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(autouse=True)

@@ -1,0 +1,380 @@
+"""Serializers of the marketplace API: offerings, rentals, provider profile and SSH keys.
+
+Input serializers only parse and check shapes; the services in `marketplace.services` make
+every change and raise the field-keyed errors that `marketplace.api.exceptions` maps to 400.
+"""
+
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from marketplace.models import Contract, ContractEvent, Offering, ProviderProfile, SshKey
+from marketplace.selectors import offering_visible_to
+from marketplace.sshkeys import MAX_INPUT_BYTES, parse_public_key
+from provisioning.models import CloudAccount
+from recipes.models import RecipeRun, RecipeRunStatus, RecipeVersion
+
+IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
+
+
+# --- offerings ------------------------------------------------------------------------------
+
+
+class ProviderSummarySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ProviderProfile
+        fields = ("slug", "display_name", "country")
+
+
+class RecipeSummarySerializer(serializers.ModelSerializer):
+    """The recipe version an offering runs on a new server."""
+
+    slug = serializers.CharField(source="recipe.slug")
+    name = serializers.CharField(source="recipe.name")
+
+    class Meta:
+        model = RecipeVersion
+        fields = ("slug", "name", "number")
+
+
+class OfferingSerializer(serializers.ModelSerializer):
+    """An offering as the catalog and the offering page show it."""
+
+    provider = ProviderSummarySerializer(read_only=True)
+    recipe = RecipeSummarySerializer(source="recipe_version", read_only=True, allow_null=True)
+    backend = serializers.CharField(source="cloud_account.backend", read_only=True)
+    is_rentable = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = Offering
+        fields = (
+            "slug",
+            "name",
+            "description",
+            "product_type",
+            "provider",
+            "vcpu",
+            "memory_mib",
+            "disk_gb",
+            "gpu_model",
+            "gpu_count",
+            "country",
+            "city",
+            "location_code",
+            "server_type",
+            "image",
+            "backend",
+            "recipe",
+            "price_cents",
+            "currency",
+            "visibility",
+            "stock_status",
+            "is_rentable",
+            "created_at",
+        )
+        read_only_fields = fields
+
+
+class ProviderOfferingSerializer(serializers.ModelSerializer):
+    """An offering as its provider creates and edits it.
+
+    `country` and `city` may be left empty; the service fills them in from the location.
+    """
+
+    cloud_account = serializers.PrimaryKeyRelatedField(queryset=CloudAccount.objects.none())
+    recipe_version = serializers.PrimaryKeyRelatedField(
+        queryset=RecipeVersion.objects.all(), allow_null=True, required=False
+    )
+    country = serializers.CharField(max_length=2, required=False, allow_blank=True)
+    city = serializers.CharField(max_length=80, required=False, allow_blank=True)
+    currency = serializers.CharField(max_length=3, required=False)
+    backend = serializers.CharField(source="cloud_account.backend", read_only=True)
+
+    class Meta:
+        model = Offering
+        fields = (
+            "slug",
+            "name",
+            "description",
+            "product_type",
+            "cloud_account",
+            "backend",
+            "vcpu",
+            "memory_mib",
+            "disk_gb",
+            "gpu_model",
+            "gpu_count",
+            "country",
+            "city",
+            "location_code",
+            "server_type",
+            "image",
+            "recipe_version",
+            "price_cents",
+            "currency",
+            "visibility",
+            "stock_status",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = ("slug", "backend", "created_at", "updated_at")
+
+    def get_fields(self):
+        fields = super().get_fields()
+        request = self.context.get("request")
+        if request is not None and request.user.is_authenticated:
+            fields["cloud_account"].queryset = CloudAccount.objects.filter(owner=request.user)
+        return fields
+
+
+# --- rentals --------------------------------------------------------------------------------
+
+
+class RentalCreateSerializer(serializers.Serializer):
+    """A rent request: the offering, one SSH key (pasted or saved) and an idempotency key."""
+
+    offering = serializers.SlugField(max_length=140, help_text="Slug of the offering to rent.")
+    ssh_public_key = serializers.CharField(
+        required=False,
+        max_length=MAX_INPUT_BYTES,
+        help_text="An OpenSSH public key line (the contents of your .pub file). Give this or ssh_key_id.",
+    )
+    ssh_key_id = serializers.IntegerField(
+        required=False, min_value=1, help_text="Id of one of your saved SSH keys. Give this or ssh_public_key."
+    )
+    idempotency_key = serializers.RegexField(
+        IDEMPOTENCY_KEY_PATTERN,
+        required=False,
+        help_text="16 to 64 characters of A-Z, a-z, 0-9, '-' and '_'. Sending the same key again returns the "
+        "rental the first request created instead of creating a second one. A random key is used if omitted.",
+    )
+
+    def validate_offering(self, value: str) -> Offering:
+        user = self.context["request"].user
+        offering = offering_visible_to(user=user).filter(slug=value).first()
+        if offering is None:
+            raise serializers.ValidationError(f"No offering with slug {value!r} is available to you.")
+        return offering
+
+    def validate_ssh_public_key(self, value: str) -> str:
+        try:
+            return parse_public_key(value).normalized
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from exc
+
+    def validate(self, attrs: dict) -> dict:
+        has_text = bool(attrs.get("ssh_public_key"))
+        has_id = attrs.get("ssh_key_id") is not None
+        if has_text and has_id:
+            raise serializers.ValidationError({"ssh_public_key": "Give either ssh_public_key or ssh_key_id, not both."})
+        if not has_text and not has_id:
+            raise serializers.ValidationError(
+                {"ssh_public_key": "An SSH public key is required: give ssh_public_key or ssh_key_id."}
+            )
+        if has_id:
+            user = self.context["request"].user
+            key = SshKey.objects.filter(user=user, pk=attrs["ssh_key_id"]).first()
+            if key is None:
+                raise serializers.ValidationError({"ssh_key_id": f"You have no saved SSH key with id {attrs['ssh_key_id']}."})
+            attrs["ssh_public_key"] = key.public_key
+        return attrs
+
+
+class RentalRejectSerializer(serializers.Serializer):
+    reason = serializers.CharField(
+        required=False, allow_blank=True, max_length=5000, help_text="Shown to the tenant."
+    )
+
+
+class StepStateSerializer(serializers.Serializer):
+    step = serializers.CharField()
+    label = serializers.CharField()
+    state = serializers.ChoiceField(choices=["done", "current", "pending", "failed"])
+
+
+class ConnectionSerializer(serializers.Serializer):
+    """How to reach a rented server once it has an address."""
+
+    ip_address = serializers.IPAddressField()
+    ssh_port = serializers.IntegerField()
+    ssh_username = serializers.CharField()
+    ssh_command = serializers.CharField()
+    host_public_key = serializers.CharField(help_text="The server's SSH host key, for known_hosts.")
+
+
+@extend_schema_field({"type": "string", "description": "One of: " + ", ".join(RecipeRunStatus.values) + "."})
+class RecipeRunStatusField(serializers.ChoiceField):
+    """A recipe run's status.
+
+    Its schema is a plain string, not an enum component, because drf-spectacular 0.30 names enum
+    components after the field and the contract's `status` enum already takes that name.
+    """
+
+
+class RecipeRunSummarySerializer(serializers.ModelSerializer):
+    status = RecipeRunStatusField(choices=RecipeRunStatus.choices, read_only=True)
+
+    class Meta:
+        model = RecipeRun
+        fields = (
+            "status",
+            "executed",
+            "exit_code",
+            "timed_out",
+            "started_at",
+            "finished_at",
+            "duration_seconds",
+            "output_bytes",
+            "truncated",
+            "error",
+        )
+
+
+class ContractEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ContractEvent
+        fields = ("created_at", "from_status", "to_status", "step", "actor_label", "reason")
+
+
+class RentalListSerializer(serializers.ModelSerializer):
+    """A rental in a list: status and the agreed terms, without history."""
+
+    offering = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    provider = serializers.CharField(source="provider.display_name", read_only=True)
+    status_display = serializers.CharField(source="get_status_display", read_only=True)
+
+    class Meta:
+        model = Contract
+        fields = (
+            "public_id",
+            "offering",
+            "offering_name",
+            "provider",
+            "status",
+            "status_display",
+            "provisioning_step",
+            "price_cents",
+            "currency",
+            "billing_period",
+            "is_self_rental",
+            "backend",
+            "created_at",
+            "paid_until",
+            "cancel_at_period_end",
+            "ended_at",
+        )
+        read_only_fields = fields
+
+
+class RentalDetailSerializer(RentalListSerializer):
+    """A rental with its progress, connection details, recipe run summary and history."""
+
+    steps = serializers.SerializerMethodField()
+    connection = serializers.SerializerMethodField()
+    recipe_run = serializers.SerializerMethodField()
+    events = ContractEventSerializer(many=True, read_only=True)
+    role = serializers.SerializerMethodField()
+    can_cancel = serializers.BooleanField(read_only=True)
+    can_accept = serializers.BooleanField(read_only=True)
+
+    class Meta(RentalListSerializer.Meta):
+        fields = (
+            *RentalListSerializer.Meta.fields,
+            "role",
+            "status_reason",
+            "steps",
+            "vcpu",
+            "memory_mib",
+            "disk_gb",
+            "gpu_model",
+            "gpu_count",
+            "country",
+            "city",
+            "location_code",
+            "server_type",
+            "image",
+            "ssh_key_fingerprint",
+            "connection",
+            "recipe_run",
+            "paid_at",
+            "activated_at",
+            "can_cancel",
+            "can_accept",
+            "events",
+        )
+        read_only_fields = fields
+
+    @extend_schema_field(StepStateSerializer(many=True))
+    def get_steps(self, obj: Contract) -> list[dict]:
+        return [{"step": step, "label": label, "state": state} for step, label, state in obj.step_states()]
+
+    @extend_schema_field(ConnectionSerializer(allow_null=True))
+    def get_connection(self, obj: Contract) -> dict | None:
+        if not obj.ip_address:
+            return None
+        return {
+            "ip_address": obj.ip_address,
+            "ssh_port": obj.ssh_port,
+            "ssh_username": obj.ssh_username,
+            "ssh_command": obj.ssh_command,
+            "host_public_key": obj.host_public_key,
+        }
+
+    @extend_schema_field(RecipeRunSummarySerializer(allow_null=True))
+    def get_recipe_run(self, obj: Contract) -> dict | None:
+        run = latest_recipe_run(obj)
+        return RecipeRunSummarySerializer(run).data if run is not None else None
+
+    @extend_schema_field(serializers.ChoiceField(choices=["tenant", "provider", "staff"]))
+    def get_role(self, obj: Contract) -> str:
+        user = self.context["request"].user
+        if obj.tenant_id == user.pk:
+            return "tenant"
+        if obj.provider.user_id == user.pk:
+            return "provider"
+        return "staff"
+
+
+def latest_recipe_run(contract: Contract) -> RecipeRun | None:
+    """Return the contract's newest recipe run; uses prefetched runs when present."""
+    runs = sorted(contract.recipe_runs.all(), key=lambda run: (run.started_at, run.pk), reverse=True)
+    return runs[0] if runs else None
+
+
+class RecipeLogSerializer(serializers.Serializer):
+    """The output of a rental's newest recipe run."""
+
+    run = RecipeRunSummarySerializer(allow_null=True)
+    output = serializers.CharField(help_text="Combined stdout and stderr as streamed so far.")
+
+
+# --- provider profile and SSH keys -----------------------------------------------------------
+
+
+class ProviderProfileSerializer(serializers.ModelSerializer):
+    country = serializers.CharField(
+        max_length=2, required=False, allow_blank=True, help_text="Two-letter ISO country code, for example DE."
+    )
+
+    class Meta:
+        model = ProviderProfile
+        fields = ("slug", "display_name", "description", "website", "country", "auto_accept", "created_at")
+        read_only_fields = ("slug", "created_at")
+
+
+class SshKeySerializer(serializers.ModelSerializer):
+    public_key = serializers.CharField(max_length=MAX_INPUT_BYTES, help_text="An OpenSSH public key line.")
+
+    class Meta:
+        model = SshKey
+        fields = ("id", "name", "public_key", "key_type", "fingerprint", "created_at")
+        read_only_fields = ("id", "key_type", "fingerprint", "created_at")
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The body of a 403, 404 or 409 response."""
+
+    detail = serializers.CharField()
+

@@ -1,0 +1,22 @@
+"""Routes of the REST API, mounted under /api/v1/."""
+
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from marketplace.api import views
+from provisioning.api.views import CloudAccountViewSet
+from recipes.api.views import RecipeViewSet
+
+router = SimpleRouter()
+router.register("offerings", views.OfferingViewSet, basename="api-offering")
+router.register("rentals", views.RentalViewSet, basename="api-rental")
+router.register("provider/rentals", views.ProviderRentalViewSet, basename="api-provider-rental")
+router.register("provider/offerings", views.ProviderOfferingViewSet, basename="api-provider-offering")
+router.register("cloud-accounts", CloudAccountViewSet, basename="api-cloud-account")
+router.register("ssh-keys", views.SshKeyViewSet, basename="api-ssh-key")
+router.register("recipes", RecipeViewSet, basename="api-recipe")
+
+urlpatterns = [
+    path("provider/profile/", views.ProviderProfileView.as_view(), name="api-provider-profile"),
+    *router.urls,
+]

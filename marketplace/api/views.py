@@ -1,0 +1,404 @@
+"""Marketplace API views: catalog, rentals, provider decisions, provider offerings and profile, SSH keys.
+
+Views parse input with a serializer, call a service and serialize the result. Objects of other
+users are looked up through per-user querysets, so they return 404, not 403.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Prefetch
+from django.http import Http404
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import APIException
+from rest_framework.generics import GenericAPIView
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+
+from billing.services import PaymentFailed
+from marketplace.api.serializers import (
+    ErrorSerializer,
+    OfferingSerializer,
+    ProviderOfferingSerializer,
+    ProviderProfileSerializer,
+    RecipeLogSerializer,
+    RecipeRunSummarySerializer,
+    RentalCreateSerializer,
+    RentalDetailSerializer,
+    RentalListSerializer,
+    RentalRejectSerializer,
+    SshKeySerializer,
+    latest_recipe_run,
+)
+from marketplace.filters import OfferingFilter
+from marketplace.models import (
+    Contract,
+    ContractEvent,
+    ContractStatus,
+    Offering,
+    ProviderProfile,
+    SshKey,
+)
+from marketplace.selectors import (
+    catalog_offerings,
+    contract_visible_to,
+    contracts_for_provider,
+    contracts_for_tenant,
+    offering_visible_to,
+)
+from marketplace.services import contracts as contract_services
+from marketplace.services import providers as provider_services
+from marketplace.services import ssh_keys as ssh_key_services
+
+logger = logging.getLogger(__name__)
+
+UUID_PATTERN = r"[0-9a-fA-F-]{32,36}"
+
+ERROR_RESPONSES = {
+    400: OpenApiResponse(description="Invalid input: a JSON object mapping each field to its messages."),
+    403: OpenApiResponse(ErrorSerializer, description="Not signed in, or not allowed to do this."),
+    404: OpenApiResponse(ErrorSerializer, description="Not found, or not yours."),
+}
+CONFLICT_RESPONSE = {409: OpenApiResponse(ErrorSerializer, description="The rental is not in a state that allows this.")}
+
+
+class PaymentRequired(APIException):
+    status_code = status.HTTP_402_PAYMENT_REQUIRED
+    default_detail = "The payment was declined."
+    default_code = "payment_declined"
+
+
+# --- catalog --------------------------------------------------------------------------------
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Browse the catalog", description="Public offerings, filtered and sorted like the catalog page."),
+    retrieve=extend_schema(summary="Show an offering", description="Public offerings, plus your own private ones."),
+)
+class OfferingViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = OfferingSerializer
+    permission_classes = (AllowAny,)
+    lookup_field = "slug"
+    filterset_class = OfferingFilter
+
+    def get_queryset(self):
+        if self.action == "list":
+            return catalog_offerings()
+        return offering_visible_to(user=self.request.user)
+
+    def filter_queryset(self, queryset):
+        if self.action != "list":
+            return queryset
+        return super().filter_queryset(queryset)
+
+
+# --- rentals (tenant) ----------------------------------------------------------------------
+
+
+def rental_detail_queryset(queryset):
+    """Add the prefetches the rental detail serializer reads."""
+    return queryset.prefetch_related(
+        Prefetch("events", queryset=ContractEvent.objects.order_by("created_at", "id")),
+        "recipe_runs",
+    )
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List your rentals", description="Rentals where you are the tenant, newest first."),
+    retrieve=extend_schema(
+        summary="Show a rental",
+        description="Visible to its tenant, its provider and staff; anyone else gets 404.",
+        responses={200: RentalDetailSerializer, **ERROR_RESPONSES},
+    ),
+)
+class RentalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    queryset = Contract.objects.none()  # For schema generation; get_queryset() scopes to the user.
+    permission_classes = (IsAuthenticated,)
+    lookup_field = "public_id"
+    lookup_value_regex = UUID_PATTERN
+    # Applies only to `create`: get_throttles() adds the scoped throttle for that action.
+    throttle_scope = "rent"
+
+    def get_queryset(self):
+        if self.action == "list":
+            return contracts_for_tenant(user=self.request.user).order_by("-created_at", "-id")
+        return rental_detail_queryset(contract_visible_to(user=self.request.user))
+
+    def get_serializer_class(self):
+        if self.action == "list":
+            return RentalListSerializer
+        if self.action == "create":
+            return RentalCreateSerializer
+        return RentalDetailSerializer
+
+    def get_throttles(self):
+        throttles = super().get_throttles()
+        if self.action == "create":
+            throttles.append(ScopedRateThrottle())
+        return throttles
+
+    @extend_schema(
+        summary="Rent an offering",
+        description=(
+            "Creates the rental and pays for the first month. Returns 201 with the new rental, or 200 "
+            "with the existing one when the idempotency key was used before."
+        ),
+        request=RentalCreateSerializer,
+        responses={
+            201: RentalDetailSerializer,
+            200: RentalDetailSerializer,
+            402: OpenApiResponse(ErrorSerializer, description="The payment was declined."),
+            **ERROR_RESPONSES,
+            **CONFLICT_RESPONSE,
+        },
+    )
+    def create(self, request, *args, **kwargs):
+        serializer = RentalCreateSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        offering: Offering = data["offering"]
+        idempotency_key = data.get("idempotency_key") or contract_services.new_idempotency_key()
+
+        try:
+            contract, created = contract_services.contract_create(
+                tenant=request.user,
+                offering=offering,
+                ssh_public_key=data["ssh_public_key"],
+                idempotency_key=idempotency_key,
+            )
+        except DjangoValidationError as exc:
+            # The offering checks (private, out of stock, broken cloud account) have no field.
+            if hasattr(exc, "error_dict"):
+                raise
+            raise serializers.ValidationError({"offering": exc.messages}) from exc
+        if not created and contract.offering_id != offering.pk:
+            raise serializers.ValidationError(
+                {"idempotency_key": "This idempotency key was already used to rent another offering; use a new key."}
+            )
+
+        if contract.status == ContractStatus.REQUESTED:
+            try:
+                contract = contract_services.contract_pay(contract=contract, actor=request.user)
+            except PaymentFailed as exc:
+                logger.info("Contract %s: payment declined: %s", contract.pk, exc)
+                raise PaymentRequired(str(exc) or None) from exc
+
+        contract = rental_detail_queryset(contract_visible_to(user=request.user)).get(pk=contract.pk)
+        body = RentalDetailSerializer(contract, context=self.get_serializer_context()).data
+        return Response(body, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(
+        summary="Show a rental's recipe output",
+        description="The newest recipe run of the rental and its output so far.",
+        responses={200: RecipeLogSerializer, **ERROR_RESPONSES},
+    )
+    @action(detail=True, methods=["get"], url_path="recipe-log")
+    def recipe_log(self, request, public_id=None):
+        contract = self.get_object()
+        run = latest_recipe_run(contract)
+        return Response(
+            {
+                "run": RecipeRunSummarySerializer(run).data if run is not None else None,
+                "output": run.output if run is not None else "",
+            }
+        )
+
+    @extend_schema(
+        summary="Cancel a rental",
+        description=(
+            "Before payment the request is dropped; after payment but before acceptance it is refunded; "
+            "an active rental ends at the end of its paid period. Only the tenant (or staff) may cancel."
+        ),
+        request=None,
+        responses={200: RentalDetailSerializer, **ERROR_RESPONSES, **CONFLICT_RESPONSE},
+    )
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, public_id=None):
+        contract = self.get_object()
+        contract = contract_services.contract_cancel(contract=contract, actor=request.user)
+        return self._detail_response(contract.pk)
+
+    def _detail_response(self, contract_id: int) -> Response:
+        contract = rental_detail_queryset(contract_visible_to(user=self.request.user)).get(pk=contract_id)
+        return Response(RentalDetailSerializer(contract, context=self.get_serializer_context()).data)
+
+
+# --- rentals (provider) --------------------------------------------------------------------
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List rentals of your offerings", description="Newest first."),
+)
+class ProviderRentalViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
+    queryset = Contract.objects.none()  # For schema generation; get_queryset() scopes to the user.
+    permission_classes = (IsAuthenticated,)
+    lookup_field = "public_id"
+    lookup_value_regex = UUID_PATTERN
+    serializer_class = RentalListSerializer
+
+    def get_queryset(self):
+        return contracts_for_provider(user=self.request.user).select_related("provider").order_by("-created_at", "-id")
+
+    @extend_schema(
+        summary="Accept a paid rental",
+        request=None,
+        responses={200: RentalDetailSerializer, **ERROR_RESPONSES, **CONFLICT_RESPONSE},
+    )
+    @action(detail=True, methods=["post"])
+    def accept(self, request, public_id=None):
+        contract = self.get_object()
+        contract = contract_services.contract_accept(contract=contract, actor=request.user)
+        return self._detail_response(contract.pk)
+
+    @extend_schema(
+        summary="Reject a paid rental",
+        description="The tenant is refunded in full and sees the reason.",
+        request=RentalRejectSerializer,
+        responses={200: RentalDetailSerializer, **ERROR_RESPONSES, **CONFLICT_RESPONSE},
+    )
+    @action(detail=True, methods=["post"])
+    def reject(self, request, public_id=None):
+        contract = self.get_object()
+        serializer = RentalRejectSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        contract = contract_services.contract_reject(
+            contract=contract, actor=request.user, reason=serializer.validated_data.get("reason", "")
+        )
+        return self._detail_response(contract.pk)
+
+    def _detail_response(self, contract_id: int) -> Response:
+        contract = rental_detail_queryset(contract_visible_to(user=self.request.user)).get(pk=contract_id)
+        return Response(RentalDetailSerializer(contract, context=self.get_serializer_context()).data)
+
+
+# --- provider offerings and profile --------------------------------------------------------
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List your offerings"),
+    retrieve=extend_schema(summary="Show one of your offerings", responses={200: ProviderOfferingSerializer, **ERROR_RESPONSES}),
+    create=extend_schema(
+        summary="Create an offering",
+        description="Server type, location and image are checked against the cloud account's backend.",
+        responses={201: ProviderOfferingSerializer, **ERROR_RESPONSES},
+    ),
+    partial_update=extend_schema(
+        summary="Change one of your offerings",
+        description="Existing rentals keep the terms they were created with.",
+        responses={200: ProviderOfferingSerializer, **ERROR_RESPONSES},
+    ),
+)
+class ProviderOfferingViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    viewsets.GenericViewSet,
+):
+    queryset = Offering.objects.none()  # For schema generation; get_queryset() scopes to the user.
+    permission_classes = (IsAuthenticated,)
+    serializer_class = ProviderOfferingSerializer
+    lookup_field = "slug"
+    http_method_names = ["get", "post", "patch", "head", "options"]
+
+    def get_queryset(self):
+        return (
+            Offering.objects.filter(provider__user=self.request.user)
+            .select_related("cloud_account", "recipe_version")
+            .order_by("name", "id")
+        )
+
+    def perform_create(self, serializer) -> None:
+        serializer.instance = provider_services.offering_create(
+            user=self.request.user, values=dict(serializer.validated_data)
+        )
+
+    def perform_update(self, serializer) -> None:
+        serializer.instance = provider_services.offering_update(
+            offering=serializer.instance, user=self.request.user, values=dict(serializer.validated_data)
+        )
+
+
+class ProviderProfileView(GenericAPIView):
+    """The signed-in user's provider profile."""
+
+    permission_classes = (IsAuthenticated,)
+    serializer_class = ProviderProfileSerializer
+
+    def get_object(self) -> ProviderProfile:
+        profile = ProviderProfile.objects.filter(user=self.request.user).first()
+        if profile is None:
+            raise Http404("You have no provider profile yet; create one with POST.")
+        return profile
+
+    @extend_schema(summary="Show your provider profile", responses={200: ProviderProfileSerializer, **ERROR_RESPONSES})
+    def get(self, request):
+        return Response(self.get_serializer(self.get_object()).data)
+
+    @extend_schema(
+        summary="Become a provider",
+        description="Creates your provider profile; the slug is derived from the display name.",
+        responses={201: ProviderProfileSerializer, **ERROR_RESPONSES},
+    )
+    def post(self, request):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        profile = provider_services.provider_profile_create(user=request.user, **serializer.validated_data)
+        return Response(self.get_serializer(profile).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Change your provider profile",
+        description="The slug stays the same.",
+        responses={200: ProviderProfileSerializer, **ERROR_RESPONSES},
+    )
+    def patch(self, request):
+        profile = self.get_object()
+        serializer = self.get_serializer(profile, data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        values = {name: getattr(profile, name) for name in ("display_name", "description", "website", "country", "auto_accept")}
+        values.update(serializer.validated_data)
+        profile = provider_services.provider_profile_update(profile=profile, actor=request.user, **values)
+        return Response(self.get_serializer(profile).data)
+
+
+# --- SSH keys -------------------------------------------------------------------------------
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List your saved SSH keys"),
+    retrieve=extend_schema(summary="Show a saved SSH key", responses={200: SshKeySerializer, **ERROR_RESPONSES}),
+    create=extend_schema(summary="Save an SSH public key", responses={201: SshKeySerializer, **ERROR_RESPONSES}),
+    destroy=extend_schema(
+        summary="Delete a saved SSH key",
+        description="Rentals keep their own copy of the key, so running servers are not affected.",
+        responses={204: None, **ERROR_RESPONSES},
+    ),
+)
+class SshKeyViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    queryset = SshKey.objects.none()  # For schema generation; get_queryset() scopes to the user.
+    permission_classes = (IsAuthenticated,)
+    serializer_class = SshKeySerializer
+
+    def get_queryset(self):
+        return SshKey.objects.filter(user=self.request.user).order_by("name", "id")
+
+    def perform_create(self, serializer) -> None:
+        serializer.instance = ssh_key_services.ssh_key_create(
+            user=self.request.user,
+            name=serializer.validated_data["name"],
+            public_key=serializer.validated_data["public_key"],
+        )
+
+    def perform_destroy(self, instance: SshKey) -> None:
+        ssh_key_services.ssh_key_delete(user=self.request.user, key_id=instance.pk)

@@ -1,0 +1,238 @@
+"""Forms of the server-rendered pages: rent, SSH keys, provider profile, cloud accounts, offerings."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from marketplace.models import Offering, ProviderProfile, SshKey
+from marketplace.services.providers import MAX_PRICE_CENTS
+from marketplace.sshkeys import ParsedPublicKey, parse_public_key
+from provisioning.models import Backend, CloudAccount
+from recipes.models import RecipeVersion
+
+_IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+_PUBLIC_KEY_WIDGET = forms.Textarea(
+    attrs={
+        "rows": 4,
+        "spellcheck": "false",
+        "autocomplete": "off",
+        "placeholder": "ssh-ed25519 AAAAC3Nza... you@laptop",
+        "class": "mono",
+    }
+)
+
+
+class RentForm(forms.Form):
+    """The rent page: which SSH key gets root access, plus the idempotency key of this submit."""
+
+    saved_key = forms.ModelChoiceField(
+        queryset=SshKey.objects.none(),
+        required=False,
+        empty_label="Paste a new key below",
+        label="Saved SSH key",
+    )
+    public_key = forms.CharField(
+        required=False,
+        widget=_PUBLIC_KEY_WIDGET,
+        label="Or paste a public key",
+        help_text="The line from your .pub file, for example ~/.ssh/id_ed25519.pub.",
+    )
+    save_as = forms.CharField(
+        required=False,
+        max_length=80,
+        label="Save this key as",
+        help_text="Optional: a name to save the pasted key under for later rentals, for example 'laptop'.",
+    )
+    idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=64)
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["saved_key"].queryset = SshKey.objects.filter(user=user)
+        self.parsed_key: ParsedPublicKey | None = None
+
+    def clean_idempotency_key(self) -> str:
+        value = self.cleaned_data["idempotency_key"]
+        if not _IDEMPOTENCY_KEY.match(value):
+            raise ValidationError("The form is out of date: reload the page and submit again.")
+        return value
+
+    def clean(self):
+        cleaned = super().clean()
+        saved = cleaned.get("saved_key")
+        pasted = (cleaned.get("public_key") or "").strip()
+        if "saved_key" in self.errors or "public_key" in self.errors:
+            return cleaned
+        if saved and pasted:
+            self.add_error("public_key", "Choose a saved key or paste a new one, not both.")
+        elif not saved and not pasted:
+            self.add_error("public_key", "An SSH public key is required: choose a saved key or paste one.")
+        elif pasted:
+            try:
+                self.parsed_key = parse_public_key(pasted)
+            except ValidationError as exc:
+                self.add_error("public_key", exc)
+        if cleaned.get("save_as", "").strip() and not pasted:
+            self.add_error("save_as", "Only a pasted key can be saved; leave this empty for a saved key.")
+        return cleaned
+
+    @property
+    def public_key_text(self) -> str:
+        """The OpenSSH line to authorise: the saved key's or the pasted (normalised) one."""
+        if self.parsed_key is not None:
+            return self.parsed_key.normalized
+        return self.cleaned_data["saved_key"].public_key
+
+
+class SshKeyForm(forms.Form):
+    """Add a saved SSH key."""
+
+    name = forms.CharField(max_length=80, help_text="A name you recognise, for example 'laptop'.")
+    public_key = forms.CharField(
+        widget=_PUBLIC_KEY_WIDGET,
+        label="Public key",
+        help_text="The line from your .pub file, for example ~/.ssh/id_ed25519.pub.",
+    )
+
+
+class ProviderProfileForm(forms.ModelForm):
+    """Create or edit the public provider profile."""
+
+    website = forms.URLField(required=False, max_length=200, assume_scheme="https", help_text="For example https://example.com.")
+
+    class Meta:
+        model = ProviderProfile
+        fields = ["display_name", "description", "website", "country", "auto_accept"]
+        widgets = {"description": forms.Textarea(attrs={"rows": 4})}
+        help_texts = {"country": "Two-letter ISO code, for example DE."}
+
+    def clean_country(self) -> str:
+        return self.cleaned_data["country"].strip().upper()
+
+
+class CloudAccountForm(forms.Form):
+    """Add a cloud account; the token is write-only and never rendered back."""
+
+    backend = forms.ChoiceField(choices=Backend.choices, initial=Backend.SANDBOX)
+    label = forms.CharField(max_length=80, help_text="Your name for this account, for example 'Hetzner project A'.")
+    token = forms.CharField(
+        required=False,
+        max_length=200,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        label="API token",
+        help_text="Hetzner Cloud: a read and write token from Security > API tokens. Not needed for Sandbox.",
+    )
+
+
+class RecipeVersionChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: RecipeVersion) -> str:
+        return f"{obj.recipe.name} v{obj.number}"
+
+
+class OfferingForm(forms.ModelForm):
+    """Create or edit an offering; the price is entered in currency units and stored in cents."""
+
+    price = forms.DecimalField(
+        label="Price per month",
+        min_value=Decimal("0"),
+        max_value=Decimal(MAX_PRICE_CENTS) / 100,
+        decimal_places=2,
+        max_digits=12,
+        help_text="In currency units with at most two decimals, for example 4.59. 0 makes it free.",
+        error_messages={
+            "min_value": "The price cannot be negative.",
+            "max_value": f"The price is too high: the maximum is {MAX_PRICE_CENTS // 100:,} per month.",
+            "max_decimal_places": "Use at most two decimals (cents), for example 4.59.",
+            "invalid": "Enter the price as a number, for example 4.59.",
+        },
+    )
+    recipe_version = RecipeVersionChoiceField(
+        queryset=RecipeVersion.objects.none(),
+        required=False,
+        empty_label="No recipe (plain VM)",
+        label="Recipe",
+        help_text="The script runs as root on every VM rented from this offering.",
+    )
+
+    class Meta:
+        model = Offering
+        fields = [
+            "name",
+            "description",
+            "product_type",
+            "cloud_account",
+            "server_type",
+            "location_code",
+            "image",
+            "vcpu",
+            "memory_mib",
+            "disk_gb",
+            "gpu_model",
+            "gpu_count",
+            "country",
+            "city",
+            "recipe_version",
+            "currency",
+            "visibility",
+            "stock_status",
+        ]
+        labels = {
+            "vcpu": "vCPU",
+            "memory_mib": "Memory (MiB)",
+            "disk_gb": "Disk (GB)",
+            "gpu_model": "GPU model",
+            "gpu_count": "GPU count",
+            "location_code": "Location",
+            "server_type": "Server type",
+        }
+        help_texts = {
+            "memory_mib": "1 GiB = 1024 MiB, for example 4096 for 4 GiB.",
+            "country": "Two-letter ISO code; leave empty to take it from the location.",
+            "city": "Leave empty to take it from the location.",
+            "gpu_model": "Leave empty when there is no GPU.",
+        }
+        widgets = {"description": forms.Textarea(attrs={"rows": 4})}
+
+    def __init__(self, *args, user, **kwargs):
+        super().__init__(*args, **kwargs)
+        accounts = CloudAccount.objects.filter(owner=user)
+        self.fields["cloud_account"].queryset = accounts
+        self.fields["cloud_account"].empty_label = "Choose one of your cloud accounts"
+        if self.instance.pk is None and not self.is_bound:
+            only = list(accounts[:2])
+            if len(only) == 1:
+                self.initial["cloud_account"] = only[0].pk
+        self.fields["recipe_version"].queryset = RecipeVersion.objects.select_related("recipe").order_by(
+            "recipe__name", "-number"
+        )
+        self.fields["country"].required = False
+        self.fields["city"].required = False
+        if self.instance.pk is not None and not self.is_bound:
+            self.initial["price"] = Decimal(self.instance.price_cents) / 100
+
+    def clean_country(self) -> str:
+        return (self.cleaned_data.get("country") or "").strip().upper()
+
+    def clean_currency(self) -> str:
+        return (self.cleaned_data.get("currency") or "").strip().upper()
+
+    def _post_clean(self):
+        # Model validation runs in the service (after the backend check fills country and city),
+        # so the form only converts the price here.
+        price = self.cleaned_data.get("price")
+        if price is not None:
+            self.cleaned_data["price_cents"] = int(price * 100)
+
+    def service_values(self) -> dict:
+        """Return the cleaned values in the shape `offering_create` and `offering_update` take."""
+        values = {name: self.cleaned_data.get(name) for name in self._meta.fields}
+        values["price_cents"] = self.cleaned_data["price_cents"]
+        values["country"] = values.get("country") or ""
+        values["city"] = values.get("city") or ""
+        values["gpu_model"] = values.get("gpu_model") or ""
+        values["description"] = values.get("description") or ""
+        return values

@@ -1,0 +1,244 @@
+"""Provider-side writes: the provider profile and the offerings a provider sells."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils.text import slugify
+
+from marketplace.models import Offering, ProviderProfile, User
+from provisioning.backends import get_backend
+from provisioning.backends.base import CloudError
+from provisioning.models import CloudAccount
+
+logger = logging.getLogger(__name__)
+
+#: Offering fields a provider sets through `offering_create` and `offering_update`.
+OFFERING_EDITABLE_FIELDS = (
+    "name",
+    "description",
+    "product_type",
+    "cloud_account",
+    "vcpu",
+    "memory_mib",
+    "disk_gb",
+    "gpu_model",
+    "gpu_count",
+    "country",
+    "city",
+    "location_code",
+    "server_type",
+    "image",
+    "recipe_version",
+    "price_cents",
+    "currency",
+    "visibility",
+    "stock_status",
+)
+
+#: Upper bound of a monthly price in cents, the same as the model's validator (1,000,000.00).
+MAX_PRICE_CENTS = 100_000_000
+
+_PROFILE_FIELDS = ("display_name", "description", "website", "country", "auto_accept")
+
+
+def _unique_slug(model, text: str, *, fallback: str, max_length: int) -> str:
+    """Slugify `text` and append -2, -3, ... until no row of `model` uses the slug."""
+    base = slugify(text)[: max_length - 8].strip("-") or fallback
+    existing_slugs = set(model.objects.filter(slug__startswith=base).values_list("slug", flat=True))
+    candidate = base
+    number = 2
+    while candidate in existing_slugs:
+        candidate = f"{base}-{number}"
+        number += 1
+    return candidate
+
+
+# --- provider profile -----------------------------------------------------------------------
+
+
+@transaction.atomic
+def provider_profile_create(
+    *,
+    user: User,
+    display_name: str,
+    description: str = "",
+    website: str = "",
+    country: str = "",
+    auto_accept: bool = True,
+) -> ProviderProfile:
+    """Make `user` a provider with a public profile; the slug is derived from the display name."""
+    if ProviderProfile.objects.filter(user=user).exists():
+        raise ValidationError("You already have a provider profile; edit it on the provider dashboard.")
+    profile = ProviderProfile(
+        user=user,
+        display_name=display_name.strip(),
+        description=description.strip(),
+        website=website.strip(),
+        country=country.strip().upper(),
+        auto_accept=auto_accept,
+        slug=_unique_slug(ProviderProfile, display_name, fallback="provider", max_length=80),
+    )
+    profile.full_clean()
+    profile.save()
+    logger.info("Provider profile %s created for user %s", profile.pk, user.pk)
+    return profile
+
+
+@transaction.atomic
+def provider_profile_update(
+    *,
+    profile: ProviderProfile,
+    actor: User,
+    display_name: str,
+    description: str,
+    website: str,
+    country: str,
+    auto_accept: bool,
+) -> ProviderProfile:
+    """Change a provider's public profile; the slug stays, so existing links keep working."""
+    if profile.user_id != actor.pk and not actor.is_staff:
+        raise PermissionError(f"User {actor.pk} may not edit provider profile {profile.pk}.")
+    profile = ProviderProfile.objects.select_for_update().get(pk=profile.pk)
+    profile.display_name = display_name.strip()
+    profile.description = description.strip()
+    profile.website = website.strip()
+    profile.country = country.strip().upper()
+    profile.auto_accept = auto_accept
+    profile.full_clean()
+    profile.save(update_fields=list(_PROFILE_FIELDS))
+    logger.info("Provider profile %s updated by user %s", profile.pk, actor.pk)
+    return profile
+
+
+# --- offerings ------------------------------------------------------------------------------
+
+
+def _check_price(price_cents: Any) -> None:
+    if isinstance(price_cents, bool) or not isinstance(price_cents, int):
+        raise ValidationError({"price_cents": "The price must be a whole number of cents."})
+    if price_cents < 0:
+        raise ValidationError({"price_cents": "The price cannot be negative."})
+    if price_cents > MAX_PRICE_CENTS:
+        raise ValidationError(
+            {"price_cents": f"The price is too high: the maximum is {MAX_PRICE_CENTS // 100:,} per month."}
+        )
+
+
+def _check_cloud_account(account: CloudAccount | None, user: User) -> None:
+    if account is None:
+        raise ValidationError({"cloud_account": "Choose the cloud account that runs this offering."})
+    if account.owner_id != user.pk:
+        raise ValidationError({"cloud_account": "This cloud account is not yours; choose one of your own accounts."})
+
+
+def _check_backend_catalog(offering: Offering) -> None:
+    """Check server type, location and image against the cloud account's backend.
+
+    Fills in a blank country or city from the backend's location.
+    """
+    backend = get_backend(offering.cloud_account)
+    try:
+        server_types = [item.name for item in backend.list_server_types()]
+        locations = {item.code: item for item in backend.list_locations()}
+        images = [item.name for item in backend.list_images()]
+    except CloudError as exc:
+        logger.warning(
+            "Cloud account %s: listing server types, locations or images failed: %s",
+            offering.cloud_account.pk,
+            exc,
+        )
+        raise ValidationError(
+            f"Could not load server types, locations and images from {offering.cloud_account}: {exc}. "
+            "Try again in a minute."
+        ) from exc
+
+    errors: dict[str, str] = {}
+    if offering.server_type not in server_types:
+        errors["server_type"] = (
+            f"Unknown server type {offering.server_type!r} for {offering.cloud_account}. "
+            f"Valid server types: {', '.join(sorted(server_types))}."
+        )
+    location = locations.get(offering.location_code)
+    if location is None:
+        errors["location_code"] = (
+            f"Unknown location {offering.location_code!r} for {offering.cloud_account}. "
+            f"Valid locations: {', '.join(sorted(locations))}."
+        )
+    if offering.image not in images:
+        errors["image"] = (
+            f"Unknown image {offering.image!r} for {offering.cloud_account}. "
+            f"Valid images: {', '.join(sorted(set(images)))}."
+        )
+    if errors:
+        raise ValidationError(errors)
+
+    if not offering.country:
+        offering.country = location.country.upper()
+    if not offering.city:
+        offering.city = location.city
+
+
+def _apply(offering: Offering, *, user: User, values: Mapping[str, Any]) -> Offering:
+    unknown = set(values) - set(OFFERING_EDITABLE_FIELDS)
+    if unknown:
+        raise ValueError(f"Offering fields that cannot be set here: {', '.join(sorted(unknown))}")
+    for name, value in values.items():
+        setattr(offering, name, value)
+    offering.country = (offering.country or "").strip().upper()
+    offering.city = (offering.city or "").strip()
+    offering.currency = (offering.currency or "").strip().upper()
+
+    _check_price(offering.price_cents)
+    _check_cloud_account(values.get("cloud_account", getattr(offering, "cloud_account", None)), user)
+    _check_backend_catalog(offering)
+    offering.full_clean()
+    return offering
+
+
+def _provider_of(user: User) -> ProviderProfile:
+    profile = ProviderProfile.objects.filter(user=user).first()
+    if profile is None:
+        raise ValidationError("Create your provider profile before you add offerings.")
+    return profile
+
+
+@transaction.atomic
+def offering_create(*, user: User, values: Mapping[str, Any]) -> Offering:
+    """Create an offering of `user`'s provider profile from `values` (see OFFERING_EDITABLE_FIELDS).
+
+    Raises ValidationError keyed by field: negative or non-integer `price_cents`, a cloud
+    account of another user, or a server type, location or image the backend does not offer.
+    """
+    provider = _provider_of(user)
+    offering = Offering(provider=provider)
+    offering.slug = _unique_slug(Offering, str(values.get("name") or ""), fallback="offering", max_length=140)
+    _apply(offering, user=user, values=values)
+    try:
+        with transaction.atomic():
+            offering.save()
+    except IntegrityError as exc:
+        # Two offerings with the same name created at the same moment got the same slug.
+        logger.warning("Offering slug %s clashed for provider %s: %s", offering.slug, provider.pk, exc)
+        raise ValidationError({"name": "Another offering was just created with this name; submit again."}) from exc
+    logger.info("Offering %s (%s) created by user %s", offering.pk, offering.slug, user.pk)
+    return offering
+
+
+@transaction.atomic
+def offering_update(*, offering: Offering, user: User, values: Mapping[str, Any]) -> Offering:
+    """Change an offering of `user`; the slug stays, so existing links keep working.
+
+    Existing rentals are not affected: each contract keeps the snapshot it was created with.
+    """
+    offering = Offering.objects.select_for_update().select_related("provider", "cloud_account").get(pk=offering.pk)
+    if offering.provider.user_id != user.pk:
+        raise PermissionError(f"User {user.pk} does not own offering {offering.pk}.")
+    _apply(offering, user=user, values=values)
+    offering.save()
+    logger.info("Offering %s updated by user %s", offering.pk, user.pk)
+    return offering

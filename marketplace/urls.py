@@ -1,0 +1,25 @@
+from django.urls import path
+
+from marketplace import views
+
+app_name = "marketplace"
+
+urlpatterns = [
+    path("", views.catalog, name="catalog"),
+    path("offerings/<slug:slug>/", views.offering_detail, name="offering"),
+    path("offerings/<slug:slug>/rent/", views.rent, name="rent"),
+    path("rentals/<uuid:public_id>/", views.rental_detail, name="rental"),
+    path("rentals/<uuid:public_id>/status/", views.rental_status, name="rental_status"),
+    path("rentals/<uuid:public_id>/cancel/", views.rental_cancel, name="rental_cancel"),
+    path("rentals/<uuid:public_id>/accept/", views.rental_accept, name="rental_accept"),
+    path("rentals/<uuid:public_id>/reject/", views.rental_reject, name="rental_reject"),
+    path("dashboard/", views.dashboard, name="dashboard"),
+    path("dashboard/provider/", views.provider_dashboard, name="provider_dashboard"),
+    path("dashboard/provider/profile/", views.provider_profile_save, name="provider_profile_save"),
+    path("dashboard/provider/cloud-accounts/new/", views.cloud_account_add, name="cloud_account_add"),
+    path("dashboard/provider/offerings/new/", views.offering_edit, name="offering_create"),
+    path("dashboard/provider/offerings/<slug:slug>/edit/", views.offering_edit, name="offering_edit"),
+    path("providers/<slug:slug>/", views.provider_detail, name="provider"),
+    path("account/ssh-keys/", views.ssh_keys, name="ssh_keys"),
+    path("account/ssh-keys/<int:key_id>/delete/", views.ssh_key_remove, name="ssh_key_delete"),
+]

@@ -1,0 +1,510 @@
+"""Server-rendered marketplace pages: catalog, offerings, renting, rentals and dashboards.
+
+Views parse input with a form, call a service and render. htmx polling requests of the rental
+page get a partial.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_http_methods, require_POST
+
+from billing.models import Payment
+from billing.services import PaymentFailed, contract_refund_state
+from marketplace import selectors
+from marketplace.filters import OfferingFilter
+from marketplace.forms import (
+    CloudAccountForm,
+    OfferingForm,
+    ProviderProfileForm,
+    RentForm,
+    SshKeyForm,
+)
+from marketplace.models import (
+    Contract,
+    ContractStatus,
+    Offering,
+    ProviderProfile,
+    ProvisioningStep,
+    SshKey,
+)
+from marketplace.services import contracts as contract_services
+from marketplace.services.providers import (
+    offering_create,
+    offering_update,
+    provider_profile_create,
+    provider_profile_update,
+)
+from marketplace.services.ssh_keys import ssh_key_create, ssh_key_delete
+from marketplace.sshkeys import parse_public_key
+from provisioning.models import CloudAccount
+from provisioning.services import cloud_account_create
+from recipes.models import RecipeRun, RecipeRunStatus
+
+logger = logging.getLogger(__name__)
+
+CATALOG_PAGE_SIZE = 24
+
+#: Contract statuses in which the rental page polls for changes every 2 seconds.
+POLLING_STATUSES = frozenset(
+    {ContractStatus.REQUESTED, ContractStatus.PAID, ContractStatus.PROVISIONING, ContractStatus.TERMINATING}
+)
+
+# Names of the country codes the bundled catalog uses; any other code is shown as the code.
+COUNTRY_NAMES = {
+    "DE": "Germany",
+    "FI": "Finland",
+    "FR": "France",
+    "GB": "United Kingdom",
+    "NL": "Netherlands",
+    "SG": "Singapore",
+    "US": "United States",
+}
+
+
+def _safe_next(request: HttpRequest, default: str) -> str:
+    target = request.POST.get("next") or request.GET.get("next") or ""
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return target
+    return default
+
+
+# --- catalog and offerings ------------------------------------------------------------------
+
+
+def catalog(request: HttpRequest) -> HttpResponse:
+    """Render the marketplace list with filters, sort and pagination, all kept in the query string."""
+    base = selectors.catalog_offerings()
+    filter_params = request.GET.copy()
+    filter_params.pop("page", None)
+    active_params = {key: value for key, value in filter_params.items() if value.strip()}
+
+    filterset = OfferingFilter(filter_params if active_params else None, queryset=base)
+    if filterset.is_bound and not filterset.is_valid():
+        logger.info("Catalog: invalid filter values ignored: %s", filterset.errors.as_json())
+    paginator = Paginator(filterset.qs, CATALOG_PAGE_SIZE)
+    page = paginator.get_page(request.GET.get("page"))
+
+    countries = sorted(set(base.order_by().values_list("country", flat=True).distinct()))
+    # The total is only needed to tell "no offerings at all" from "nothing matches".
+    catalog_is_empty = paginator.count == 0 and (not active_params or not base.exists())
+
+    context = {
+        "filterset": filterset,
+        "form": filterset.form,
+        "page": page,
+        "paginator": paginator,
+        "page_range": paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1),
+        "ellipsis": Paginator.ELLIPSIS,
+        "querystring": filter_params.urlencode(),
+        "has_filters": bool(active_params),
+        "catalog_is_empty": catalog_is_empty,
+        "countries": [(code, COUNTRY_NAMES.get(code, code)) for code in countries],
+        "selected_country": (filterset.form["country"].value() or "").strip().upper(),
+    }
+    return render(request, "marketplace/catalog.html", context)
+
+
+def offering_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    offering = get_object_or_404(selectors.offering_visible_to(user=request.user), slug=slug)
+    is_owner = request.user.is_authenticated and offering.provider.user_id == request.user.pk
+    return render(
+        request,
+        "marketplace/offering_detail.html",
+        {"offering": offering, "is_owner": is_owner, "rentable": offering.is_rentable()},
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def rent(request: HttpRequest, slug: str) -> HttpResponse:
+    """Rent form: SSH key, price summary, pay. The hidden idempotency key makes resubmits safe."""
+    offering = get_object_or_404(selectors.offering_visible_to(user=request.user), slug=slug)
+    is_self_rental = offering.provider.user_id == request.user.pk
+
+    if request.method == "POST":
+        form = RentForm(request.POST, user=request.user)
+        if form.is_valid():
+            contract = _create_and_pay(request, form=form, offering=offering)
+            if contract is not None:
+                return redirect(contract.get_absolute_url())
+    else:
+        first_key = SshKey.objects.filter(user=request.user).first()
+        form = RentForm(
+            user=request.user,
+            initial={
+                "idempotency_key": contract_services.new_idempotency_key(),
+                "saved_key": first_key.pk if first_key else None,
+            },
+        )
+
+    return render(
+        request,
+        "marketplace/rent.html",
+        {"offering": offering, "form": form, "is_self_rental": is_self_rental, "rentable": offering.is_rentable()},
+    )
+
+
+def _create_and_pay(request: HttpRequest, *, form: RentForm, offering: Offering) -> Contract | None:
+    """Create (or find) the contract for this submit and pay it once; None after a form error."""
+    idempotency_key = form.cleaned_data["idempotency_key"]
+    try:
+        contract, created = contract_services.contract_create(
+            tenant=request.user,
+            offering=offering,
+            ssh_public_key=form.public_key_text,
+            idempotency_key=idempotency_key,
+        )
+    except ValidationError as exc:
+        logger.info("Rent of offering %s by user %s rejected: %s", offering.pk, request.user.pk, exc.messages)
+        form.add_error(None, exc)
+        return None
+
+    if not created:
+        logger.info("Rent resubmitted by user %s: contract %s already exists", request.user.pk, contract.pk)
+
+    # Pay only a contract that still waits for payment, so a resubmit never pays twice.
+    if contract.status == ContractStatus.REQUESTED:
+        try:
+            contract = contract_services.contract_pay(contract=contract, actor=request.user)
+        except contract_services.InvalidTransition:
+            # A concurrent submit with the same key paid it between our read and our lock.
+            logger.info("Contract %s was paid by a concurrent request", contract.pk)
+        except PaymentFailed as exc:
+            logger.warning("Payment of contract %s failed: %s", contract.pk, exc)
+            messages.error(request, "The payment failed, so the rental is waiting for payment. Try again or cancel it.")
+            return contract
+
+    save_as = form.cleaned_data.get("save_as", "").strip()
+    if created and save_as and form.parsed_key is not None:
+        try:
+            ssh_key_create(user=request.user, name=save_as, public_key=form.parsed_key.normalized)
+        except ValidationError as exc:
+            logger.info("Key of contract %s not saved for user %s: %s", contract.pk, request.user.pk, exc.messages)
+            messages.info(request, "The key was not saved: " + " ".join(exc.messages))
+        else:
+            messages.success(request, f"Saved the key as {save_as!r}.")
+    return contract
+
+
+# --- rentals --------------------------------------------------------------------------------
+
+
+def _get_contract(request: HttpRequest, public_id) -> Contract:
+    return get_object_or_404(selectors.contract_visible_to(user=request.user), public_id=public_id)
+
+
+def _fingerprint(public_key: str) -> str:
+    if not public_key.strip():
+        return ""
+    try:
+        return parse_public_key(public_key).fingerprint_sha256
+    except ValidationError:
+        return ""
+
+
+def _live_context(contract: Contract) -> dict:
+    """Context of the part of the rental page that polls: status, steps, connection, recipe log."""
+    recipe_run = RecipeRun.objects.filter(contract=contract).order_by("-started_at", "-id").first()
+    polling = contract.status in POLLING_STATUSES or (
+        recipe_run is not None and recipe_run.status == RecipeRunStatus.RUNNING
+    )
+    return {
+        "contract": contract,
+        "steps": contract.step_states(),
+        "polling": polling,
+        "recipe_run": recipe_run,
+        "recipe_output": recipe_run.output if recipe_run is not None else "",
+        "host_key_fingerprint": _fingerprint(contract.host_public_key),
+    }
+
+
+def _status_label(value: str) -> str:
+    try:
+        return ContractStatus(value).label
+    except ValueError:
+        return value
+
+
+def _step_label(value: str) -> str:
+    try:
+        return ProvisioningStep(value).label
+    except ValueError:
+        return value
+
+
+def _event_rows(contract: Contract) -> list[dict]:
+    """History rows with status and step labels instead of stored values."""
+    return [
+        {
+            "created_at": event.created_at,
+            "from_label": _status_label(event.from_status) if event.from_status else "",
+            "to_label": _status_label(event.to_status),
+            "changed": bool(event.from_status) and event.from_status != event.to_status,
+            "step_label": _step_label(event.step) if event.step else "",
+            "actor_label": event.actor_label,
+            "reason": event.reason,
+        }
+        for event in contract.events.order_by("created_at", "id")
+    ]
+
+
+@login_required
+def rental_detail(request: HttpRequest, public_id) -> HttpResponse:
+    contract = _get_contract(request, public_id)
+    is_tenant = contract.tenant_id == request.user.pk
+    is_provider = contract.provider.user_id == request.user.pk
+    context = _live_context(contract)
+    context.update(
+        {
+            "is_tenant": is_tenant,
+            "is_provider": is_provider,
+            "can_decide": (is_provider or request.user.is_staff) and contract.can_accept(),
+            "can_cancel": (is_tenant or request.user.is_staff) and contract.can_cancel(),
+            "ends_now": contract.status != ContractStatus.ACTIVE or contract.is_sandbox or contract.is_self_rental,
+            "refund_state": contract_refund_state(contract),
+            "payments": Payment.objects.filter(contract=contract).order_by("created_at", "id"),
+            "events": _event_rows(contract),
+        }
+    )
+    return render(request, "marketplace/rental_detail.html", context)
+
+
+@login_required
+def rental_status(request: HttpRequest, public_id) -> HttpResponse:
+    """Render the polled part of the rental page, without hx-trigger once the rental settled.
+
+    When the status differs from the `shown` status the page was rendered with, the response
+    sets HX-Refresh so htmx reloads the whole page and actions, payments and history match.
+    """
+    contract = _get_contract(request, public_id)
+    response = render(request, "marketplace/partials/rental_status.html", _live_context(contract))
+    shown = request.GET.get("shown", "")
+    if shown and shown != contract.status and request.htmx:
+        response["HX-Refresh"] = "true"
+    return response
+
+
+def _run_contract_action(request: HttpRequest, contract: Contract, action, success: str, **kwargs) -> HttpResponse:
+    try:
+        action(contract=contract, actor=request.user, **kwargs)
+    except PermissionError as exc:
+        logger.warning("Contract %s: %s by user %s rejected: %s", contract.pk, action.__name__, request.user.pk, exc)
+        raise PermissionDenied("You may not change this rental.") from exc
+    except contract_services.InvalidTransition as exc:
+        logger.info("Contract %s: %s by user %s: %s", contract.pk, action.__name__, request.user.pk, exc)
+        messages.error(request, f"Nothing changed: the rental is {contract.get_status_display().lower()} now.")
+    except ValidationError as exc:
+        logger.info("Contract %s: %s by user %s invalid: %s", contract.pk, action.__name__, request.user.pk, exc.messages)
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, success)
+    return redirect(_safe_next(request, contract.get_absolute_url()))
+
+
+@login_required
+@require_POST
+def rental_cancel(request: HttpRequest, public_id) -> HttpResponse:
+    contract = _get_contract(request, public_id)
+    if request.POST.get("confirm") != "yes":
+        messages.error(request, "Tick the confirmation box to cancel the rental.")
+        return redirect(contract.get_absolute_url())
+    return _run_contract_action(request, contract, contract_services.contract_cancel, "The rental was cancelled.")
+
+
+@login_required
+@require_POST
+def rental_accept(request: HttpRequest, public_id) -> HttpResponse:
+    contract = _get_contract(request, public_id)
+    return _run_contract_action(
+        request, contract, contract_services.contract_accept, "Accepted: the server is being created."
+    )
+
+
+@login_required
+@require_POST
+def rental_reject(request: HttpRequest, public_id) -> HttpResponse:
+    contract = _get_contract(request, public_id)
+    reason = request.POST.get("reason", "")[:2000]
+    return _run_contract_action(
+        request, contract, contract_services.contract_reject, "Rejected: the tenant is refunded in full.", reason=reason
+    )
+
+
+# --- dashboards -----------------------------------------------------------------------------
+
+
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """Render the tenant's rentals."""
+    rentals = selectors.contracts_for_tenant(user=request.user).order_by("-created_at", "-id")
+    return render(request, "marketplace/dashboard.html", {"rentals": rentals})
+
+
+def _provider_dashboard_context(request: HttpRequest, profile: ProviderProfile, **forms) -> dict:
+    incoming = selectors.contracts_for_provider(user=request.user).order_by("-created_at", "-id")
+    return {
+        "profile": profile,
+        "offerings": profile.offerings.select_related("cloud_account", "recipe_version__recipe").order_by("name"),
+        "incoming": incoming,
+        "cloud_accounts": CloudAccount.objects.filter(owner=request.user).order_by("label"),
+        "profile_form": forms.get("profile_form") or ProviderProfileForm(instance=profile, prefix="profile"),
+        "cloud_form": forms.get("cloud_form") or CloudAccountForm(prefix="cloud"),
+    }
+
+
+@login_required
+def provider_dashboard(request: HttpRequest) -> HttpResponse:
+    """Render the provider's offerings, incoming rentals, cloud accounts and profile.
+
+    Without a provider profile the page shows the "become a provider" form instead.
+    """
+    profile = ProviderProfile.objects.filter(user=request.user).first()
+    if profile is None:
+        return render(request, "marketplace/provider_become.html", {"form": ProviderProfileForm(prefix="profile")})
+    return render(request, "marketplace/provider_dashboard.html", _provider_dashboard_context(request, profile))
+
+
+@login_required
+@require_POST
+def provider_profile_save(request: HttpRequest) -> HttpResponse:
+    """Create the provider profile, or update it when it exists."""
+    profile = ProviderProfile.objects.filter(user=request.user).first()
+    form = ProviderProfileForm(request.POST, instance=profile, prefix="profile")
+    if form.is_valid():
+        values = {name: form.cleaned_data[name] for name in form._meta.fields}
+        try:
+            if profile is None:
+                provider_profile_create(user=request.user, **values)
+                messages.success(request, "You are a provider now. Add a cloud account, then your first offering.")
+            else:
+                provider_profile_update(profile=profile, actor=request.user, **values)
+                messages.success(request, "Profile saved.")
+        except ValidationError as exc:
+            logger.info("Provider profile of user %s not saved: %s", request.user.pk, exc.messages)
+            form.add_error(None, exc)
+        else:
+            return redirect("marketplace:provider_dashboard")
+
+    if profile is None:
+        return render(request, "marketplace/provider_become.html", {"form": form}, status=200)
+    context = _provider_dashboard_context(request, profile, profile_form=form)
+    return render(request, "marketplace/provider_dashboard.html", context)
+
+
+@login_required
+@require_POST
+def cloud_account_add(request: HttpRequest) -> HttpResponse:
+    profile = ProviderProfile.objects.filter(user=request.user).first()
+    if profile is None:
+        return redirect("marketplace:provider_dashboard")
+    form = CloudAccountForm(request.POST, prefix="cloud")
+    if form.is_valid():
+        try:
+            account = cloud_account_create(
+                owner=request.user,
+                backend=form.cleaned_data["backend"],
+                label=form.cleaned_data["label"],
+                token=form.cleaned_data["token"],
+            )
+        except ValidationError as exc:
+            logger.info("Cloud account of user %s not created: %s", request.user.pk, exc.messages)
+            form.add_error(None, exc)
+        else:
+            messages.success(request, f"Cloud account {account.label!r} added.")
+            return redirect(reverse("marketplace:provider_dashboard") + "#cloud-accounts")
+    context = _provider_dashboard_context(request, profile, cloud_form=form)
+    return render(request, "marketplace/provider_dashboard.html", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def offering_edit(request: HttpRequest, slug: str | None = None) -> HttpResponse:
+    """Create (no slug) or edit an offering; only its provider may edit it."""
+    profile = ProviderProfile.objects.filter(user=request.user).first()
+    if profile is None:
+        messages.info(request, "Create your provider profile before you add offerings.")
+        return redirect("marketplace:provider_dashboard")
+    offering = None
+    if slug is not None:
+        offering = get_object_or_404(Offering.objects.select_related("provider"), slug=slug, provider=profile)
+
+    if request.method == "POST":
+        form = OfferingForm(request.POST, instance=offering, user=request.user)
+        if form.is_valid():
+            try:
+                if offering is None:
+                    saved = offering_create(user=request.user, values=form.service_values())
+                else:
+                    saved = offering_update(offering=offering, user=request.user, values=form.service_values())
+            except ValidationError as exc:
+                logger.info("Offering form of user %s rejected: %s", request.user.pk, exc.messages)
+                _add_service_errors(form, exc)
+            else:
+                messages.success(request, f"Offering {saved.name!r} saved.")
+                return redirect(saved.get_absolute_url())
+    else:
+        form = OfferingForm(instance=offering, user=request.user)
+
+    return render(request, "marketplace/offering_form.html", {"form": form, "offering": offering})
+
+
+def _add_service_errors(form: OfferingForm, exc: ValidationError) -> None:
+    """Attach a service's ValidationError to the form; price_cents errors go on the price field."""
+    if not hasattr(exc, "error_dict"):
+        form.add_error(None, exc)
+        return
+    for field, errors in exc.message_dict.items():
+        target = "price" if field == "price_cents" else field
+        form.add_error(target if target in form.fields else None, errors)
+
+
+# --- providers and SSH keys -----------------------------------------------------------------
+
+
+def provider_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    profile = get_object_or_404(ProviderProfile, slug=slug)
+    offerings = selectors.catalog_offerings().filter(provider=profile).order_by("price_cents", "id")
+    return render(request, "marketplace/provider_detail.html", {"profile": profile, "offerings": offerings})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def ssh_keys(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        form = SshKeyForm(request.POST)
+        if form.is_valid():
+            try:
+                key = ssh_key_create(
+                    user=request.user, name=form.cleaned_data["name"], public_key=form.cleaned_data["public_key"]
+                )
+            except ValidationError as exc:
+                logger.info("SSH key of user %s not saved: %s", request.user.pk, exc.messages)
+                form.add_error(None, exc)
+            else:
+                messages.success(request, f"Saved the key {key.name!r}.")
+                return redirect("marketplace:ssh_keys")
+    else:
+        form = SshKeyForm()
+    keys = SshKey.objects.filter(user=request.user).order_by("name", "id")
+    return render(request, "marketplace/ssh_keys.html", {"form": form, "keys": keys})
+
+
+@login_required
+@require_POST
+def ssh_key_remove(request: HttpRequest, key_id: int) -> HttpResponse:
+    try:
+        ssh_key_delete(user=request.user, key_id=key_id)
+    except SshKey.DoesNotExist as exc:
+        raise Http404("No such SSH key.") from exc
+    messages.success(request, "The key was deleted. Rentals that use it keep working.")
+    return redirect("marketplace:ssh_keys")

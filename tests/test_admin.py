@@ -1,0 +1,293 @@
+"""Admin tests: every page renders, the cloud token stays hidden, and the staff actions work."""
+
+from __future__ import annotations
+
+import pytest
+from django.apps import apps
+from django.contrib import admin
+from django.contrib.messages import get_messages
+from django.test import Client
+from django.urls import reverse
+
+from marketplace.models import Contract, ContractEvent, ContractStatus
+from marketplace.services.contracts import contract_activate, contract_reject
+from marketplace.services.ssh_keys import ssh_key_create
+from notifications.models import DeliveryStatus, Notification
+from provisioning.models import CloudAccount, SandboxServer, ValidationStatus
+from recipes.models import RecipeLogChunk, RecipeRun, RecipeRunStatus
+from tests.factories import (
+    make_cloud_account,
+    make_contract,
+    make_offering,
+    make_provider,
+    make_recipe,
+    make_superuser,
+    make_user,
+    ssh_public_key,
+)
+
+pytestmark = pytest.mark.django_db
+
+PROJECT_APPS = ("marketplace", "provisioning", "recipes", "billing", "notifications")
+PLAINTEXT_TOKEN = "plaintext-admin-token-must-never-be-rendered-abcdef"
+
+
+@pytest.fixture
+def staff_client() -> Client:
+    client = Client()
+    client.force_login(make_superuser(email="staff@example.com"))
+    return client
+
+
+@pytest.fixture
+def dataset():
+    """At least one row of every project model, built through the services where they exist."""
+    provider = make_provider(display_name="Acme Cloud")
+    sandbox = make_cloud_account(owner=provider.user, label="Acme sandbox")
+    hetzner = make_cloud_account(owner=provider.user, backend="hetzner", label="Acme prod", token=PLAINTEXT_TOKEN)
+    recipe = make_recipe(author=provider.user, name="Nginx", script="#!/bin/sh\necho '<installing nginx>'\n")
+    offering = make_offering(provider=provider, cloud_account=sandbox, slug="acme-nginx", recipe_version=recipe)
+    tenant = make_user(email="tenant@example.com")
+    ssh_key_create(user=tenant, name="laptop", public_key=ssh_public_key())
+
+    provisioning = make_contract(tenant=tenant, offering=offering)
+    run = RecipeRun.objects.create(contract=provisioning, status=RecipeRunStatus.RUNNING, timeout_seconds=60)
+    RecipeLogChunk.objects.create(run=run, sequence=1, text="<step one> done\n")
+    SandboxServer.objects.create(
+        account=sandbox, name="cm-1", server_type="cx22", image="ubuntu-24.04", location="fsn1",
+        labels={"cloudmarket-contract": str(provisioning.pk)}, ipv4="203.0.113.2", boot_seconds=1.0,
+    )
+
+    manual = make_provider(display_name="Careful Cloud", auto_accept=False)
+    rejected = make_contract(tenant=tenant, offering=make_offering(provider=manual))
+    contract_reject(contract=rejected, actor=manual.user, reason="No capacity.")
+    return {"provisioning": provisioning, "rejected": rejected, "hetzner": hetzner, "run": run}
+
+
+def project_models() -> list:
+    return [model for label in PROJECT_APPS for model in apps.get_app_config(label).get_models()]
+
+
+def admin_url(model, view: str, *args) -> str:
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
+
+
+def messages_of(response) -> list[str]:
+    return [str(message) for message in get_messages(response.wsgi_request)]
+
+
+# --- every page renders --------------------------------------------------------------------
+
+
+def test_every_project_model_is_registered() -> None:
+    unregistered = [model._meta.label for model in project_models() if not admin.site.is_registered(model)]
+
+    assert unregistered == []
+
+
+@pytest.mark.parametrize("model", project_models(), ids=lambda model: model._meta.label)
+def test_admin_pages_render(staff_client, dataset, model) -> None:
+    instance = model._default_manager.order_by("pk").first()
+    model_admin = admin.site._registry[model]
+
+    changelist = staff_client.get(admin_url(model, "changelist"))
+    searched = staff_client.get(admin_url(model, "changelist"), {"q": "example"})
+    change = staff_client.get(admin_url(model, "change", instance.pk))
+
+    assert instance is not None, "the dataset fixture has no row of this model"
+    assert changelist.status_code == 200
+    assert searched.status_code == 200
+    assert change.status_code == 200
+    if model_admin.has_add_permission(changelist.wsgi_request):
+        assert staff_client.get(admin_url(model, "add")).status_code == 200
+
+
+def test_user_add_form_creates_email_user(staff_client) -> None:
+    response = staff_client.post(
+        reverse("admin:marketplace_user_add"),
+        {"email": "new@example.com", "usable_password": "true", "password1": "a-long-pass-phrase-9", "password2": "a-long-pass-phrase-9"},
+    )
+
+    assert response.status_code == 302
+    assert apps.get_model("marketplace", "User").objects.get(email="new@example.com").check_password("a-long-pass-phrase-9")
+
+
+def test_contract_page_is_read_only_with_inlines(staff_client, dataset) -> None:
+    contract = dataset["provisioning"]
+
+    html = staff_client.get(admin_url(Contract, "change", contract.pk)).content.decode()
+
+    assert 'name="_save"' not in html
+    assert "Provisioning</span>" in html  # The status badge.
+    assert "&lt;step one&gt; done" in html  # Recipe output, escaped.
+    assert "Accepted automatically." in html  # History row.
+    assert "sandbox-" in html  # Payment reference.
+    assert "platform_key_ciphertext" not in html
+
+
+def test_contract_changelist_search_by_tenant_email(staff_client, dataset) -> None:
+    response = staff_client.get(admin_url(Contract, "changelist"), {"q": "tenant@example.com"})
+
+    assert response.status_code == 200
+    assert response.context["cl"].result_count == 2
+
+
+def test_contract_changelist_search_by_public_id(staff_client, dataset) -> None:
+    contract = dataset["provisioning"]
+
+    response = staff_client.get(admin_url(Contract, "changelist"), {"q": str(contract.public_id)})
+
+    assert [row.pk for row in response.context["cl"].result_list] == [contract.pk]
+
+
+# --- cloud account token -------------------------------------------------------------------
+
+
+def test_cloud_account_pages_never_show_token(staff_client, dataset) -> None:
+    account = dataset["hetzner"]
+
+    pages = [
+        staff_client.get(admin_url(CloudAccount, "change", account.pk)),
+        staff_client.get(admin_url(CloudAccount, "changelist")),
+    ]
+
+    for page in pages:
+        assert PLAINTEXT_TOKEN.encode() not in page.content
+        assert account.token_ciphertext.encode() not in page.content
+        assert b"token_ciphertext" not in page.content
+    assert b'name="new_token"' in pages[0].content
+
+
+def test_cloud_account_new_token_replaces_token(staff_client, dataset) -> None:
+    account = dataset["hetzner"]
+    CloudAccount.objects.filter(pk=account.pk).update(validation_status=ValidationStatus.INVALID, last_error="401")
+
+    response = staff_client.post(
+        admin_url(CloudAccount, "change", account.pk),
+        {"label": account.label, "new_token": "replacement-token-123", "_save": "Save"},
+    )
+
+    account.refresh_from_db()
+    assert response.status_code == 302
+    assert account.get_token() == "replacement-token-123"
+    assert account.validation_status == ValidationStatus.UNCHECKED
+    assert account.last_error == ""
+
+
+def test_cloud_account_empty_new_token_keeps_token(staff_client, dataset) -> None:
+    account = dataset["hetzner"]
+
+    staff_client.post(admin_url(CloudAccount, "change", account.pk), {"label": "Renamed", "new_token": "", "_save": "Save"})
+
+    account.refresh_from_db()
+    assert account.label == "Renamed"
+    assert account.get_token() == PLAINTEXT_TOKEN
+
+
+def test_cloud_account_validate_action(staff_client) -> None:
+    account = make_cloud_account(owner=make_user(), validation_status=ValidationStatus.UNCHECKED)
+
+    response = staff_client.post(
+        admin_url(CloudAccount, "changelist"), {"action": "validate_credentials", "_selected_action": [account.pk]}
+    )
+
+    account.refresh_from_db()
+    assert response.status_code == 302
+    assert account.validation_status == ValidationStatus.VALID
+    assert any("credentials are valid" in message for message in messages_of(response))
+
+
+# --- contract actions ----------------------------------------------------------------------
+
+
+def test_retry_provisioning_clears_lease_and_queues_task(staff_client, dataset, django_capture_on_commit_callbacks) -> None:
+    contract = dataset["provisioning"]
+    Contract.objects.filter(pk=contract.pk).update(lease_owner="dead-worker:1:abc", lease_expires_at=contract.created_at)
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = staff_client.post(
+            admin_url(Contract, "changelist"), {"action": "retry_provisioning", "_selected_action": [contract.pk]}
+        )
+
+    contract.refresh_from_db()
+    event = contract.events.order_by("-id").first()
+    assert response.status_code == 302
+    assert contract.status == ContractStatus.PROVISIONING
+    assert contract.lease_owner == ""
+    assert contract.lease_expires_at is None
+    assert event.actor_label == "staff"
+    assert event.reason == "Provisioning retried by staff."
+    assert len(callbacks) == 1
+    assert any("Provisioning re-queued" in message for message in messages_of(response))
+
+
+def test_retry_provisioning_reports_wrong_state(staff_client, dataset, django_capture_on_commit_callbacks) -> None:
+    rejected = dataset["rejected"]
+    events_before = ContractEvent.objects.filter(contract=rejected).count()
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = staff_client.post(
+            admin_url(Contract, "changelist"), {"action": "retry_provisioning", "_selected_action": [rejected.pk]}
+        )
+
+    assert callbacks == []
+    assert ContractEvent.objects.filter(contract=rejected).count() == events_before
+    assert any("cannot retry provisioning" in message for message in messages_of(response))
+
+
+def test_terminate_now_starts_termination(staff_client, dataset, django_capture_on_commit_callbacks) -> None:
+    contract = dataset["provisioning"]
+    Contract.objects.filter(pk=contract.pk).update(cloud_server_id="7", ip_address="203.0.113.7")
+    contract_activate(contract_id=contract.pk, worker="test-worker")
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = staff_client.post(
+            admin_url(Contract, "changelist"), {"action": "terminate_now", "_selected_action": [contract.pk]}
+        )
+
+    contract.refresh_from_db()
+    event = contract.events.order_by("-id").first()
+    assert contract.status == ContractStatus.TERMINATING
+    assert event.actor_label == "staff"
+    assert event.reason == "Terminated by staff."
+    assert len(callbacks) == 1
+    assert any("Termination started" in message for message in messages_of(response))
+
+
+def test_terminate_now_reports_successes_and_failures(staff_client, dataset, django_capture_on_commit_callbacks) -> None:
+    active = dataset["provisioning"]
+    Contract.objects.filter(pk=active.pk).update(cloud_server_id="7", ip_address="203.0.113.7")
+    contract_activate(contract_id=active.pk, worker="test-worker")
+    rejected = dataset["rejected"]
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = staff_client.post(
+            admin_url(Contract, "changelist"), {"action": "terminate_now", "_selected_action": [active.pk, rejected.pk]}
+        )
+
+    messages = messages_of(response)
+    assert Contract.objects.get(pk=active.pk).status == ContractStatus.TERMINATING
+    assert Contract.objects.get(pk=rejected.pk).status == ContractStatus.REJECTED
+    assert len(callbacks) == 1
+    assert any(f"contract(s) {active.pk}" in message for message in messages)
+    assert any(f"Contract {rejected.pk} cannot be terminated" in message for message in messages)
+
+
+# --- notifications -------------------------------------------------------------------------
+
+
+def test_retry_sending_queues_unsent_notifications(staff_client, dataset, django_capture_on_commit_callbacks) -> None:
+    pending = Notification.objects.filter(status=DeliveryStatus.PENDING).order_by("pk")
+    sent = pending.first()
+    Notification.objects.filter(pk=sent.pk).update(status=DeliveryStatus.SENT)
+    selected = list(Notification.objects.values_list("pk", flat=True))
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = staff_client.post(
+            admin_url(Notification, "changelist"), {"action": "retry_sending", "_selected_action": selected}
+        )
+
+    messages = messages_of(response)
+    assert len(callbacks) == len(selected) - 1
+    assert any(f"Queued {len(selected) - 1} notification(s)" in message for message in messages)
+    assert any(f"Skipped notification(s) {sent.pk}" in message for message in messages)

@@ -1,0 +1,382 @@
+"""API tests: provider profile and offerings, cloud accounts, SSH keys, and the OpenAPI schema."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from marketplace.models import Offering, ProviderProfile, SshKey
+from provisioning.models import CloudAccount
+from tests.factories import (
+    make_cloud_account,
+    make_offering,
+    make_provider,
+    make_recipe,
+    make_user,
+    ssh_public_key,
+)
+
+pytestmark = pytest.mark.django_db
+
+# Never a real token: the Hetzner endpoint points at a closed loopback port in tests.
+PLAINTEXT_TOKEN = "plaintext-hetzner-token-must-never-be-echoed-0123456789"
+
+
+def client_for(user) -> APIClient:
+    client = APIClient()
+    client.force_login(user)
+    return client
+
+
+# --- provider profile ----------------------------------------------------------------------
+
+
+def test_profile_get_without_profile_is_404() -> None:
+    response = client_for(make_user()).get("/api/v1/provider/profile/")
+
+    assert response.status_code == 404
+
+
+def test_profile_create_get_and_patch() -> None:
+    user = make_user()
+    client = client_for(user)
+
+    created = client.post(
+        "/api/v1/provider/profile/", {"display_name": "Nordic Metal", "country": "fi", "auto_accept": False}, format="json"
+    )
+    patched = client.patch("/api/v1/provider/profile/", {"description": "Bare metal in Helsinki."}, format="json")
+    fetched = client.get("/api/v1/provider/profile/")
+
+    assert created.status_code == 201
+    assert created.json()["slug"] == "nordic-metal"
+    assert created.json()["country"] == "FI"
+    assert patched.status_code == 200
+    assert fetched.json()["description"] == "Bare metal in Helsinki."
+    assert fetched.json()["display_name"] == "Nordic Metal"
+    assert fetched.json()["auto_accept"] is False
+
+
+def test_profile_create_twice_is_400() -> None:
+    provider = make_provider()
+
+    response = client_for(provider.user).post("/api/v1/provider/profile/", {"display_name": "Again"}, format="json")
+
+    assert response.status_code == 400
+    assert ProviderProfile.objects.filter(user=provider.user).count() == 1
+
+
+def test_profile_invalid_country_is_400_naming_field() -> None:
+    response = client_for(make_user()).post(
+        "/api/v1/provider/profile/", {"display_name": "Bad Country", "country": "D1"}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert "country" in response.json()
+
+
+def test_profile_anonymous_write_is_403() -> None:
+    response = APIClient().post("/api/v1/provider/profile/", {"display_name": "Nobody"}, format="json")
+
+    assert response.status_code == 403
+
+
+# --- provider offerings --------------------------------------------------------------------
+
+
+@pytest.fixture
+def provider():
+    return make_provider(display_name="Acme Cloud")
+
+
+@pytest.fixture
+def account(provider):
+    return make_cloud_account(owner=provider.user, label="Acme sandbox")
+
+
+def offering_body(account, **overrides) -> dict:
+    body = {
+        "name": "Acme medium",
+        "description": "Four cores.",
+        "product_type": "vm",
+        "cloud_account": account.pk,
+        "vcpu": 4,
+        "memory_mib": 8192,
+        "disk_gb": 80,
+        "location_code": "nbg1",
+        "server_type": "cx32",
+        "image": "ubuntu-24.04",
+        "price_cents": 1500,
+        "currency": "EUR",
+        "visibility": "public",
+        "stock_status": "in_stock",
+    }
+    body.update(overrides)
+    return body
+
+
+def test_provider_offering_create(provider, account) -> None:
+    response = client_for(provider.user).post("/api/v1/provider/offerings/", offering_body(account), format="json")
+
+    body = response.json()
+    assert response.status_code == 201, body
+    assert body["slug"] == "acme-medium"
+    assert body["country"] == "DE"  # Filled in from the nbg1 location.
+    assert body["city"] == "Nuremberg"
+    assert Offering.objects.get(slug="acme-medium").provider == provider
+
+
+def test_provider_offering_create_unknown_server_type_is_400(provider, account) -> None:
+    response = client_for(provider.user).post(
+        "/api/v1/provider/offerings/", offering_body(account, server_type="zz99"), format="json"
+    )
+
+    assert response.status_code == 400
+    assert "server_type" in response.json()
+
+
+def test_provider_offering_create_negative_price_is_400(provider, account) -> None:
+    response = client_for(provider.user).post(
+        "/api/v1/provider/offerings/", offering_body(account, price_cents=-1), format="json"
+    )
+
+    assert response.status_code == 400
+    assert "price_cents" in response.json()
+
+
+def test_provider_offering_create_with_foreign_account_is_400(provider) -> None:
+    foreign = make_cloud_account(owner=make_user())
+
+    response = client_for(provider.user).post("/api/v1/provider/offerings/", offering_body(foreign), format="json")
+
+    assert response.status_code == 400
+    assert "cloud_account" in response.json()
+    assert Offering.objects.count() == 0
+
+
+def test_provider_offering_create_without_profile_is_400() -> None:
+    user = make_user()
+    account = make_cloud_account(owner=user)
+
+    response = client_for(user).post("/api/v1/provider/offerings/", offering_body(account), format="json")
+
+    assert response.status_code == 400
+    assert Offering.objects.count() == 0
+
+
+def test_provider_offering_patch(provider, account) -> None:
+    offering = make_offering(provider=provider, cloud_account=account, slug="acme-small")
+    recipe = make_recipe(author=provider.user)
+
+    response = client_for(provider.user).patch(
+        "/api/v1/provider/offerings/acme-small/",
+        {"price_cents": 777, "stock_status": "limited", "recipe_version": recipe.pk},
+        format="json",
+    )
+
+    offering.refresh_from_db()
+    assert response.status_code == 200, response.json()
+    assert offering.price_cents == 777
+    assert offering.stock_status == "limited"
+    assert offering.recipe_version == recipe
+    assert offering.slug == "acme-small"
+
+
+def test_provider_offering_put_is_not_allowed(provider, account) -> None:
+    make_offering(provider=provider, cloud_account=account, slug="acme-small")
+
+    response = client_for(provider.user).put("/api/v1/provider/offerings/acme-small/", offering_body(account), format="json")
+
+    assert response.status_code == 405
+
+
+def test_provider_offerings_of_another_provider_are_404(provider, account) -> None:
+    make_offering(provider=provider, cloud_account=account, slug="acme-small")
+    other = make_provider(display_name="Other")
+    client = client_for(other.user)
+
+    listing = client.get("/api/v1/provider/offerings/")
+    detail = client.get("/api/v1/provider/offerings/acme-small/")
+    patch = client.patch("/api/v1/provider/offerings/acme-small/", {"price_cents": 1}, format="json")
+
+    assert listing.json()["results"] == []
+    assert detail.status_code == 404
+    assert patch.status_code == 404
+    assert Offering.objects.get(slug="acme-small").price_cents != 1
+
+
+def test_provider_offerings_list_query_count(provider, account, django_assert_num_queries) -> None:
+    for index in range(5):
+        make_offering(provider=provider, cloud_account=account, slug=f"acme-{index}", recipe_version=make_recipe(author=provider.user))
+    client = client_for(provider.user)
+
+    # Session, user, COUNT and one SELECT with the account and recipe version joined.
+    with django_assert_num_queries(4):
+        response = client.get("/api/v1/provider/offerings/")
+
+    assert response.json()["count"] == 5
+
+
+# --- cloud accounts ------------------------------------------------------------------------
+
+
+def test_cloud_account_create_sandbox() -> None:
+    response = client_for(make_user()).post(
+        "/api/v1/cloud-accounts/", {"backend": "sandbox", "label": "Play"}, format="json"
+    )
+
+    assert response.status_code == 201
+    assert response.json()["validation_status"] == "valid"
+    assert response.json()["has_token"] is False
+
+
+def test_cloud_account_duplicate_label_is_400() -> None:
+    user = make_user()
+    make_cloud_account(owner=user, label="Play")
+
+    response = client_for(user).post("/api/v1/cloud-accounts/", {"backend": "sandbox", "label": "Play"}, format="json")
+
+    assert response.status_code == 400
+    assert "label" in response.json()
+
+
+def test_cloud_account_hetzner_without_token_is_400() -> None:
+    response = client_for(make_user()).post(
+        "/api/v1/cloud-accounts/", {"backend": "hetzner", "label": "Prod"}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert "token" in response.json()
+
+
+def test_cloud_account_token_never_in_any_response() -> None:
+    user = make_user()
+    client = client_for(user)
+
+    created = client.post(
+        "/api/v1/cloud-accounts/", {"backend": "hetzner", "label": "Prod", "token": PLAINTEXT_TOKEN}, format="json"
+    )
+    account = CloudAccount.objects.get(owner=user, label="Prod")
+    later = {
+        "list": client.get("/api/v1/cloud-accounts/"),
+        "detail": client.get(f"/api/v1/cloud-accounts/{account.pk}/"),
+        "validate": client.post(f"/api/v1/cloud-accounts/{account.pk}/validate/"),
+    }
+
+    assert created.status_code == 201, created.json()
+    assert created.json()["has_token"] is True
+    assert "token" not in created.json()
+    assert account.get_token() == PLAINTEXT_TOKEN
+    for response in [created, *later.values()]:
+        assert PLAINTEXT_TOKEN.encode() not in response.content
+        assert account.token_ciphertext.encode() not in response.content
+    for name, response in later.items():
+        assert response.status_code == 200, name
+
+
+def test_cloud_account_validate_sandbox() -> None:
+    user = make_user()
+    account = make_cloud_account(owner=user, validation_status="unchecked")
+
+    response = client_for(user).post(f"/api/v1/cloud-accounts/{account.pk}/validate/")
+
+    assert response.status_code == 200
+    assert response.json()["validation_status"] == "valid"
+
+
+def test_cloud_accounts_of_another_user_are_404() -> None:
+    owner = make_user()
+    account = make_cloud_account(owner=owner, validation_status="unchecked")
+    client = client_for(make_user())
+
+    listing = client.get("/api/v1/cloud-accounts/")
+    detail = client.get(f"/api/v1/cloud-accounts/{account.pk}/")
+    validate = client.post(f"/api/v1/cloud-accounts/{account.pk}/validate/")
+
+    assert listing.json()["results"] == []
+    assert detail.status_code == 404
+    assert validate.status_code == 404
+    account.refresh_from_db()
+    assert account.validation_status == "unchecked"
+
+
+def test_cloud_accounts_anonymous_is_403() -> None:
+    response = APIClient().get("/api/v1/cloud-accounts/")
+
+    assert response.status_code == 403
+
+
+# --- SSH keys ------------------------------------------------------------------------------
+
+
+def test_ssh_key_create_list_delete() -> None:
+    user = make_user()
+    client = client_for(user)
+
+    created = client.post("/api/v1/ssh-keys/", {"name": "laptop", "public_key": ssh_public_key()}, format="json")
+    listing = client.get("/api/v1/ssh-keys/")
+    deleted = client.delete(f"/api/v1/ssh-keys/{created.json()['id']}/")
+
+    assert created.status_code == 201
+    assert created.json()["key_type"] == "ssh-ed25519"
+    assert created.json()["fingerprint"].startswith("SHA256:")
+    assert [item["name"] for item in listing.json()["results"]] == ["laptop"]
+    assert deleted.status_code == 204
+    assert SshKey.objects.filter(user=user).count() == 0
+
+
+def test_ssh_key_invalid_is_400_naming_public_key() -> None:
+    response = client_for(make_user()).post("/api/v1/ssh-keys/", {"name": "bad", "public_key": "ssh-rsa AAAA"}, format="json")
+
+    assert response.status_code == 400
+    assert list(response.json()) == ["public_key"]
+
+
+def test_ssh_key_duplicate_is_400_naming_public_key() -> None:
+    client = client_for(make_user())
+    key = ssh_public_key()
+    client.post("/api/v1/ssh-keys/", {"name": "one", "public_key": key}, format="json")
+
+    response = client.post("/api/v1/ssh-keys/", {"name": "two", "public_key": key}, format="json")
+
+    assert response.status_code == 400
+    assert "public_key" in response.json()
+
+
+def test_ssh_keys_of_another_user_are_404() -> None:
+    from marketplace.services.ssh_keys import ssh_key_create
+
+    key = ssh_key_create(user=make_user(), name="theirs", public_key=ssh_public_key())
+    client = client_for(make_user())
+
+    listing = client.get("/api/v1/ssh-keys/")
+    detail = client.get(f"/api/v1/ssh-keys/{key.pk}/")
+    deleted = client.delete(f"/api/v1/ssh-keys/{key.pk}/")
+
+    assert listing.json()["results"] == []
+    assert detail.status_code == 404
+    assert deleted.status_code == 404
+    assert SshKey.objects.filter(pk=key.pk).exists()
+
+
+def test_ssh_keys_anonymous_write_is_403() -> None:
+    response = APIClient().post("/api/v1/ssh-keys/", {"name": "x", "public_key": ssh_public_key()}, format="json")
+
+    assert response.status_code == 403
+
+
+# --- schema --------------------------------------------------------------------------------
+
+
+def test_schema_validates_without_warnings(tmp_path) -> None:
+    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(tmp_path / "schema.yaml"))
+
+    assert "/api/v1/rentals/" in (tmp_path / "schema.yaml").read_text()
+
+
+def test_schema_and_docs_are_served() -> None:
+    schema = APIClient().get("/api/schema/")
+    docs = APIClient().get("/api/docs/")
+
+    assert schema.status_code == 200
+    assert docs.status_code == 200

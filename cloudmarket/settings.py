@@ -190,6 +190,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 60.0,
         "options": {"expires": 55},
     },
+    "reconcile-cloud-accounts": {
+        "task": "provisioning.tasks.reconcile_cloud_accounts_task",
+        "schedule": crontab(minute="*/10"),
+        "options": {"expires": 540},
+    },
     "retry-pending-notifications": {
         "task": "notifications.tasks.retry_pending_notifications_task",
         "schedule": crontab(minute="*/5"),
@@ -249,6 +254,9 @@ FIELD_ENCRYPTION_KEYS = _encryption_keys()
 FIELD_ENCRYPTION_KEY_ID = next(iter(FIELD_ENCRYPTION_KEYS))
 
 # Marketplace rules.
+# The catalog counts matches up to this number and then says "more than"; exact counts of
+# broad filters over a large catalog cost more than the rest of the page.
+CATALOG_COUNT_CAP = env.int("CATALOG_COUNT_CAP", default=1000)
 PLATFORM_COMMISSION_BPS = env.int("PLATFORM_COMMISSION_BPS", default=2000)  # 20 %
 PAYMENT_METHOD = "stripe" if env.str("STRIPE_SECRET_KEY", default="") else "sandbox"
 
@@ -257,6 +265,9 @@ PAYMENT_METHOD = "stripe" if env.str("STRIPE_SECRET_KEY", default="") else "sand
 # never touch each other's servers.
 DEPLOYMENT_NAME = env.str("DEPLOYMENT_NAME", default="local")
 PROVISIONING_LEASE_SECONDS = env.int("PROVISIONING_LEASE_SECONDS", default=120)
+# A labelled server that no live contract owns is deleted this many seconds after the
+# reconciler first reported it.
+RECONCILE_ORPHAN_GRACE_SECONDS = env.int("RECONCILE_ORPHAN_GRACE_SECONDS", default=3600)
 HCLOUD_API_ENDPOINT = env.str("HCLOUD_API_ENDPOINT", default="https://api.hetzner.cloud/v1")
 # Port of the SSH server on created machines; tests point it at a loopback sshd.
 PROVISIONING_SSH_PORT = env.int("PROVISIONING_SSH_PORT", default=22)

@@ -22,11 +22,12 @@ from marketplace.models import (
     ContractStatus,
     Offering,
     ProviderProfile,
+    ProvisioningQueueEntry,
     SshKey,
     User,
 )
 from marketplace.services import contracts as contract_services
-from marketplace.services.staff import contract_retry_provisioning
+from marketplace.services.staff import contract_force_terminate, contract_retry_provisioning
 from recipes.models import RecipeRun
 
 logger = logging.getLogger(__name__)
@@ -282,20 +283,13 @@ class ContractAdmin(admin.ModelAdmin):
                 succeeded.append(contract.pk)
         self._report(request, "Provisioning re-queued", succeeded, failed)
 
-    @admin.action(description="Terminate now", permissions=["change"])
+    @admin.action(description="Force terminate (stop provisioning, or terminate now)", permissions=["change"])
     def terminate_now(self, request, queryset) -> None:
         succeeded: list[int] = []
         failed: list[str] = []
         for contract in queryset.order_by("pk"):
-            if contract.status not in {ContractStatus.ACTIVE, ContractStatus.TERMINATION_FAILED}:
-                failed.append(
-                    f"Contract {contract.pk} cannot be terminated: it is {contract.get_status_display().lower()}."
-                )
-                continue
             try:
-                contract_services.contract_terminate(
-                    contract=contract, actor=request.user, actor_label="staff", reason="Terminated by staff."
-                )
+                contract_force_terminate(contract_id=contract.pk, actor=request.user)
             except contract_services.InvalidTransition as exc:
                 failed.append(str(exc))
             else:
@@ -308,6 +302,41 @@ class ContractAdmin(admin.ModelAdmin):
             self.message_user(request, f"{done} for contract(s) {ids}.", messages.SUCCESS)
         for message in failed:
             self.message_user(request, message, messages.WARNING)
+
+
+@admin.register(ProvisioningQueueEntry)
+class ProvisioningQueueAdmin(ContractAdmin):
+    """Work in flight: which worker holds each contract, since when, at which step, how many tries."""
+
+    list_display = (
+        "id",
+        "offering_name",
+        "status_badge",
+        "provisioning_step",
+        "lease_owner_display",
+        "lease_claimed_at",
+        "lease_expires_at",
+        "attempts",
+        "last_error_short",
+        "updated_at",
+    )
+    list_filter = ("status", "provisioning_step", "backend")
+    list_select_related = ()
+    date_hierarchy = None
+    inlines = (ContractEventInline,)
+    ordering = ("updated_at",)
+
+    def get_queryset(self, request):
+        live = {ContractStatus.PROVISIONING, ContractStatus.TERMINATING, ContractStatus.TERMINATION_FAILED}
+        return super().get_queryset(request).filter(status__in=live)
+
+    @admin.display(description="Claimed by")
+    def lease_owner_display(self, obj: Contract) -> str:
+        return obj.lease_owner or "(unclaimed)"
+
+    @admin.display(description="Last error")
+    def last_error_short(self, obj: Contract) -> str:
+        return (obj.last_error[:120] + "…") if len(obj.last_error) > 120 else obj.last_error
 
 
 @admin.register(ContractEvent)

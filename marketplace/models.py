@@ -166,6 +166,12 @@ class Offering(models.Model):
             models.Index(fields=["visibility", "memory_mib", "id"], name="offering_catalog_memory"),
             models.Index(fields=["visibility", "country", "price_cents"], name="offering_catalog_country"),
             models.Index(fields=["visibility", "product_type", "price_cents"], name="offering_catalog_type"),
+            models.Index(fields=["visibility", "country", "vcpu"], name="offering_catalog_country_vcpu"),
+            models.Index(fields=["visibility", "country", "memory_mib"], name="offering_catalog_country_mem"),
+            # GPU offerings are a small share of the catalog; a partial index finds them directly.
+            models.Index(
+                fields=["visibility", "price_cents"], condition=Q(gpu_count__gt=0), name="offering_catalog_gpu_price"
+            ),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(gpu_count__gte=0), name="offering_gpu_count_nonnegative"),
@@ -289,6 +295,7 @@ class Contract(models.Model):
 
     # Work in flight: the worker holding the provisioning or termination lease.
     lease_owner = models.CharField(max_length=64, blank=True)
+    lease_claimed_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
@@ -365,6 +372,15 @@ class Contract(models.Model):
 
     def can_retry_provisioning(self) -> bool:
         return self.status == ContractStatus.PROVISIONING
+
+
+class ProvisioningQueueEntry(Contract):
+    """A contract seen as work in flight: provisioning, terminating or stuck in termination."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "provisioning queue entry"
+        verbose_name_plural = "provisioning queue"
 
 
 class ContractEvent(models.Model):

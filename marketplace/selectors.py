@@ -40,3 +40,21 @@ def contract_visible_to(*, user) -> QuerySet[Contract]:
     if user.is_staff:
         return queryset
     return queryset.filter(Q(tenant=user) | Q(provider__user=user))
+
+
+CATALOG_COUNTRIES_CACHE_KEY = "catalog:countries:v1"
+
+
+def catalog_countries() -> list[str]:
+    """Country codes present in the catalog, for the filter menu; cached for five minutes.
+
+    A DISTINCT over the whole catalog costs tens of milliseconds at 100,000 offerings, and the
+    menu may lag a new country by the cache lifetime.
+    """
+    from django.core.cache import cache
+
+    countries = cache.get(CATALOG_COUNTRIES_CACHE_KEY)
+    if countries is None:
+        countries = sorted(set(catalog_offerings().order_by().values_list("country", flat=True).distinct()))
+        cache.set(CATALOG_COUNTRIES_CACHE_KEY, countries, 300)
+    return countries

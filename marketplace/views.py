@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -21,6 +22,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from billing.models import Payment
 from billing.services import PaymentFailed, contract_refund_state
 from marketplace import selectors
+from marketplace.pagination import CappedCountPaginator
 from marketplace.filters import OfferingFilter
 from marketplace.forms import (
     CloudAccountForm,
@@ -91,10 +93,15 @@ def catalog(request: HttpRequest) -> HttpResponse:
     filterset = OfferingFilter(filter_params if active_params else None, queryset=base)
     if filterset.is_bound and not filterset.is_valid():
         logger.info("Catalog: invalid filter values ignored: %s", filterset.errors.as_json())
-    paginator = Paginator(filterset.qs, CATALOG_PAGE_SIZE)
+    # Cards need neither long texts nor secrets; a recipe script alone can be 200 KB.
+    results = filterset.qs.defer(
+        "description", "recipe_version__script", "recipe_version__changelog", "recipe_version__recipe__description",
+        "provider__description", "cloud_account__token_ciphertext", "cloud_account__last_error",
+    )
+    paginator = CappedCountPaginator(results, CATALOG_PAGE_SIZE, max_count=settings.CATALOG_COUNT_CAP)
     page = paginator.get_page(request.GET.get("page"))
 
-    countries = sorted(set(base.order_by().values_list("country", flat=True).distinct()))
+    countries = selectors.catalog_countries()
     # The total is only needed to tell "no offerings at all" from "nothing matches".
     catalog_is_empty = paginator.count == 0 and (not active_params or not base.exists())
 

@@ -16,6 +16,7 @@ class Event(models.TextChoices):
     RENTAL_TERMINATED = "rental_terminated", "Rental terminated"
     TERMINATION_FAILED = "termination_failed", "Termination failed"
     CREDENTIALS_INVALID = "credentials_invalid", "Cloud credentials invalid"
+    SERVER_MISSING = "server_missing", "Server missing"
 
 
 class Channel(models.TextChoices):

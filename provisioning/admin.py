@@ -12,7 +12,15 @@ from django import forms
 from django.contrib import admin, messages
 
 from marketplace.admin import ReadOnlyAdminMixin, status_badge
-from provisioning.models import CloudAccount, SandboxServer, ValidationStatus
+from provisioning.backends.base import CloudError
+from provisioning.models import (
+    CloudAccount,
+    OrphanServer,
+    SandboxServer,
+    ServerMissingReport,
+    ValidationStatus,
+)
+from provisioning.reconcile import OrphanNotDeletable, orphan_server_delete
 from provisioning.services import cloud_account_validate
 
 logger = logging.getLogger(__name__)
@@ -97,3 +105,70 @@ class SandboxServerAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ("account",)
     search_fields = ("name", "ipv4", "account__label")
     date_hierarchy = "created_at"
+
+
+# --- reconciliation --------------------------------------------------------------------------
+
+
+@admin.register(OrphanServer)
+class OrphanServerAdmin(admin.ModelAdmin):
+    """Orphan servers found by the reconciler, with an action that deletes them at the cloud now.
+
+    Rows are read-only. Deleting a row here would not delete the server, so only the action
+    deletes anything.
+    """
+
+    list_display = (
+        "server_id", "name", "account", "reason", "status_display", "contract", "first_seen_at", "last_seen_at",
+        "deleted_at", "has_delete_error",
+    )
+    list_filter = ("status", "reason", "account__backend", "account", ("delete_error", admin.EmptyFieldListFilter))
+    list_select_related = ("account", "contract")
+    search_fields = ("server_id", "name", "account__label")
+    date_hierarchy = "first_seen_at"
+    readonly_fields = (
+        "account", "server_id", "name", "labels", "reason", "contract", "status", "first_seen_at", "last_seen_at",
+        "deleted_at", "deleted_by", "delete_error",
+    )
+    actions = ("delete_now",)
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="Status", ordering="status")
+    def status_display(self, obj: OrphanServer):
+        return status_badge(obj.get_status_display(), obj.status_colour)
+
+    @admin.display(description="Delete error", boolean=True)
+    def has_delete_error(self, obj: OrphanServer) -> bool:
+        return bool(obj.delete_error)
+
+    @admin.action(description="Delete now (skip the grace period)", permissions=["change"])
+    def delete_now(self, request, queryset) -> None:
+        for orphan in queryset.order_by("pk"):
+            try:
+                orphan = orphan_server_delete(orphan=orphan, actor=request.user)
+            except OrphanNotDeletable as exc:
+                self.message_user(request, f"Server {orphan.server_id}: not deleted: {exc}", messages.WARNING)
+            except CloudError as exc:
+                self.message_user(request, f"Server {orphan.server_id}: deleting failed: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"Server {orphan.server_id} at {orphan.account} deleted.", messages.SUCCESS)
+
+
+@admin.register(ServerMissingReport)
+class ServerMissingReportAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Live contracts whose cloud server was not found, read-only: the reconciler opens and resolves them."""
+
+    list_display = ("contract", "cloud_server_id", "contract_status", "detected_at", "resolved_at")
+    list_filter = (("resolved_at", admin.EmptyFieldListFilter), "contract__status", "contract__backend")
+    list_select_related = ("contract",)
+    search_fields = ("cloud_server_id", "contract__offering_name", "contract__tenant__email")
+    date_hierarchy = "detected_at"
+
+    @admin.display(description="Contract status", ordering="contract__status")
+    def contract_status(self, obj: ServerMissingReport):
+        return status_badge(obj.contract.get_status_display(), obj.contract.status_colour)

@@ -100,3 +100,103 @@ class SandboxServer(models.Model):
 
     def __str__(self) -> str:
         return f"Sandbox server {self.pk} ({self.name})"
+
+
+class OrphanReason(models.TextChoices):
+    NO_CONTRACT_LABEL = "no_contract_label", "No contract label"
+    UNKNOWN_CONTRACT = "unknown_contract", "Unknown contract"
+    CONTRACT_ENDED = "contract_ended", "Contract ended"
+    NOT_CONTRACT_SERVER = "not_contract_server", "Not the contract's server"
+
+
+class OrphanStatus(models.TextChoices):
+    REPORTED = "reported", "Reported"
+    DELETED = "deleted", "Deleted"
+    GONE = "gone", "Gone"
+    CLEARED = "cleared", "No longer an orphan"
+
+
+ORPHAN_STATUS_COLOURS = {
+    OrphanStatus.REPORTED: "orange",
+    OrphanStatus.DELETED: "grey",
+    OrphanStatus.GONE: "grey",
+    OrphanStatus.CLEARED: "green",
+}
+
+
+class OrphanServer(models.Model):
+    """A server carrying this deployment's label at a cloud account that no live contract owns.
+
+    The reconciler reports it, and deletes it once it has been seen for
+    `RECONCILE_ORPHAN_GRACE_SECONDS` (staff can delete it earlier from the admin). `gone` means
+    the server disappeared without the reconciler deleting it, and `cleared` that a later run
+    found a live contract owning it.
+    """
+
+    account = models.ForeignKey(CloudAccount, on_delete=models.CASCADE, related_name="orphan_servers")
+    server_id = models.CharField(max_length=64)
+    name = models.CharField(max_length=255, blank=True)
+    labels = models.JSONField(default=dict)
+    reason = models.CharField(max_length=24, choices=OrphanReason.choices)
+    # The contract named by the server's contract label, if that contract exists.
+    contract = models.ForeignKey(
+        "marketplace.Contract", null=True, blank=True, on_delete=models.SET_NULL, related_name="orphan_servers"
+    )
+    status = models.CharField(max_length=16, choices=OrphanStatus.choices, default=OrphanStatus.REPORTED)
+    first_seen_at = models.DateTimeField()
+    last_seen_at = models.DateTimeField()
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    # Staff user who deleted it from the admin; empty when the reconciler deleted it.
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    delete_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-first_seen_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["account", "server_id"], name="orphanserver_unique_per_account"),
+        ]
+        indexes = [models.Index(fields=["status", "first_seen_at"], name="orphanserver_status_seen")]
+
+    def __str__(self) -> str:
+        return f"Orphan server {self.server_id} at {self.account}"
+
+    @property
+    def status_colour(self) -> str:
+        return ORPHAN_STATUS_COLOURS.get(self.status, "grey")
+
+    def can_delete(self) -> bool:
+        return self.status == OrphanStatus.REPORTED
+
+
+class ServerMissingReport(models.Model):
+    """A live contract whose cloud server was not found at its cloud account.
+
+    At most one report per contract is open (`resolved_at` empty). The tenant and the provider
+    are notified when a report opens. It is resolved when the server is found again, the
+    contract stores another server id, or the contract is no longer live.
+    """
+
+    contract = models.ForeignKey("marketplace.Contract", on_delete=models.CASCADE, related_name="server_missing_reports")
+    cloud_server_id = models.CharField(max_length=64)
+    detected_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-detected_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["contract"],
+                condition=models.Q(resolved_at__isnull=True),
+                name="servermissingreport_one_open_per_contract",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Server {self.cloud_server_id} of contract {self.contract_id} missing"
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None

@@ -58,11 +58,17 @@ def lease_claim(*, contract_id: int, owner: str, status: str = ContractStatus.PR
         .filter(Q(lease_owner="") | Q(lease_expires_at__lt=now) | Q(lease_owner=owner))
         .update(
             lease_owner=owner,
+            lease_claimed_at=now,
             lease_expires_at=now + timedelta(seconds=settings.PROVISIONING_LEASE_SECONDS),
             attempts=F("attempts") + 1,
         )
     )
     return Lease(contract_id, owner) if claimed else None
+
+
+def lease_renewal_interval() -> float:
+    """Seconds between lease renewals during a long step: a third of the lease, at most 10."""
+    return max(0.5, min(10.0, settings.PROVISIONING_LEASE_SECONDS / 3))
 
 
 def lease_renew(lease: Lease) -> None:
@@ -148,10 +154,19 @@ def _create_server(lease: Lease, contract: Contract, backend: CloudBackend) -> C
             logger.warning("Contract %s: stored server %s is gone; creating again", contract.pk, contract.cloud_server_id)
     logger.info("Contract %s: creating server (%s, %s, %s)", contract.pk, contract.server_type, contract.image, contract.location_code)
     info = backend.create_server(_server_spec(contract))
-    # Store the id before anything else can fail, so a crash after this line cannot leak it.
-    Contract.objects.filter(pk=contract.pk, lease_owner=lease.owner).update(
+    # Store the id before anything else can fail. A crash before this line leaves a labelled
+    # server that the next attempt finds by its labels.
+    stored = Contract.objects.filter(pk=contract.pk, lease_owner=lease.owner).update(
         cloud_server_id=info.id, ssh_port=backend.ssh_port, ssh_username=backend.ssh_username
     )
+    if not stored:
+        # The contract was cancelled or taken over while the cloud created the server. If it is no
+        # longer provisioning, nobody else will record this server, so delete it now.
+        current = Contract.objects.get(pk=contract.pk)
+        if current.status != ContractStatus.PROVISIONING:
+            logger.warning("Contract %s: %s while server %s was created; deleting it", contract.pk, current.status, info.id)
+            backend.delete_server(info.id, labels=contract_labels(contract))
+        raise LeaseLost(f"Worker {lease.owner} lost the lease on contract {contract.pk} while creating a server.")
     logger.info("Contract %s: server %s created", contract.pk, info.id)
     return _reload(lease)
 
@@ -180,20 +195,29 @@ def _wait_for_ssh(lease: Lease, contract: Contract, backend: CloudBackend) -> Co
         return contract
     from recipes.runner import SshUnreachable, wait_for_ssh
 
-    try:
-        wait_for_ssh(
-            host=contract.ip_address,
-            port=contract.ssh_port,
-            username=contract.ssh_username,
-            client_private_key=platform_private_key(contract),
-            host_public_key=contract.host_public_key,
-            deadline_seconds=settings.PROVISIONING_SSH_TIMEOUT,
-            interval=min(2.0, settings.PROVISIONING_POLL_INTERVAL),
-        )
-    except SshUnreachable as exc:
-        raise ProvisioningError(
-            f"The server never became reachable over SSH within {settings.PROVISIONING_SSH_TIMEOUT:.0f} seconds: {exc}"
-        ) from exc
+    client_private_key = platform_private_key(contract)
+    deadline = time.monotonic() + settings.PROVISIONING_SSH_TIMEOUT
+    # Wait in slices no longer than the renewal interval, so the lease outlives a slow boot.
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            wait_for_ssh(
+                host=contract.ip_address,
+                port=contract.ssh_port,
+                username=contract.ssh_username,
+                client_private_key=client_private_key,
+                host_public_key=contract.host_public_key,
+                deadline_seconds=max(0.5, min(remaining, lease_renewal_interval())),
+                interval=min(2.0, settings.PROVISIONING_POLL_INTERVAL),
+            )
+            break
+        except SshUnreachable as exc:
+            if time.monotonic() >= deadline:
+                raise ProvisioningError(
+                    f"The server never became reachable over SSH within {settings.PROVISIONING_SSH_TIMEOUT:.0f} "
+                    f"seconds: {exc}"
+                ) from exc
+            lease_renew(lease)
     lease_renew(lease)
     return contract
 
@@ -201,6 +225,14 @@ def _wait_for_ssh(lease: Lease, contract: Contract, backend: CloudBackend) -> Co
 def _run_recipe(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
     if not contract.recipe_script.strip():
         return contract
+    # A run still marked running belongs to a worker that died; this worker starts the recipe again.
+    interrupted = RecipeRun.objects.filter(contract=contract, status=RecipeRunStatus.RUNNING).update(
+        status=RecipeRunStatus.FAILED,
+        finished_at=timezone.now(),
+        error="The run was interrupted because its worker stopped; the recipe was started again.",
+    )
+    if interrupted:
+        logger.warning("Contract %s: %s interrupted recipe run(s) marked failed; running the recipe again", contract.pk, interrupted)
     run = RecipeRun.objects.create(
         contract=contract,
         executed=backend.executes_recipes,
@@ -278,7 +310,7 @@ def _execute_recipe_streaming(lease: Lease, contract: Contract, run: RecipeRun):
         if text:
             RecipeLogChunk.objects.create(run=run, sequence=sequence, text=text)
             sequence += 1
-        if time.monotonic() - last_renewal > 10:
+        if time.monotonic() - last_renewal > lease_renewal_interval():
             lease_renew(lease)
             last_renewal = time.monotonic()
     thread.join()

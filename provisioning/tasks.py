@@ -47,8 +47,9 @@ def provision_contract_task(self, contract_id: int) -> None:
     logger.info("Contract %s: provisioning started by %s (try %s)", contract_id, owner, self.request.retries + 1)
     try:
         pipeline.provision(lease=lease)
-    except pipeline.LeaseLost as exc:
-        logger.warning("Contract %s: %s", contract_id, exc)
+    except (pipeline.LeaseLost, contract_services.InvalidTransition) as exc:
+        # Another worker took over, or the contract left provisioning (cancelled by staff).
+        logger.warning("Contract %s: stopped provisioning: %s", contract_id, exc)
     except TransientCloudError as exc:
         pipeline.lease_release(lease)
         Contract.objects.filter(pk=contract_id).update(last_error=str(exc)[:2000])
@@ -139,4 +140,16 @@ def resume_stalled_provisioning_task() -> None:
         terminate_contract_task.delay(contract_id)
 
 
+@shared_task(expires=540)
+def reconcile_cloud_accounts_task() -> None:
+    """Compare the servers at every cloud account with the contracts (see `provisioning.reconcile`)."""
+    from provisioning.reconcile import reconcile_all
 
+    reports = reconcile_all()
+    logger.info(
+        "Reconciled %s cloud accounts: %s orphans reported, %s deleted, %s contracts with a missing server",
+        len(reports),
+        sum(len(report.orphans_reported) for report in reports),
+        sum(len(report.orphans_deleted) for report in reports),
+        sum(len(report.missing_flagged) for report in reports),
+    )

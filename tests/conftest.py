@@ -209,3 +209,116 @@ def _settings_for_peers(request, settings):
         settings.HCLOUD_API_ENDPOINT = api.url
         settings.PROVISIONING_SSH_PORT = sshd.port
         settings.PROVISIONING_SSH_USERNAME = sshd.username
+
+
+# Provisioning at scale: many servers at once, each with its own loopback address and SSH keys.
+
+SCALE_QUEUE = "provisioning-scale"
+
+
+class ScaleWorker(WorkerProcess):
+    """A `celery worker` subprocess on the scale tests' queue, with a choice of pool.
+
+    Unlike `WorkerProcess` it returns before the worker is ready, so several can start at
+    once; call `wait_ready()` before relying on it.
+    """
+
+    def __init__(self, *, env: dict[str, str], log_path: Path, name: str, pool: str = "prefork", concurrency: int = 2):
+        self.log_path = log_path
+        self.name = name
+        self._log = open(log_path, "wb")  # noqa: SIM115  (closed in stop())
+        self.process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "cloudmarket", "worker",
+                "--loglevel=INFO", "-P", pool, f"--concurrency={concurrency}",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                f"--hostname={name}@%h",
+            ],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the worker process, as a crashed machine would stop it, and reap it."""
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ssh_fleet():
+    from tests.peers.ssh_fleet import SshFleet
+
+    with SshFleet() as fleet:
+        yield fleet
+
+
+@pytest.fixture(scope="session")
+def session_fleet_hetzner_api(ssh_fleet):
+    """A fake Hetzner API that gives every server its own loopback address on the SSH fleet."""
+    from tests.peers.hetzner_api import HetznerApiServer
+
+    with HetznerApiServer(
+        tokens={TEST_HCLOUD_TOKEN}, sshd=ssh_fleet, boot_delay=0.2, per_server_addresses=True
+    ) as api:
+        yield api
+
+
+@pytest.fixture
+def fleet_hetzner_api(session_fleet_hetzner_api, ssh_fleet):
+    session_fleet_hetzner_api.reset()
+    session_fleet_hetzner_api.boot_delay = 0.2
+    yield session_fleet_hetzner_api
+    session_fleet_hetzner_api.reset()
+    session_fleet_hetzner_api.boot_delay = 0.2
+
+
+@pytest.fixture
+def scale_queue(worker_env, monkeypatch):
+    """Route the Celery tasks this test process sends to the scale workers' queue, emptied first."""
+    import redis
+
+    from cloudmarket.celery import app
+
+    redis.Redis.from_url(worker_env["REDIS_URL"]).delete(SCALE_QUEUE)
+    monkeypatch.setitem(app.conf, "task_default_queue", SCALE_QUEUE)
+    yield SCALE_QUEUE
+    redis.Redis.from_url(worker_env["REDIS_URL"]).delete(SCALE_QUEUE)
+
+
+@pytest.fixture
+def start_scale_workers(worker_env, session_fleet_hetzner_api, ssh_fleet, scale_queue, tmp_path):
+    """Return `start(count, *, pool, concurrency, env)`, which starts worker processes on the SSH
+    fleet's fake cloud and waits until they are ready. Every worker is stopped after the test."""
+    started: list[ScaleWorker] = []
+    base_env = {
+        **worker_env,
+        "DJANGO_SETTINGS_MODULE": "tests.worker_settings",
+        "CLOUDMARKET_TEST_CELERY_QUEUE": scale_queue,
+        "HCLOUD_API_ENDPOINT": session_fleet_hetzner_api.url,
+        "PROVISIONING_SSH_PORT": str(ssh_fleet.port),
+        "PROVISIONING_SSH_USERNAME": ssh_fleet.username,
+        "PROVISIONING_SSH_TIMEOUT": "20",
+        "PROVISIONING_BOOT_TIMEOUT": "20",
+    }
+
+    def start(count: int = 1, *, pool: str = "prefork", concurrency: int = 2, env: dict[str, str] | None = None) -> list[ScaleWorker]:
+        workers = [
+            ScaleWorker(
+                env={**base_env, **(env or {})},
+                log_path=tmp_path / f"scale-worker-{len(started) + index}.log",
+                name=f"scale{len(started) + index}",
+                pool=pool,
+                concurrency=concurrency,
+            )
+            for index in range(count)
+        ]
+        started.extend(workers)
+        for worker in workers:
+            worker.wait_ready()
+        return workers
+
+    yield start
+    for worker in started:
+        worker.stop()

@@ -8,12 +8,19 @@ from django.contrib import admin
 from django.contrib.messages import get_messages
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from marketplace.models import Contract, ContractEvent, ContractStatus
 from marketplace.services.contracts import contract_activate, contract_reject
 from marketplace.services.ssh_keys import ssh_key_create
 from notifications.models import DeliveryStatus, Notification
-from provisioning.models import CloudAccount, SandboxServer, ValidationStatus
+from provisioning.models import (
+    CloudAccount,
+    OrphanServer,
+    SandboxServer,
+    ServerMissingReport,
+    ValidationStatus,
+)
 from recipes.models import RecipeLogChunk, RecipeRun, RecipeRunStatus
 from tests.factories import (
     make_cloud_account,
@@ -57,6 +64,11 @@ def dataset():
         account=sandbox, name="cm-1", server_type="cx22", image="ubuntu-24.04", location="fsn1",
         labels={"cloudmarket-contract": str(provisioning.pk)}, ipv4="203.0.113.2", boot_seconds=1.0,
     )
+    OrphanServer.objects.create(
+        account=sandbox, server_id="999", name="stray", labels={"cloudmarket-deployment": "local"},
+        reason="no_contract_label", first_seen_at=timezone.now(), last_seen_at=timezone.now(),
+    )
+    ServerMissingReport.objects.create(contract=provisioning, cloud_server_id="998", detected_at=timezone.now())
 
     manual = make_provider(display_name="Careful Cloud", auto_accept=False)
     rejected = make_contract(tenant=tenant, offering=make_offering(provider=manual))

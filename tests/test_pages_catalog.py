@@ -218,3 +218,34 @@ def test_catalog_shows_out_of_stock_badge(client, catalog):
     html = client.get(CATALOG_URL).content.decode()
 
     assert "Out of stock" in html
+
+
+@pytest.mark.django_db
+def test_catalog_count_stops_at_cap(client):
+    from marketplace.pagination import CappedCountPaginator
+
+    provider = make_provider()
+    account = make_cloud_account(owner=provider.user)
+    for _ in range(7):
+        make_offering(provider=provider, cloud_account=account)
+
+    capped = CappedCountPaginator(Offering.objects.order_by("pk"), 2, max_count=5)
+    exact = CappedCountPaginator(Offering.objects.order_by("pk"), 2, max_count=10)
+
+    assert capped.count == 6
+    assert capped.is_capped is True
+    assert exact.count == 7
+    assert exact.is_capped is False
+
+
+@pytest.mark.django_db
+def test_catalog_page_says_more_than_cap(client, settings):
+    settings.CATALOG_COUNT_CAP = 3
+    provider = make_provider()
+    account = make_cloud_account(owner=provider.user)
+    for _ in range(4):
+        make_offering(provider=provider, cloud_account=account)
+
+    response = client.get(CATALOG_URL)
+
+    assert "More than 3 offerings" in response.content.decode()

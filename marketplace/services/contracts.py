@@ -387,6 +387,39 @@ def _begin_termination(contract: Contract, *, actor: User | None, actor_label: s
 
 
 @transaction.atomic
+def contract_cancel_provisioning(*, contract: Contract, actor: User | None, actor_label: str, reason: str) -> Contract:
+    """Stop a contract that is still provisioning: refund in full and delete what was created.
+
+    Clearing the lease fences the worker in flight: its next lease renewal or write fails and it
+    stops. A server it creates after this point is deleted by that worker or by termination,
+    which looks servers up by the contract's labels.
+    """
+    from billing.services import payment_refund_contract
+    from provisioning.tasks import terminate_contract_task
+
+    contract = _lock(contract.pk)
+    contract = _move(
+        contract,
+        allowed_from={ContractStatus.PROVISIONING},
+        to_status=ContractStatus.TERMINATING,
+        action="stop provisioning",
+        actor=actor,
+        actor_label=actor_label,
+        reason=reason,
+        step=contract.provisioning_step,
+        attempts=0,
+        lease_owner="",
+        lease_claimed_at=None,
+        lease_expires_at=None,
+    )
+    payment_refund_contract(contract=contract, reason=f"Provisioning stopped: {reason}")
+    contract_pk = contract.pk
+    transaction.on_commit(lambda: terminate_contract_task.delay(contract_pk))
+    _notify(contract, "rental_cancelled")
+    return contract
+
+
+@transaction.atomic
 def contract_terminate(*, contract: Contract, actor: User | None, actor_label: str, reason: str) -> Contract:
     """Start deleting the server now (staff, provider ending the rental, or period end)."""
     contract = _lock(contract.pk)

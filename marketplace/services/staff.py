@@ -27,7 +27,9 @@ def contract_retry_provisioning(*, contract_id: int, actor: User) -> Contract:
         raise InvalidTransition(contract, "retry provisioning")
 
     previous_owner = contract.lease_owner
-    Contract.objects.filter(pk=contract.pk).update(lease_owner="", lease_expires_at=None, updated_at=timezone.now())
+    Contract.objects.filter(pk=contract.pk).update(
+        lease_owner="", lease_claimed_at=None, lease_expires_at=None, updated_at=timezone.now()
+    )
     ContractEvent.objects.create(
         contract=contract,
         from_status=contract.status,
@@ -45,5 +47,54 @@ def contract_retry_provisioning(*, contract_id: int, actor: User) -> Contract:
         previous_owner or None,
         contract.provisioning_step,
     )
+    contract.refresh_from_db()
+    return contract
+
+
+def contract_force_terminate(*, contract_id: int, actor: User) -> Contract:
+    """End a contract now, whatever it is doing: the staff "Force terminate" action.
+
+    A provisioning contract is stopped and refunded, an active or termination-failed one starts
+    termination, and a terminating one whose worker died gets its lease cleared and its
+    termination queued again. Raises InvalidTransition for contracts that already ended.
+    """
+    from marketplace.models import ContractStatus
+    from marketplace.services import contracts as contract_services
+
+    contract = Contract.objects.get(pk=contract_id)
+    if contract.status == ContractStatus.PROVISIONING:
+        return contract_services.contract_cancel_provisioning(
+            contract=contract, actor=actor, actor_label="staff", reason="Provisioning stopped by staff."
+        )
+    if contract.status in {ContractStatus.ACTIVE, ContractStatus.TERMINATION_FAILED}:
+        return contract_services.contract_terminate(
+            contract=contract, actor=actor, actor_label="staff", reason="Terminated by staff."
+        )
+    if contract.status == ContractStatus.TERMINATING:
+        return _requeue_termination(contract_id=contract_id, actor=actor)
+    raise InvalidTransition(contract, "be terminated")
+
+
+@transaction.atomic
+def _requeue_termination(*, contract_id: int, actor: User) -> Contract:
+    from marketplace.models import ContractStatus
+    from provisioning.tasks import terminate_contract_task
+
+    contract = Contract.objects.select_for_update().get(pk=contract_id)
+    if contract.status != ContractStatus.TERMINATING:
+        raise InvalidTransition(contract, "be terminated")
+    Contract.objects.filter(pk=contract.pk).update(
+        lease_owner="", lease_claimed_at=None, lease_expires_at=None, attempts=0, updated_at=timezone.now()
+    )
+    ContractEvent.objects.create(
+        contract=contract,
+        from_status=contract.status,
+        to_status=contract.status,
+        actor=actor,
+        actor_label="staff",
+        reason="Termination queued again by staff.",
+    )
+    transaction.on_commit(lambda: terminate_contract_task.delay(contract_id))
+    logger.info("Contract %s: termination re-queued by user %s", contract_id, actor.pk)
     contract.refresh_from_db()
     return contract

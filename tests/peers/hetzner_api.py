@@ -11,6 +11,10 @@ peer is given, server creation emulates cloud-init on it: the public keys of the
 objects become its authorized keys, and an `ed25519_private` host key from `#cloud-config` user
 data becomes its host key.
 
+With `per_server_addresses=True` every created server gets an address of its own from
+127.0.0.2 upwards instead, and the cloud-init hooks receive it as `address=`, so a peer such as
+`tests.peers.ssh_fleet.SshFleet` can keep each server's keys apart.
+
 Run standalone with `python -m tests.peers.hetzner_api --port 0 --token tok`.
 """
 
@@ -23,6 +27,7 @@ import itertools
 import json
 import logging
 import math
+import random
 import re
 import secrets
 import socket
@@ -113,7 +118,11 @@ SSH_KEY_TYPES = {
 
 
 class SshdPeer(Protocol):
-    """The SSH server that plays the booted VM (for example `tests.peers.sshd.LoopbackSshd`)."""
+    """The SSH server that plays the booted VM (for example `tests.peers.sshd.LoopbackSshd`).
+
+    With `per_server_addresses=True` the fake passes `address=` to both hooks, and calls
+    `forget(address)`, when the peer has it, once the server is deleted.
+    """
 
     def set_authorized_keys(self, lines: list[str]) -> None: ...
 
@@ -144,6 +153,11 @@ class Fault:
     and only the response is replaced (or dropped): a lost response after a successful create.
     `before` runs when the fault matches, before anything else, for example to create a
     conflicting server and emulate a race with another client.
+
+    `response_delay` sleeps after the request was handled and before the response is sent,
+    so the change has happened while the client still waits. `probability` makes the fault
+    apply to only that share of matching requests, drawn from the server's seeded random
+    generator; a request it skips does not count towards `times`.
     """
 
     method: str
@@ -159,6 +173,8 @@ class Fault:
     before: Callable[[], None] | None = None
     times: int | None = 1
     hits: int = 0
+    response_delay: float = 0.0
+    probability: float = 1.0
 
     def matches(self, method: str, path: str) -> bool:
         if self.method != "*" and self.method.upper() != method:
@@ -503,6 +519,8 @@ class HetznerApiServer:
         ipv4: str = "127.0.0.1",
         port: int = 0,
         max_per_page: int = MAX_PER_PAGE,
+        per_server_addresses: bool = False,
+        fault_seed: int | None = None,
     ):
         self.tokens: set[str] = set(tokens)
         self._initial_tokens = frozenset(self.tokens)
@@ -516,6 +534,12 @@ class HetznerApiServer:
         self._lock = threading.RLock()
         self._faults: list[Fault] = []
         self._ids = itertools.count(1001)
+        self.per_server_addresses = per_server_addresses
+        # Addresses are never reused, even across reset(), so a late connection from an
+        # earlier test cannot reach a newer server.
+        self._address_numbers = itertools.count(2)
+        self._server_addresses: dict[int, str] = {}
+        self._random = random.Random(fault_seed)
 
         locations = _catalog_locations()
         self._locations = {location["id"]: location for location in locations}
@@ -608,6 +632,14 @@ class HetznerApiServer:
             self._ssh_keys.clear()
             self._actions.clear()
             self._action_done_at.clear()
+            for address in self._server_addresses.values():
+                self._release_address(address)
+            self._server_addresses.clear()
+
+    def seed_faults(self, seed: int) -> None:
+        """Restart the random generator that decides which faults with a `probability` apply."""
+        with self._lock:
+            self._random = random.Random(seed)
 
     def add_fault(
         self,
@@ -624,6 +656,8 @@ class HetznerApiServer:
         process: bool = False,
         before: Callable[[], None] | None = None,
         times: int | None = 1,
+        response_delay: float = 0.0,
+        probability: float = 1.0,
     ) -> Fault:
         """Script a fault for matching requests; see `Fault` for the meaning of each field.
 
@@ -644,6 +678,8 @@ class HetznerApiServer:
             process=process,
             before=before,
             times=times,
+            response_delay=response_delay,
+            probability=probability,
         )
         with self._lock:
             self._faults.append(fault)
@@ -703,6 +739,7 @@ class HetznerApiServer:
         with self._lock:
             self._servers.pop(int(server_id), None)
             self._server_ready_at.pop(int(server_id), None)
+            self._release_address(self._server_addresses.pop(int(server_id), None))
 
     def set_server_status(self, server_id: int, status: str) -> None:
         """Set a server's status directly (for example `off`) and stop its boot timer."""
@@ -752,6 +789,8 @@ class HetznerApiServer:
         with self._lock:
             for fault in self._faults:
                 if fault.matches(method, path):
+                    if fault.probability < 1.0 and self._random.random() >= fault.probability:
+                        continue
                     fault.hits += 1
                     if fault.times is not None and fault.hits >= fault.times:
                         self._faults.remove(fault)
@@ -774,6 +813,8 @@ class HetznerApiServer:
         is_failure = fault.drop_connection or fault.status is not None or fault.code is not None
         if fault.process or not is_failure:
             result = self._dispatch(method, path, query, body, headers)
+            if fault.response_delay:
+                time.sleep(fault.response_delay)
             if not is_failure:
                 return result
         if fault.drop_connection:
@@ -844,6 +885,24 @@ class HetznerApiServer:
         ]
 
     # Shared helpers
+
+    def _next_address(self) -> str:
+        """Return the next unused address in 127.0.0.0/8, skipping ones ending in .0 or .255."""
+        while True:
+            number = next(self._address_numbers)
+            if number >= 2**24:
+                raise ApiError("resource_unavailable", "the fake API ran out of loopback addresses")
+            if number % 256 not in (0, 255):
+                return f"127.{number >> 16 & 255}.{number >> 8 & 255}.{number & 255}"
+
+    def _release_address(self, address: str | None) -> None:
+        forget = getattr(self.sshd, "forget", None)
+        if address is None or forget is None:
+            return
+        try:
+            forget(address)
+        except Exception:
+            logger.exception("Fake Hetzner API could not release address %s on the sshd peer", address)
 
     def _advance_clock(self) -> None:
         now = time.monotonic()
@@ -1008,6 +1067,7 @@ class HetznerApiServer:
         image: dict[str, Any],
         location: dict[str, Any],
         labels: dict[str, str],
+        ipv4: str | None = None,
     ) -> dict[str, Any]:
         datacenter = self._datacenters[location["id"]]
         return {
@@ -1018,7 +1078,7 @@ class HetznerApiServer:
             "public_net": {
                 "ipv4": {
                     "id": server_id,
-                    "ip": self.ipv4,
+                    "ip": ipv4 or self.ipv4,
                     "blocked": False,
                     "dns_ptr": f"static.{server_id}.example",
                 },
@@ -1278,7 +1338,8 @@ class HetznerApiServer:
                 details={"fields": [{"name": "name"}]},
             )
 
-        self._apply_cloud_init(ssh_keys, user_data)
+        address = self._next_address() if self.per_server_addresses else None
+        self._apply_cloud_init(ssh_keys, user_data, address)
 
         server_id = next(self._ids)
         start_after_create = body.get("start_after_create", True) is not False
@@ -1290,8 +1351,11 @@ class HetznerApiServer:
             image=image,
             location=location,
             labels=labels,
+            ipv4=address,
         )
         self._servers[server_id] = server
+        if address is not None:
+            self._server_addresses[server_id] = address
         if start_after_create:
             self._server_ready_at[server_id] = time.monotonic() + self.boot_delay
         else:
@@ -1312,7 +1376,9 @@ class HetznerApiServer:
             "root_password": None if ssh_keys else secrets.token_urlsafe(16),
         }
 
-    def _apply_cloud_init(self, ssh_keys: list[dict[str, Any]], user_data: str) -> None:
+    def _apply_cloud_init(
+        self, ssh_keys: list[dict[str, Any]], user_data: str, address: str | None = None
+    ) -> None:
         try:
             host_key, extra_authorized = parse_cloud_config_host_key(user_data)
         except ValueError as exc:
@@ -1320,10 +1386,12 @@ class HetznerApiServer:
         if self.sshd is None:
             return
         authorized = [key["public_key"] for key in ssh_keys] + extra_authorized
+        # The single-address peer keeps its original hook signatures.
+        where = {} if address is None else {"address": address}
         try:
-            self.sshd.set_authorized_keys(authorized)
+            self.sshd.set_authorized_keys(authorized, **where)
             if host_key is not None:
-                self.sshd.install_host_key(host_key)
+                self.sshd.install_host_key(host_key, **where)
         except Exception as exc:
             logger.exception("Fake Hetzner API could not apply cloud-init to the sshd peer")
             raise ApiError("server_error", f"cloud-init emulation failed: {exc}") from exc
@@ -1342,6 +1410,7 @@ class HetznerApiServer:
         if self._servers.pop(int(server_id), None) is None:
             raise ApiError("not_found", f"server with ID {server_id} not found")
         self._server_ready_at.pop(int(server_id), None)
+        self._release_address(self._server_addresses.pop(int(server_id), None))
         action = self._new_action("delete_server", int(server_id), duration=0.0)
         return 200, {"action": dict(action)}
 

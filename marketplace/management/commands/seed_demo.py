@@ -99,7 +99,7 @@ class Command(BaseCommand):
         entries = listing["recipes"] if isinstance(listing, dict) else listing
         versions = {}
         for entry in entries:
-            script = (DEMO_DIR / "recipes" / entry["file"]).read_text(encoding="utf-8")
+            script = (DEMO_DIR / entry["file"]).read_text(encoding="utf-8")
             recipe, _ = Recipe.objects.get_or_create(
                 slug=entry["slug"],
                 defaults={"author": author, "name": entry["name"], "description": entry["description"]},

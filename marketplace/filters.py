@@ -17,6 +17,8 @@ SORT_CHOICES = [
     ("newest", "Newest"),
 ]
 
+# NOTE: sorting and the price filters compare price_cents across currencies without conversion,
+# so 5.00 JPY sorts next to 5.00 EUR. This stays so until the platform has exchange rates.
 SORT_FIELDS = {
     "price": ("price_cents", "id"),
     "-price": ("-price_cents", "-id"),
@@ -28,17 +30,28 @@ SORT_FIELDS = {
 }
 
 
+class BoundedNumberFilter(django_filters.NumberFilter):
+    """A number filter whose only upper bound is its own `max_value`.
+
+    django-filter's NumberFilter adds a second maximum of 1e50, so a value such as 1e308 got
+    two "less than or equal" messages.
+    """
+
+    def get_max_validator(self):
+        return None
+
+
 class OfferingFilter(django_filters.FilterSet):
     """Catalog filters; every value lives in the URL query string."""
 
     q = django_filters.CharFilter(method="filter_text", label="Search", max_length=200)
     product_type = django_filters.ChoiceFilter(choices=ProductType.choices, label="Type", empty_label="Any type")
     country = django_filters.CharFilter(method="filter_country", label="Country", max_length=2)
-    price_min = django_filters.NumberFilter(method="filter_price_min", label="Min price / month", min_value=0, max_value=1_000_000)
-    price_max = django_filters.NumberFilter(method="filter_price_max", label="Max price / month", min_value=0, max_value=1_000_000)
-    min_vcpu = django_filters.NumberFilter(field_name="vcpu", lookup_expr="gte", label="Min vCPU", min_value=0, max_value=1024)
-    min_memory_gib = django_filters.NumberFilter(method="filter_memory", label="Min memory (GiB)", min_value=0, max_value=1_000_000)
-    min_disk_gb = django_filters.NumberFilter(field_name="disk_gb", lookup_expr="gte", label="Min disk (GB)", min_value=0, max_value=1_000_000)
+    price_min = BoundedNumberFilter(method="filter_price_min", label="Min price / month", min_value=0, max_value=1_000_000)
+    price_max = BoundedNumberFilter(method="filter_price_max", label="Max price / month", min_value=0, max_value=1_000_000)
+    min_vcpu = BoundedNumberFilter(field_name="vcpu", lookup_expr="gte", label="Min vCPU", min_value=0, max_value=1024)
+    min_memory_gib = BoundedNumberFilter(method="filter_memory", label="Min memory (GiB)", min_value=0, max_value=1_000_000)
+    min_disk_gb = BoundedNumberFilter(field_name="disk_gb", lookup_expr="gte", label="Min disk (GB)", min_value=0, max_value=1_000_000)
     gpu = django_filters.BooleanFilter(method="filter_gpu", label="GPU")
     has_recipe = django_filters.BooleanFilter(method="filter_has_recipe", label="Ready-made service (has recipe)")
     sort = django_filters.ChoiceFilter(choices=SORT_CHOICES, method="filter_sort", label="Sort", empty_label="Price: low to high")

@@ -9,8 +9,9 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from marketplace.models import Offering, ProviderProfile, SshKey
-from marketplace.services.providers import MAX_PRICE_CENTS
+from marketplace.services.providers import MAX_PRICE_CENTS, duplicate_name_message, provider_named
 from marketplace.sshkeys import ParsedPublicKey, parse_public_key
+from marketplace.validators import validate_country_code, validate_visible_text
 from provisioning.models import Backend, CloudAccount
 from recipes.models import RecipeVersion
 
@@ -28,31 +29,46 @@ _PUBLIC_KEY_WIDGET = forms.Textarea(
 
 
 class RentForm(forms.Form):
-    """The rent page: which SSH key gets root access, plus the idempotency key of this submit."""
+    """The rent page: which SSH key gets root access, plus the idempotency key of this submit.
+
+    A pasted key takes precedence over the saved key chosen in the select, so a pre-selected
+    saved key never replaces a key the user pasted. Without saved keys the pasted key is required.
+    """
 
     saved_key = forms.ModelChoiceField(
         queryset=SshKey.objects.none(),
         required=False,
-        empty_label="Paste a new key below",
+        empty_label="— paste a new key —",
         label="Saved SSH key",
+        help_text="Used unless you paste a new key below.",
     )
     public_key = forms.CharField(
         required=False,
         widget=_PUBLIC_KEY_WIDGET,
         label="Or paste a public key",
-        help_text="The line from your .pub file, for example ~/.ssh/id_ed25519.pub.",
+        help_text="The line from your .pub file, for example ~/.ssh/id_ed25519.pub. "
+        "A pasted key is used instead of the saved key above.",
     )
     save_as = forms.CharField(
         required=False,
         max_length=80,
         label="Save this key as",
+        validators=[validate_visible_text],
         help_text="Optional: a name to save the pasted key under for later rentals, for example 'laptop'.",
     )
     idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=64)
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
-        self.fields["saved_key"].queryset = SshKey.objects.filter(user=user)
+        saved_keys = SshKey.objects.filter(user=user)
+        self.fields["saved_key"].queryset = saved_keys
+        self.has_saved_keys = saved_keys.exists()
+        if not self.has_saved_keys:
+            self.fields["public_key"].required = True
+            self.fields["public_key"].help_text = "The line from your .pub file, for example ~/.ssh/id_ed25519.pub."
+            self.fields["public_key"].error_messages["required"] = (
+                "An SSH public key is required: paste the line from your .pub file, for example ~/.ssh/id_ed25519.pub."
+            )
         self.parsed_key: ParsedPublicKey | None = None
 
     def clean_idempotency_key(self) -> str:
@@ -67,22 +83,20 @@ class RentForm(forms.Form):
         pasted = (cleaned.get("public_key") or "").strip()
         if "saved_key" in self.errors or "public_key" in self.errors:
             return cleaned
-        if saved and pasted:
-            self.add_error("public_key", "Choose a saved key or paste a new one, not both.")
-        elif not saved and not pasted:
-            self.add_error("public_key", "An SSH public key is required: choose a saved key or paste one.")
-        elif pasted:
+        if pasted:
             try:
                 self.parsed_key = parse_public_key(pasted)
             except ValidationError as exc:
                 self.add_error("public_key", exc)
+        elif not saved:
+            self.add_error("public_key", "An SSH public key is required: choose a saved key or paste one.")
         if cleaned.get("save_as", "").strip() and not pasted:
-            self.add_error("save_as", "Only a pasted key can be saved; leave this empty for a saved key.")
+            self.add_error("save_as", "Only a pasted key can be saved; paste the key or leave this empty.")
         return cleaned
 
     @property
     def public_key_text(self) -> str:
-        """The OpenSSH line to authorise: the saved key's or the pasted (normalised) one."""
+        """The OpenSSH line to authorise: the pasted (normalised) key if any, else the saved key's."""
         if self.parsed_key is not None:
             return self.parsed_key.normalized
         return self.cleaned_data["saved_key"].public_key
@@ -91,7 +105,9 @@ class RentForm(forms.Form):
 class SshKeyForm(forms.Form):
     """Add a saved SSH key."""
 
-    name = forms.CharField(max_length=80, help_text="A name you recognise, for example 'laptop'.")
+    name = forms.CharField(
+        max_length=80, validators=[validate_visible_text], help_text="A name you recognise, for example 'laptop'."
+    )
     public_key = forms.CharField(
         widget=_PUBLIC_KEY_WIDGET,
         label="Public key",
@@ -103,25 +119,44 @@ class ProviderProfileForm(forms.ModelForm):
     """Create or edit the public provider profile."""
 
     website = forms.URLField(required=False, max_length=200, assume_scheme="https", help_text="For example https://example.com.")
+    # Declared here so lower-case input is upper-cased before the ISO 3166-1 check.
+    country = forms.CharField(required=False, max_length=2, help_text="Two-letter ISO code, for example DE.")
 
     class Meta:
         model = ProviderProfile
         fields = ["display_name", "description", "website", "country", "auto_accept"]
         widgets = {"description": forms.Textarea(attrs={"rows": 4})}
-        help_texts = {"country": "Two-letter ISO code, for example DE."}
+
+    def clean_display_name(self) -> str:
+        name = self.cleaned_data["display_name"].strip()
+        existing = provider_named(display_name=name, exclude_pk=self.instance.pk)
+        if existing is not None:
+            raise ValidationError(duplicate_name_message(existing.display_name), code="duplicate_name")
+        return name
 
     def clean_country(self) -> str:
-        return self.cleaned_data["country"].strip().upper()
+        country = self.cleaned_data["country"].strip().upper()
+        if country:
+            validate_country_code(country)
+        return country
+
+
+#: Maximum length of a cloud API token, the same on this form and in the cloud account API.
+TOKEN_MAX_LENGTH = 500
 
 
 class CloudAccountForm(forms.Form):
     """Add a cloud account; the token is write-only and never rendered back."""
 
     backend = forms.ChoiceField(choices=Backend.choices, initial=Backend.SANDBOX)
-    label = forms.CharField(max_length=80, help_text="Your name for this account, for example 'Hetzner project A'.")
+    label = forms.CharField(
+        max_length=80,
+        validators=[validate_visible_text],
+        help_text="Your name for this account, for example 'Hetzner project A'.",
+    )
     token = forms.CharField(
         required=False,
-        max_length=200,
+        max_length=TOKEN_MAX_LENGTH,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
         label="API token",
         help_text="Hetzner Cloud: a read and write token from Security > API tokens. Not needed for Sandbox.",
@@ -157,6 +192,10 @@ class OfferingForm(forms.ModelForm):
         label="Recipe",
         help_text="The script runs as root on every VM rented from this offering.",
     )
+    # Declared here so lower-case input is upper-cased before the model's ISO 3166-1 check.
+    country = forms.CharField(
+        required=False, max_length=2, help_text="Two-letter ISO code; leave empty to take it from the location."
+    )
 
     class Meta:
         model = Offering
@@ -190,10 +229,11 @@ class OfferingForm(forms.ModelForm):
             "server_type": "Server type",
         }
         help_texts = {
-            "memory_mib": "1 GiB = 1024 MiB, for example 4096 for 4 GiB.",
-            "country": "Two-letter ISO code; leave empty to take it from the location.",
+            "memory_mib": "1 GiB = 1024 MiB, for example 4096 for 4 GiB; at most 16 TiB (16777216 MiB).",
+            "disk_gb": "At most 1,000,000 GB.",
+            "gpu_count": "0 when there is no GPU; at most 64.",
             "city": "Leave empty to take it from the location.",
-            "gpu_model": "Leave empty when there is no GPU.",
+            "gpu_model": "For example NVIDIA L4; leave empty when there is no GPU.",
         }
         widgets = {"description": forms.Textarea(attrs={"rows": 4})}
 
@@ -209,7 +249,6 @@ class OfferingForm(forms.ModelForm):
         self.fields["recipe_version"].queryset = RecipeVersion.objects.select_related("recipe").order_by(
             "recipe__name", "-number"
         )
-        self.fields["country"].required = False
         self.fields["city"].required = False
         if self.instance.pk is not None and not self.is_bound:
             self.initial["price"] = Decimal(self.instance.price_cents) / 100

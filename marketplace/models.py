@@ -6,11 +6,15 @@ import uuid
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser, BaseUserManager
-from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Lower
 from django.urls import reverse
 from django.utils import timezone
+
+from marketplace.validators import CURRENCIES, validate_country_code, validate_visible_text
 
 
 class UserManager(BaseUserManager):
@@ -60,13 +64,11 @@ class ProviderProfile(models.Model):
     """A user's public identity as a seller of capacity."""
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="provider_profile")
-    display_name = models.CharField(max_length=80)
+    display_name = models.CharField(max_length=80, validators=[validate_visible_text])
     slug = models.SlugField(max_length=80, unique=True)
     description = models.TextField(blank=True, max_length=5000)
     website = models.URLField(blank=True)
-    country = models.CharField(
-        max_length=2, blank=True, validators=[RegexValidator(r"^[A-Z]{2}$", "Use a two-letter ISO country code, for example DE.")]
-    )
+    country = models.CharField(max_length=2, blank=True, validators=[validate_country_code])
     auto_accept = models.BooleanField(
         default=True, help_text="Accept paid rentals at once; when off, each rental waits for your decision."
     )
@@ -74,6 +76,14 @@ class ProviderProfile(models.Model):
 
     class Meta:
         ordering = ["display_name"]
+        constraints = [
+            # Case-insensitive, so a new provider cannot pose as an existing one by changing the case.
+            models.UniqueConstraint(
+                Lower("display_name"),
+                name="providerprofile_display_name_ci_unique",
+                violation_error_message="A provider with this name already exists; choose another name.",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.display_name
@@ -86,7 +96,7 @@ class SshKey(models.Model):
     """An SSH public key a user saved to reuse when renting."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="ssh_keys")
-    name = models.CharField(max_length=80)
+    name = models.CharField(max_length=80, validators=[validate_visible_text])
     public_key = models.TextField()
     key_type = models.CharField(max_length=64)
     fingerprint = models.CharField(max_length=128)
@@ -119,6 +129,12 @@ class StockStatus(models.TextChoices):
     OUT_OF_STOCK = "out_of_stock", "Out of stock"
 
 
+#: Upper bounds of an offering's specs: 16 TiB of memory, 1,000,000 GB of disk, 64 GPUs.
+MAX_MEMORY_MIB = 16 * 1024 * 1024
+MAX_DISK_GB = 1_000_000
+MAX_GPU_COUNT = 64
+
+
 class Offering(models.Model):
     """Something a provider sells: a backend configuration, optional recipe and a monthly price."""
 
@@ -126,18 +142,18 @@ class Offering(models.Model):
     cloud_account = models.ForeignKey(
         "provisioning.CloudAccount", on_delete=models.PROTECT, related_name="offerings"
     )
-    name = models.CharField(max_length=120)
+    name = models.CharField(max_length=120, validators=[validate_visible_text])
     slug = models.SlugField(max_length=140, unique=True)
     description = models.TextField(blank=True, max_length=10000)
     product_type = models.CharField(max_length=16, choices=ProductType.choices, default=ProductType.VM)
 
     vcpu = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(1024)])
-    memory_mib = models.PositiveIntegerField(validators=[MinValueValidator(128)])
-    disk_gb = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    memory_mib = models.PositiveIntegerField(validators=[MinValueValidator(128), MaxValueValidator(MAX_MEMORY_MIB)])
+    disk_gb = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(MAX_DISK_GB)])
     gpu_model = models.CharField(max_length=80, blank=True)
-    gpu_count = models.PositiveSmallIntegerField(default=0)
+    gpu_count = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(MAX_GPU_COUNT)])
 
-    country = models.CharField(max_length=2, validators=[RegexValidator(r"^[A-Z]{2}$", "Use a two-letter ISO country code, for example DE.")])
+    country = models.CharField(max_length=2, validators=[validate_country_code])
     city = models.CharField(max_length=80)
     location_code = models.CharField(max_length=40, help_text="The backend's location code, for example fsn1.")
 
@@ -151,7 +167,16 @@ class Offering(models.Model):
         validators=[MinValueValidator(0), MaxValueValidator(100_000_000)],
         help_text="Monthly price in the currency's minor unit (cents).",
     )
-    currency = models.CharField(max_length=3, default="EUR", validators=[RegexValidator(r"^[A-Z]{3}$", "Use a three-letter ISO 4217 code, for example EUR.")])
+    currency = models.CharField(
+        max_length=3,
+        default="EUR",
+        choices=CURRENCIES,
+        error_messages={
+            "invalid_choice": "Unsupported currency %(value)r; use one of "
+            + ", ".join(code for code, _label in CURRENCIES)
+            + "."
+        },
+    )
     visibility = models.CharField(max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC)
     stock_status = models.CharField(max_length=16, choices=StockStatus.choices, default=StockStatus.IN_STOCK)
 
@@ -182,6 +207,19 @@ class Offering(models.Model):
 
     def get_absolute_url(self) -> str:
         return reverse("marketplace:offering", kwargs={"slug": self.slug})
+
+    def clean(self) -> None:
+        super().clean()
+        gpu_model = (self.gpu_model or "").strip()
+        if gpu_model and not self.gpu_count:
+            message = f"GPU model {gpu_model!r} needs a GPU count of 1 or more; set GPU count or clear GPU model."
+            raise ValidationError({"gpu_model": message, "gpu_count": message})
+        if self.gpu_count and not gpu_model:
+            message = (
+                f"GPU count {self.gpu_count} needs a GPU model, for example 'NVIDIA L4'; "
+                "fill in GPU model or set GPU count to 0."
+            )
+            raise ValidationError({"gpu_model": message, "gpu_count": message})
 
     @property
     def memory_gib(self) -> float:
@@ -347,9 +385,13 @@ class Contract(models.Model):
         """Return (step value, label, "done" | "current" | "pending") for the progress list."""
         current = self.provisioning_step
         past_provisioning = self.status in {ContractStatus.ACTIVE, ContractStatus.TERMINATING, ContractStatus.TERMINATED}
+        steps = PROVISIONING_STEP_ORDER
+        if not self.recipe_script:
+            # A plain VM has no recipe to run, so the list does not claim that a recipe ran.
+            steps = [step for step in steps if step != ProvisioningStep.RUNNING_RECIPE]
         result = []
         seen_current = False
-        for step in PROVISIONING_STEP_ORDER:
+        for step in steps:
             if past_provisioning:
                 state = "done"
             elif step == current:
@@ -363,7 +405,7 @@ class Contract(models.Model):
         return result
 
     def can_cancel(self) -> bool:
-        return self.status in {ContractStatus.REQUESTED, ContractStatus.PAID} or (
+        return self.status in {ContractStatus.REQUESTED, ContractStatus.PAID, ContractStatus.PROVISIONING} or (
             self.status == ContractStatus.ACTIVE and not self.cancel_at_period_end
         )
 

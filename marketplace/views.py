@@ -11,7 +11,7 @@ import logging
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,10 +19,9 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_http_methods, require_POST
 
-from billing.models import Payment
+from billing.models import Payment, PaymentMethod
 from billing.services import PaymentFailed, contract_refund_state
 from marketplace import selectors
-from marketplace.pagination import CappedCountPaginator
 from marketplace.filters import OfferingFilter
 from marketplace.forms import (
     CloudAccountForm,
@@ -39,6 +38,7 @@ from marketplace.models import (
     ProvisioningStep,
     SshKey,
 )
+from marketplace.pagination import CappedCountPaginator
 from marketplace.services import contracts as contract_services
 from marketplace.services.providers import (
     offering_create,
@@ -48,7 +48,7 @@ from marketplace.services.providers import (
 )
 from marketplace.services.ssh_keys import ssh_key_create, ssh_key_delete
 from marketplace.sshkeys import parse_public_key
-from provisioning.models import CloudAccount
+from provisioning.models import Backend, CloudAccount
 from provisioning.services import cloud_account_create
 from recipes.models import RecipeRun, RecipeRunStatus
 
@@ -104,6 +104,13 @@ def catalog(request: HttpRequest) -> HttpResponse:
     countries = selectors.catalog_countries()
     # The total is only needed to tell "no offerings at all" from "nothing matches".
     catalog_is_empty = paginator.count == 0 and (not active_params or not base.exists())
+    # The filter set ignores invalid values, and sort orders without filtering. So the heading
+    # reads "match your filters" only when at least one valid filter value narrowed the list.
+    applied_filters = sorted(
+        name
+        for name in active_params
+        if name in filterset.filters and name != "sort" and name not in filterset.form.errors
+    )
 
     context = {
         "filterset": filterset,
@@ -114,6 +121,7 @@ def catalog(request: HttpRequest) -> HttpResponse:
         "ellipsis": Paginator.ELLIPSIS,
         "querystring": filter_params.urlencode(),
         "has_filters": bool(active_params),
+        "filters_applied": bool(applied_filters),
         "catalog_is_empty": catalog_is_empty,
         "countries": [(code, COUNTRY_NAMES.get(code, code)) for code in countries],
         "selected_country": (filterset.form["country"].value() or "").strip().upper(),
@@ -145,6 +153,7 @@ def rent(request: HttpRequest, slug: str) -> HttpResponse:
             if contract is not None:
                 return redirect(contract.get_absolute_url())
     else:
+        # Pre-selecting the first saved key is safe: a pasted key takes precedence (see RentForm).
         first_key = SshKey.objects.filter(user=request.user).first()
         form = RentForm(
             user=request.user,
@@ -157,7 +166,13 @@ def rent(request: HttpRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "marketplace/rent.html",
-        {"offering": offering, "form": form, "is_self_rental": is_self_rental, "rentable": offering.is_rentable()},
+        {
+            "offering": offering,
+            "form": form,
+            "is_self_rental": is_self_rental,
+            "is_sandbox": offering.cloud_account.backend == Backend.SANDBOX,
+            "rentable": offering.is_rentable(),
+        },
     )
 
 
@@ -249,8 +264,24 @@ def _step_label(value: str) -> str:
         return value
 
 
-def _event_rows(contract: Contract) -> list[dict]:
-    """History rows with status and step labels instead of stored values."""
+#: Role shown to tenants and providers in the history's "By" column, per stored actor label.
+PUBLIC_ACTOR_LABELS = {"tenant": "Tenant", "provider": "Provider", "staff": "Staff"}
+
+
+def public_actor_label(actor_label: str) -> str:
+    """Return the role shown to non-staff users for a history row's `actor_label`.
+
+    Worker ids (host:pid:task), "worker" and "system" all become "Platform", so internal host
+    names and process ids stay hidden.
+    """
+    return PUBLIC_ACTOR_LABELS.get(actor_label, "Platform")
+
+
+def _event_rows(contract: Contract, *, show_raw_actor: bool) -> list[dict]:
+    """History rows with status and step labels instead of stored values.
+
+    Staff (`show_raw_actor`) see the stored actor label; others see the role from public_actor_label().
+    """
     return [
         {
             "created_at": event.created_at,
@@ -258,11 +289,24 @@ def _event_rows(contract: Contract) -> list[dict]:
             "to_label": _status_label(event.to_status),
             "changed": bool(event.from_status) and event.from_status != event.to_status,
             "step_label": _step_label(event.step) if event.step else "",
-            "actor_label": event.actor_label,
+            "actor_label": event.actor_label if show_raw_actor else public_actor_label(event.actor_label),
             "reason": event.reason,
         }
         for event in contract.events.order_by("created_at", "id")
     ]
+
+
+def _rental_nav_section(*, is_tenant: bool, is_provider: bool) -> str:
+    """Return the main-menu entry to highlight on a rental page ("" for staff viewing others' rentals).
+
+    The provider of an incoming rental reached it from the provider dashboard; a self-rental is
+    the viewer's own rental first.
+    """
+    if is_tenant:
+        return "rentals"
+    if is_provider:
+        return "provider"
+    return ""
 
 
 @login_required
@@ -270,6 +314,7 @@ def rental_detail(request: HttpRequest, public_id) -> HttpResponse:
     contract = _get_contract(request, public_id)
     is_tenant = contract.tenant_id == request.user.pk
     is_provider = contract.provider.user_id == request.user.pk
+    payments = list(Payment.objects.filter(contract=contract).order_by("created_at", "id"))
     context = _live_context(contract)
     context.update(
         {
@@ -279,8 +324,10 @@ def rental_detail(request: HttpRequest, public_id) -> HttpResponse:
             "can_cancel": (is_tenant or request.user.is_staff) and contract.can_cancel(),
             "ends_now": contract.status != ContractStatus.ACTIVE or contract.is_sandbox or contract.is_self_rental,
             "refund_state": contract_refund_state(contract),
-            "payments": Payment.objects.filter(contract=contract).order_by("created_at", "id"),
-            "events": _event_rows(contract),
+            "payments": payments,
+            "paid_with_sandbox": bool(payments) and all(payment.method == PaymentMethod.SANDBOX for payment in payments),
+            "events": _event_rows(contract, show_raw_actor=request.user.is_staff),
+            "nav_section": _rental_nav_section(is_tenant=is_tenant, is_provider=is_provider),
         }
     )
     return render(request, "marketplace/rental_detail.html", context)
@@ -305,8 +352,10 @@ def _run_contract_action(request: HttpRequest, contract: Contract, action, succe
     try:
         action(contract=contract, actor=request.user, **kwargs)
     except PermissionError as exc:
-        logger.warning("Contract %s: %s by user %s rejected: %s", contract.pk, action.__name__, request.user.pk, exc)
-        raise PermissionDenied("You may not change this rental.") from exc
+        logger.info("Contract %s: %s by user %s forbidden: %s", contract.pk, action.__name__, request.user.pk, exc)
+        # Rendered here, not raised as PermissionDenied, because Django logs a raised
+        # PermissionDenied with its full traceback; an ordinary 403 needs one log line.
+        return render(request, "403.html", status=403)
     except contract_services.InvalidTransition as exc:
         logger.info("Contract %s: %s by user %s: %s", contract.pk, action.__name__, request.user.pk, exc)
         messages.error(request, f"Nothing changed: the rental is {contract.get_status_display().lower()} now.")

@@ -12,6 +12,7 @@ from django import forms
 from django.contrib import admin, messages
 
 from marketplace.admin import ReadOnlyAdminMixin, status_badge
+from marketplace.validators import validate_visible_text
 from provisioning.backends.base import CloudError
 from provisioning.models import (
     CloudAccount,
@@ -34,14 +35,19 @@ class CloudAccountAdminForm(forms.ModelForm):
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Leave empty to keep the stored token. A new token resets the validation status to "
-        "'not checked yet'; run the 'Validate credentials' action afterwards.",
+        help_text="Leave empty to keep the stored token. A new token is checked against the backend's API "
+        "when you save.",
     )
 
     class Meta:
         model = CloudAccount
         # An allow-list, so the token ciphertext never becomes a form field.
         fields = ("owner", "backend", "label")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "label" in self.fields:
+            self.fields["label"].validators.append(validate_visible_text)
 
 
 @admin.register(CloudAccount)
@@ -68,6 +74,7 @@ class CloudAccountAdmin(admin.ModelAdmin):
         return readonly
 
     def save_model(self, request, obj: CloudAccount, form, change: bool) -> None:
+        """Save the account; a new account or a replaced token is validated at once, like on the pages and API."""
         token = form.cleaned_data.get("new_token") or ""
         if token:
             obj.set_token(token)
@@ -76,6 +83,20 @@ class CloudAccountAdmin(admin.ModelAdmin):
             obj.validated_at = None
             logger.info("Cloud account %s: token replaced by staff user %s", obj.pk or "(new)", request.user.pk)
         super().save_model(request, obj, form, change)
+        if token or not change:
+            self._validate_and_report(request, obj)
+
+    def _validate_and_report(self, request, account: CloudAccount) -> None:
+        account = cloud_account_validate(account=account)
+        if account.validation_status == ValidationStatus.VALID:
+            self.message_user(request, f"{account}: credentials are valid.", messages.SUCCESS)
+        elif account.validation_status == ValidationStatus.INVALID:
+            self.message_user(request, f"{account}: credentials are invalid. {account.last_error}", messages.WARNING)
+        else:
+            detail = account.last_error or "The backend gave no clear answer."
+            self.message_user(
+                request, f"{account}: {detail} Run the 'Validate credentials' action again later.", messages.WARNING
+            )
 
     @admin.display(description="Validation", ordering="validation_status")
     def validation_badge(self, obj: CloudAccount):
@@ -88,12 +109,7 @@ class CloudAccountAdmin(admin.ModelAdmin):
     @admin.action(description="Validate credentials", permissions=["change"])
     def validate_credentials(self, request, queryset) -> None:
         for account in queryset.order_by("pk"):
-            account = cloud_account_validate(account=account)
-            if account.validation_status == ValidationStatus.VALID:
-                self.message_user(request, f"{account}: credentials are valid.", messages.SUCCESS)
-            else:
-                detail = account.last_error or account.get_validation_status_display()
-                self.message_user(request, f"{account}: {detail}", messages.WARNING)
+            self._validate_and_report(request, account)
 
 
 @admin.register(SandboxServer)

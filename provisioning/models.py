@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from marketplace.validators import validate_visible_text
 from provisioning import crypto
 
 
@@ -35,7 +36,7 @@ class CloudAccount(models.Model):
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="cloud_accounts")
     backend = models.CharField(max_length=16, choices=Backend.choices)
-    label = models.CharField(max_length=80)
+    label = models.CharField(max_length=80, validators=[validate_visible_text])
     token_ciphertext = models.TextField(blank=True)
     token_key_id = models.CharField(max_length=32, blank=True)
     validation_status = models.CharField(

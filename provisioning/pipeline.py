@@ -90,10 +90,12 @@ def _reload(lease: Lease) -> Contract:
     return contract
 
 
-def _set_step(lease: Lease, step: str) -> Contract:
+def _set_step(lease: Lease, contract: Contract, step: str) -> Contract:
+    """Persist the step the contract enters. `lease_renew` checks the lease, so nothing is reloaded."""
     lease_renew(lease)
     contract_services.contract_set_step(contract_id=lease.contract_id, step=step, worker=lease.owner)
-    return _reload(lease)
+    contract.provisioning_step = step
+    return contract
 
 
 def _ensure_keys(contract: Contract) -> None:
@@ -168,7 +170,8 @@ def _create_server(lease: Lease, contract: Contract, backend: CloudBackend) -> C
             backend.delete_server(info.id, labels=contract_labels(contract))
         raise LeaseLost(f"Worker {lease.owner} lost the lease on contract {contract.pk} while creating a server.")
     logger.info("Contract %s: server %s created", contract.pk, info.id)
-    return _reload(lease)
+    contract.cloud_server_id, contract.ssh_port, contract.ssh_username = info.id, backend.ssh_port, backend.ssh_username
+    return contract
 
 
 def _wait_for_boot(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
@@ -177,9 +180,12 @@ def _wait_for_boot(lease: Lease, contract: Contract, backend: CloudBackend) -> C
     while True:
         info: ServerInfo = backend.get_server(contract.cloud_server_id)
         if info.is_running:
-            Contract.objects.filter(pk=contract.pk, lease_owner=lease.owner).update(ip_address=info.ipv4)
+            stored = Contract.objects.filter(pk=contract.pk, lease_owner=lease.owner).update(ip_address=info.ipv4)
+            if not stored:
+                raise LeaseLost(f"Worker {lease.owner} no longer holds the lease on contract {lease.contract_id}.")
+            contract.ip_address = info.ipv4
             logger.info("Contract %s: server %s running at %s", contract.pk, info.id, info.ipv4)
-            return _reload(lease)
+            return contract
         if time.monotonic() > deadline:
             raise ProvisioningError(
                 f"The server did not finish booting within {settings.PROVISIONING_BOOT_TIMEOUT:.0f} seconds "
@@ -195,9 +201,10 @@ def _wait_for_ssh(lease: Lease, contract: Contract, backend: CloudBackend) -> Co
         return contract
     from recipes.runner import SshUnreachable, wait_for_ssh
 
-    client_private_key = platform_private_key(contract)
+    # Wait in slices shorter than the lease so it is renewed while the server boots; a worker
+    # that loses its lease stops here instead of failing a contract another worker now runs.
     deadline = time.monotonic() + settings.PROVISIONING_SSH_TIMEOUT
-    # Wait in slices no longer than the renewal interval, so the lease outlives a slow boot.
+    slice_seconds = max(1.0, settings.PROVISIONING_LEASE_SECONDS / 3)
     while True:
         remaining = deadline - time.monotonic()
         try:
@@ -205,21 +212,20 @@ def _wait_for_ssh(lease: Lease, contract: Contract, backend: CloudBackend) -> Co
                 host=contract.ip_address,
                 port=contract.ssh_port,
                 username=contract.ssh_username,
-                client_private_key=client_private_key,
+                client_private_key=platform_private_key(contract),
                 host_public_key=contract.host_public_key,
-                deadline_seconds=max(0.5, min(remaining, lease_renewal_interval())),
+                deadline_seconds=max(0.5, min(slice_seconds, remaining)),
                 interval=min(2.0, settings.PROVISIONING_POLL_INTERVAL),
             )
-            break
         except SshUnreachable as exc:
-            if time.monotonic() >= deadline:
-                raise ProvisioningError(
-                    f"The server never became reachable over SSH within {settings.PROVISIONING_SSH_TIMEOUT:.0f} "
-                    f"seconds: {exc}"
-                ) from exc
             lease_renew(lease)
-    lease_renew(lease)
-    return contract
+            if time.monotonic() < deadline:
+                continue
+            raise ProvisioningError(
+                f"The server never became reachable over SSH within {settings.PROVISIONING_SSH_TIMEOUT:.0f} seconds: {exc}"
+            ) from exc
+        lease_renew(lease)
+        return contract
 
 
 def _run_recipe(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
@@ -338,17 +344,23 @@ def provision(*, lease: Lease) -> Contract:
     the task to classify; raises `LeaseLost` when another worker took over.
     """
     contract = _reload(lease)
-    _ensure_keys(contract)
-    contract = _reload(lease)
+    if not (contract.platform_public_key and contract.host_public_key):
+        _ensure_keys(contract)
+        contract = _reload(lease)
     backend = get_backend(contract.cloud_account)
     step_values = [step.value for step, _ in STEPS]
     start_index = step_values.index(contract.provisioning_step) if contract.provisioning_step in step_values else 0
     if contract.provisioning_step == ProvisioningStep.FINALIZING:
         start_index = len(STEPS)
+    has_recipe = bool(contract.recipe_script.strip())
     for step, function in STEPS[start_index:]:
-        contract = _set_step(lease, step)
+        if step == ProvisioningStep.RUNNING_RECIPE and not has_recipe:
+            continue  # Nothing to run, and the progress list leaves this step out as well.
+        contract = _set_step(lease, contract, step)
         contract = function(lease, contract, backend)
-    contract = _set_step(lease, ProvisioningStep.FINALIZING)
+    if has_recipe:
+        # Persisted so that a worker resuming after a crash from here on does not run the recipe again.
+        contract = _set_step(lease, contract, ProvisioningStep.FINALIZING)
     return contract_services.contract_activate(contract_id=contract.pk, worker=lease.owner)
 
 
@@ -356,10 +368,16 @@ def delete_contract_servers(*, contract: Contract) -> None:
     """Delete the contract's server and every cloud object carrying its labels."""
     backend = get_backend(contract.cloud_account)
     labels = contract_labels(contract)
+    deleted = False
     if contract.cloud_server_id:
         backend.delete_server(contract.cloud_server_id, labels=labels)
+        deleted = True
     for info in backend.find_servers(labels):
         backend.delete_server(info.id, labels=labels)
+        deleted = True
+    if not deleted:
+        # The create may have failed after the SSH key objects were made; an empty id deletes only those.
+        backend.delete_server("", labels=labels)
 
 
 def stalled_contract_ids(*, now=None) -> tuple[list[int], list[int]]:

@@ -8,6 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from marketplace.validators import validate_visible_text
 from provisioning.backends import get_backend
 from provisioning.backends.base import CloudError, CredentialsInvalid
 from provisioning.models import Backend, CloudAccount, ValidationStatus
@@ -18,6 +19,10 @@ logger = logging.getLogger(__name__)
 def cloud_account_create(*, owner, backend: str, label: str, token: str) -> CloudAccount:
     """Create a cloud account; a Hetzner token is checked against the API before it is saved."""
     label = label.strip()
+    try:
+        validate_visible_text(label)
+    except ValidationError as exc:
+        raise ValidationError({"label": exc.messages}) from exc
     if CloudAccount.objects.filter(owner=owner, label=label).exists():
         raise ValidationError({"label": f"You already have a cloud account labelled {label!r}; choose another label."})
     account = CloudAccount(owner=owner, backend=backend, label=label)
@@ -28,7 +33,7 @@ def cloud_account_create(*, owner, backend: str, label: str, token: str) -> Clou
         account.set_token(token)
         _check(account)
         if account.validation_status == ValidationStatus.INVALID:
-            raise ValidationError({"token": f"Hetzner rejected this token: {account.last_error}"})
+            raise ValidationError({"token": account.last_error})
     else:
         account.validation_status = ValidationStatus.VALID
         account.validated_at = timezone.now()
@@ -37,12 +42,30 @@ def cloud_account_create(*, owner, backend: str, label: str, token: str) -> Clou
     return account
 
 
+def credentials_rejected_message(*, account: CloudAccount, error: CredentialsInvalid) -> str:
+    """Return the message for the account's owner when the cloud rejected its token.
+
+    For Hetzner the message names the HTTP status and the API's own reason (the `message` of
+    the hcloud APIException the backend error was raised from) and where to create a token.
+    """
+    if account.backend != Backend.HETZNER:
+        return str(error)
+    reason = getattr(error.__cause__, "message", "") or ""
+    details = [part for part in (f"HTTP {error.status_code}" if error.status_code else "", reason) if part]
+    detail = f" ({': '.join(details)})" if details else ""
+    return (
+        f"Hetzner rejected this API token{detail}. Create a read/write token in the Hetzner Cloud console "
+        "under Security > API tokens and paste it here."
+    )
+
+
 def _check(account: CloudAccount) -> None:
     try:
         get_backend(account).validate_credentials()
     except CredentialsInvalid as exc:
+        logger.info("Cloud account %s: credentials rejected: %s", account.pk, exc)
         account.validation_status = ValidationStatus.INVALID
-        account.last_error = str(exc)[:2000]
+        account.last_error = credentials_rejected_message(account=account, error=exc)[:2000]
     except CloudError as exc:
         # The API did not answer clearly; keep the previous status and show the error.
         account.last_error = f"Could not check the token: {exc}"[:2000]
@@ -55,6 +78,7 @@ def _check(account: CloudAccount) -> None:
 
 
 def cloud_account_validate(*, account: CloudAccount) -> CloudAccount:
+    """Check the account's stored token against its backend and save the outcome."""
     _check(account)
     account.save(update_fields=["validation_status", "last_error", "validated_at"])
     return account

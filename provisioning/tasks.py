@@ -51,12 +51,12 @@ def provision_contract_task(self, contract_id: int) -> None:
         # Another worker took over, or the contract left provisioning (cancelled by staff).
         logger.warning("Contract %s: stopped provisioning: %s", contract_id, exc)
     except TransientCloudError as exc:
-        pipeline.lease_release(lease)
         Contract.objects.filter(pk=contract_id).update(last_error=str(exc)[:2000])
         if self.request.retries >= self.max_retries:
             logger.error("Contract %s: giving up after %s tries: %s", contract_id, self.request.retries + 1, exc)
-            _fail(contract_id, f"The cloud kept failing after {self.request.retries + 1} tries: {exc}")
+            _fail(contract_id, f"The cloud kept failing after {self.request.retries + 1} tries: {exc}", owner)
             return
+        pipeline.lease_release(lease)
         countdown = backoff_seconds(self.request.retries, exc.retry_after)
         logger.warning("Contract %s: transient cloud error, retrying in %.1f s: %s", contract_id, countdown, exc)
         raise self.retry(exc=exc, countdown=countdown) from exc
@@ -65,20 +65,21 @@ def provision_contract_task(self, contract_id: int) -> None:
 
         contract = Contract.objects.get(pk=contract_id)
         cloud_account_mark_invalid(account_id=contract.cloud_account_id, error=str(exc))
-        _fail(contract_id, f"The provider's cloud credentials were rejected: {exc}")
+        _fail(contract_id, f"The provider's cloud credentials were rejected: {exc}", owner)
     except (RequestRejected, pipeline.ProvisioningError) as exc:
-        _fail(contract_id, str(exc))
+        _fail(contract_id, str(exc), owner)
     except CloudError as exc:
         logger.exception("Contract %s: unclassified cloud error", contract_id)
-        _fail(contract_id, f"The cloud returned an unexpected error: {exc}")
+        _fail(contract_id, f"The cloud returned an unexpected error: {exc}", owner)
     except Exception as exc:
         logger.exception("Contract %s: unexpected error during provisioning", contract_id)
-        _fail(contract_id, f"Provisioning stopped on an internal error ({type(exc).__name__}); staff have been alerted.")
+        _fail(contract_id, f"Provisioning stopped on an internal error ({type(exc).__name__}); staff have been alerted.", owner)
 
 
-def _fail(contract_id: int, reason: str) -> None:
+def _fail(contract_id: int, reason: str, owner: str) -> None:
+    """Fail the contract, unless this worker lost its lease (then the new holder decides)."""
     try:
-        contract_services.contract_fail(contract_id=contract_id, reason=reason, actor_label="worker")
+        contract_services.contract_fail(contract_id=contract_id, reason=reason, actor_label="worker", lease_owner=owner)
     except contract_services.InvalidTransition as exc:
         logger.info("Contract %s: not failed: %s", contract_id, exc)
 
@@ -91,6 +92,14 @@ def cleanup_contract_servers_task(self, contract_id: int) -> None:
         return
     try:
         pipeline.delete_contract_servers(contract=contract)
+    except CredentialsInvalid as exc:
+        # Retrying cannot help; reconciliation deletes the server once the token is replaced.
+        from provisioning.services import cloud_account_mark_invalid
+
+        cloud_account_mark_invalid(account_id=contract.cloud_account_id, error=str(exc))
+        Contract.objects.filter(pk=contract_id).update(last_error=f"Cleanup failed: {exc}"[:2000])
+        logger.error("Contract %s: cleanup impossible, credentials rejected: %s", contract_id, exc)
+        return
     except CloudError as exc:
         if self.request.retries >= self.max_retries:
             logger.error("Contract %s: cleanup failed for good: %s", contract_id, exc)
@@ -116,7 +125,11 @@ def terminate_contract_task(self, contract_id: int) -> None:
     except CloudError as exc:
         pipeline.lease_release(lease)
         Contract.objects.filter(pk=contract_id).update(last_error=str(exc)[:2000])
-        if self.request.retries >= self.max_retries:
+        if isinstance(exc, CredentialsInvalid):
+            from provisioning.services import cloud_account_mark_invalid
+
+            cloud_account_mark_invalid(account_id=contract.cloud_account_id, error=str(exc))
+        if isinstance(exc, CredentialsInvalid) or self.request.retries >= self.max_retries:
             logger.error("Contract %s: termination failed for good: %s", contract_id, exc)
             contract_services.contract_mark_termination_failed(
                 contract_id=contract_id, worker=owner, reason=f"Deleting the server failed: {exc}"

@@ -7,12 +7,14 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
+from marketplace.validators import validate_visible_text
+
 
 class Recipe(models.Model):
     """A named recipe by one author; its script text lives in immutable versions."""
 
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="recipes")
-    name = models.CharField(max_length=120)
+    name = models.CharField(max_length=120, validators=[validate_visible_text])
     slug = models.SlugField(max_length=140, unique=True)
     description = models.TextField(blank=True, max_length=10000)
     created_at = models.DateTimeField(default=timezone.now)

@@ -22,6 +22,7 @@ from provisioning.models import (
     ValidationStatus,
 )
 from recipes.models import RecipeLogChunk, RecipeRun, RecipeRunStatus
+from tests.conftest import TEST_HCLOUD_TOKEN
 from tests.factories import (
     make_cloud_account,
     make_contract,
@@ -170,9 +171,65 @@ def test_cloud_account_pages_never_show_token(staff_client, dataset) -> None:
     assert b'name="new_token"' in pages[0].content
 
 
-def test_cloud_account_new_token_replaces_token(staff_client, dataset) -> None:
+def test_cloud_account_new_token_replaces_and_validates_token(staff_client, dataset, hetzner_api) -> None:
     account = dataset["hetzner"]
     CloudAccount.objects.filter(pk=account.pk).update(validation_status=ValidationStatus.INVALID, last_error="401")
+
+    response = staff_client.post(
+        admin_url(CloudAccount, "change", account.pk),
+        {"label": account.label, "new_token": TEST_HCLOUD_TOKEN, "_save": "Save"},
+    )
+
+    account.refresh_from_db()
+    assert response.status_code == 302
+    assert account.get_token() == TEST_HCLOUD_TOKEN
+    assert account.validation_status == ValidationStatus.VALID
+    assert account.last_error == ""
+    assert account.validated_at is not None
+    assert any("credentials are valid" in message for message in messages_of(response))
+
+
+def test_cloud_account_rejected_new_token_is_invalid(staff_client, dataset, hetzner_api) -> None:
+    account = dataset["hetzner"]
+
+    response = staff_client.post(
+        admin_url(CloudAccount, "change", account.pk),
+        {"label": account.label, "new_token": "revoked-token-456", "_save": "Save"},
+    )
+
+    account.refresh_from_db()
+    warnings = [str(message) for message in get_messages(response.wsgi_request) if message.level_tag == "warning"]
+    assert response.status_code == 302
+    assert account.validation_status == ValidationStatus.INVALID
+    assert account.last_error.startswith("Hetzner rejected this API token (HTTP 401: unable to authenticate).")
+    assert len(warnings) == 1
+    assert "credentials are invalid" in warnings[0]
+    assert "Security > API tokens" in warnings[0]
+
+
+def test_cloud_account_added_in_admin_is_validated(staff_client, hetzner_api) -> None:
+    owner = make_user()
+
+    response = staff_client.post(
+        admin_url(CloudAccount, "add"),
+        {
+            "owner": owner.pk,
+            "backend": "hetzner",
+            "label": "Ops project",
+            "new_token": TEST_HCLOUD_TOKEN,
+            "_save": "Save",
+        },
+    )
+
+    account = CloudAccount.objects.get(owner=owner)
+    assert response.status_code == 302
+    assert account.validation_status == ValidationStatus.VALID
+    assert account.get_token() == TEST_HCLOUD_TOKEN
+
+
+def test_cloud_account_token_unreachable_api_keeps_unchecked(staff_client, dataset) -> None:
+    # No fake Hetzner here: the endpoint is a closed loopback port, so the check is inconclusive.
+    account = dataset["hetzner"]
 
     response = staff_client.post(
         admin_url(CloudAccount, "change", account.pk),
@@ -181,9 +238,23 @@ def test_cloud_account_new_token_replaces_token(staff_client, dataset) -> None:
 
     account.refresh_from_db()
     assert response.status_code == 302
-    assert account.get_token() == "replacement-token-123"
     assert account.validation_status == ValidationStatus.UNCHECKED
-    assert account.last_error == ""
+    assert account.last_error.startswith("Could not check the token")
+    assert any("Validate credentials" in message for message in messages_of(response))
+
+
+def test_cloud_account_label_with_bidi_control_is_rejected(staff_client, dataset) -> None:
+    account = dataset["hetzner"]
+
+    response = staff_client.post(
+        admin_url(CloudAccount, "change", account.pk),
+        {"label": "Prod \u202egnp.exe", "new_token": "", "_save": "Save"},
+    )
+
+    account.refresh_from_db()
+    assert response.status_code == 200
+    assert "U+202E" in response.content.decode()
+    assert account.label == "Acme prod"
 
 
 def test_cloud_account_empty_new_token_keeps_token(staff_client, dataset) -> None:

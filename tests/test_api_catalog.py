@@ -170,3 +170,10 @@ def test_recipe_detail_unknown_slug_is_404(api) -> None:
     response = api.get("/api/v1/recipes/no-such-recipe/")
 
     assert response.status_code == 404
+
+
+def test_catalog_huge_number_gets_one_message(api, catalog) -> None:
+    response = api.get("/api/v1/offerings/", {"price_min": "1e308"})
+
+    assert response.status_code == 400
+    assert response.json() == {"price_min": ["Ensure this value is less than or equal to 1000000."]}

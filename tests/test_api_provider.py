@@ -380,3 +380,92 @@ def test_schema_and_docs_are_served() -> None:
 
     assert schema.status_code == 200
     assert docs.status_code == 200
+
+
+# --- names and offering limits --------------------------------------------------------------
+
+
+def test_profile_name_taken_in_other_case_is_400() -> None:
+    make_provider(display_name="Nordic Metal")
+
+    response = client_for(make_user()).post("/api/v1/provider/profile/", {"display_name": "NORDIC metal"}, format="json")
+
+    assert response.status_code == 400
+    assert response.json() == {"display_name": ["A provider named 'Nordic Metal' already exists; choose another name."]}
+
+
+def test_profile_sandbox_name_is_400() -> None:
+    response = client_for(make_user()).post("/api/v1/provider/profile/", {"display_name": "SandBox Inc"}, format="json")
+
+    assert response.status_code == 400
+    assert response.json() == {"display_name": ['"Sandbox" is reserved for simulated offerings; choose another name.']}
+
+
+def test_profile_rename_to_sandbox_is_400() -> None:
+    provider = make_provider(display_name="Plain Name")
+
+    response = client_for(provider.user).patch("/api/v1/provider/profile/", {"display_name": "Sandbox"}, format="json")
+
+    provider.refresh_from_db()
+    assert response.status_code == 400
+    assert provider.display_name == "Plain Name"
+
+
+def test_profile_bidi_name_is_400() -> None:
+    response = client_for(make_user()).post("/api/v1/provider/profile/", {"display_name": "Nordic\u2069"}, format="json")
+
+    assert response.status_code == 400
+    assert response.json()["display_name"] == [
+        "This name contains an invisible text-direction character (U+2069); remove it."
+    ]
+
+
+def test_ssh_key_bidi_name_is_400() -> None:
+    response = client_for(make_user()).post(
+        "/api/v1/ssh-keys/", {"name": "\u202blaptop", "public_key": ssh_public_key()}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert "U+202B" in response.json()["name"][0]
+
+
+def test_cloud_account_bidi_label_is_400() -> None:
+    response = client_for(make_user()).post(
+        "/api/v1/cloud-accounts/", {"backend": "sandbox", "label": "Play\u200f"}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert "U+200F" in response.json()["label"][0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fields"),
+    [
+        ({"name": "Cheap\u202eGPU"}, {"name"}),
+        ({"currency": "XYZ"}, {"currency"}),
+        ({"memory_mib": 16 * 1024 * 1024 + 1}, {"memory_mib"}),
+        ({"disk_gb": 1_000_001}, {"disk_gb"}),
+        ({"gpu_model": "NVIDIA L4", "gpu_count": 65}, {"gpu_count"}),
+        ({"gpu_model": "NVIDIA L4", "gpu_count": 0}, {"gpu_model", "gpu_count"}),
+        ({"gpu_count": 2}, {"gpu_model", "gpu_count"}),
+        ({"country": "XX", "city": "Nowhere"}, {"country"}),
+    ],
+    ids=["bidi-name", "currency", "memory", "disk", "gpu-count", "gpu-model-only", "gpu-count-only", "country"],
+)
+def test_provider_offering_invalid_value_is_400(provider, account, overrides, fields) -> None:
+    response = client_for(provider.user).post(
+        "/api/v1/provider/offerings/", offering_body(account, **overrides), format="json"
+    )
+
+    assert response.status_code == 400
+    assert fields <= set(response.json()), response.json()
+    assert not Offering.objects.exists()
+
+
+def test_provider_offering_currency_is_upper_cased(provider, account) -> None:
+    response = client_for(provider.user).post(
+        "/api/v1/provider/offerings/", offering_body(account, currency="chf"), format="json"
+    )
+
+    assert response.status_code == 201, response.json()
+    assert response.json()["currency"] == "CHF"

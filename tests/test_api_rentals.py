@@ -313,13 +313,25 @@ def test_cancel_requested_rental(tenant_api, tenant, offering) -> None:
     assert response.json()["status"] == ContractStatus.CANCELLED
 
 
-def test_cancel_provisioning_rental_is_409(tenant_api, tenant, offering) -> None:
+def test_cancel_provisioning_rental_refunds(tenant_api, tenant, offering) -> None:
     contract = make_contract(tenant=tenant, offering=offering)
 
     response = tenant_api.post(f"/api/v1/rentals/{contract.public_id}/cancel/")
 
+    assert response.status_code == 200
+    contract.refresh_from_db()
+    assert contract.status == ContractStatus.TERMINATING
+    assert contract.payments.get().status == "refunded"
+
+
+def test_cancel_terminated_rental_is_409(tenant_api, tenant, offering) -> None:
+    contract = make_contract(tenant=tenant, offering=offering)
+    Contract.objects.filter(pk=contract.pk).update(status=ContractStatus.TERMINATED)
+
+    response = tenant_api.post(f"/api/v1/rentals/{contract.public_id}/cancel/")
+
     assert response.status_code == 409
-    assert response.json()["status"] == ContractStatus.PROVISIONING
+    assert response.json()["status"] == ContractStatus.TERMINATED
 
 
 def test_cancel_by_provider_is_403(tenant, offering, provider) -> None:
@@ -364,7 +376,7 @@ def test_provider_accepts_paid_rental(manual_provider, paid_contract, django_cap
 
     assert response.status_code == 200
     assert response.json()["status"] == ContractStatus.PROVISIONING
-    assert response.json()["events"][-1]["actor_label"] == "provider"
+    assert response.json()["events"][-1]["actor_label"] == "Provider"
     assert len(callbacks) == 1
 
 
@@ -433,3 +445,74 @@ def test_provider_rentals_unknown_id_is_404(manual_provider) -> None:
 
     assert response.status_code == 404
 
+
+
+# --- history labels, connection after the end, steps, body size -----------------------------
+
+
+def test_rental_events_hide_worker_ids_from_tenant(tenant_api, tenant, offering) -> None:
+    contract = make_contract(tenant=tenant, offering=offering)
+    Contract.objects.filter(pk=contract.pk).update(cloud_server_id="42", ip_address="203.0.113.9")
+    contract_activate(contract_id=contract.pk, worker="worker-3.internal:77:abc")
+
+    body = tenant_api.get(f"/api/v1/rentals/{contract.public_id}/").json()
+    labels = [event["actor_label"] for event in body["events"]]
+
+    assert labels == ["Tenant", "Tenant", "Platform", "Platform"]
+
+
+def test_rental_events_show_raw_actor_to_staff(tenant, offering) -> None:
+    contract = make_contract(tenant=tenant, offering=offering)
+    Contract.objects.filter(pk=contract.pk).update(cloud_server_id="42", ip_address="203.0.113.9")
+    contract_activate(contract_id=contract.pk, worker="worker-3.internal:77:abc")
+
+    body = client_for(make_superuser()).get(f"/api/v1/rentals/{contract.public_id}/").json()
+
+    assert body["events"][-1]["actor_label"] == "worker-3.internal:77:abc"
+
+
+@pytest.mark.parametrize(
+    "status",
+    [ContractStatus.TERMINATED, ContractStatus.FAILED, ContractStatus.CANCELLED, ContractStatus.REJECTED],
+)
+def test_ended_rental_has_no_connection(tenant_api, tenant, offering, status) -> None:
+    contract = make_contract(tenant=tenant, offering=offering)
+    Contract.objects.filter(pk=contract.pk).update(status=status, cloud_server_id="42", ip_address="203.0.113.9")
+
+    body = tenant_api.get(f"/api/v1/rentals/{contract.public_id}/").json()
+
+    assert body["connection"] is None
+
+
+def test_plain_vm_steps_omit_running_recipe(tenant_api, tenant, offering) -> None:
+    contract = make_contract(tenant=tenant, offering=offering)
+
+    body = tenant_api.get(f"/api/v1/rentals/{contract.public_id}/").json()
+
+    assert [step["step"] for step in body["steps"]] == [
+        "creating_server",
+        "waiting_for_boot",
+        "waiting_for_ssh",
+        "finalizing",
+    ]
+
+
+def test_request_body_over_limit_is_413_json(tenant_api, offering, settings) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+    body = '{"offering": "acme-small", "ssh_public_key": "' + "A" * 2_700_000 + '"}'
+
+    response = tenant_api.post("/api/v1/rentals/", body, content_type="application/json")
+
+    assert response.status_code == 413
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "Request body too large: the limit is 2.5 MB."}
+    assert Contract.objects.count() == 0
+
+
+def test_form_body_over_limit_is_413_json(tenant_api, offering) -> None:
+    body = "offering=acme-small&ssh_public_key=" + "A" * 2_700_000
+
+    response = tenant_api.post("/api/v1/rentals/", body, content_type="application/x-www-form-urlencoded")
+
+    assert response.status_code == 413
+    assert response.json()["detail"].startswith("Request body too large")

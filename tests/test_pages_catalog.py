@@ -249,3 +249,46 @@ def test_catalog_page_says_more_than_cap(client, settings):
     response = client.get(CATALOG_URL)
 
     assert "More than 3 offerings" in response.content.decode()
+
+
+def _heading(response) -> str:
+    match = re.search(r'<h2 id="results-heading"[^>]*>\s*(.*?)\s*</h2>', response.content.decode(), re.S)
+    assert match is not None
+    return match.group(1)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "params",
+    [{"price_min": "abc"}, {"price_min": "abc", "min_vcpu": "-3"}, {"price_max": "1e308", "country": "XYZ"}],
+)
+def test_catalog_heading_when_every_filter_is_invalid(client, catalog, params):
+    response = client.get(CATALOG_URL, params)
+
+    assert _heading(response) == "5 offerings"
+    assert "invalid and were ignored" in response.content.decode()
+
+
+@pytest.mark.django_db
+def test_catalog_heading_with_one_valid_filter(client, catalog):
+    response = client.get(CATALOG_URL, {"price_min": "abc", "country": "FI"})
+
+    assert _heading(response) == "1 offering matches your filters"
+
+
+@pytest.mark.django_db
+def test_catalog_heading_sort_only_is_not_a_filter(client, catalog):
+    response = client.get(CATALOG_URL, {"sort": "-price"})
+
+    assert _heading(response) == "5 offerings"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("field", ["price_min", "price_max", "min_vcpu", "min_memory_gib", "min_disk_gb"])
+def test_catalog_huge_number_gets_one_message(client, catalog, field):
+    response = client.get(CATALOG_URL, {field: "1e308"})
+
+    errors = response.context["form"].errors[field]
+    assert len(errors) == 1
+    assert "less than or equal to" in errors[0]
+    assert "1e+50" not in response.content.decode()

@@ -234,3 +234,77 @@ def test_other_allauth_pages_use_site_layout(client, url_name):
 
     assert response.status_code == 200
     assert 'class="site-header"' in response.content.decode()
+
+
+# --- account emails ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_signup_email_names_cloudmarket_not_host(client, mailoutbox):
+    response = client.post(
+        reverse("account_signup"),
+        {"email": "new@example.com", "password1": "a-long-pass-phrase-42", "password2": "a-long-pass-phrase-42"},
+        HTTP_HOST="127.0.0.1:8000",
+    )
+
+    body = mailoutbox[0].body
+    assert response.status_code == 302
+    assert body.startswith("Hello from Cloudmarket!")
+    assert "Thank you for using Cloudmarket." in body
+    assert "Hello from 127.0.0.1:8000" not in body
+    assert "/accounts/confirm-email/" in body
+    assert mailoutbox[0].subject.startswith("[Cloudmarket] ")
+
+
+@pytest.mark.django_db
+def test_password_reset_email_names_cloudmarket(client, mailoutbox):
+    make_user(email="known@example.com")
+
+    client.post(reverse("account_reset_password"), {"email": "known@example.com"}, HTTP_HOST="127.0.0.1:8000")
+
+    body = mailoutbox[0].body
+    assert body.startswith("Hello from Cloudmarket!")
+    assert "127.0.0.1:8000!" not in body
+    assert "/accounts/password/reset/key/" in body
+
+
+# --- the up command ---------------------------------------------------------------------------
+
+
+def test_up_starts_children_by_absolute_path(monkeypatch, tmp_path):
+    import subprocess
+
+    from django.conf import settings
+    from django.core.management import call_command
+
+    from marketplace.management.commands import up
+
+    started: list[tuple[list[str], object]] = []
+
+    class _ExitedProcess:
+        pid = 4242
+
+        def __init__(self, command, **kwargs):
+            started.append((command, kwargs.get("cwd")))
+
+        def poll(self) -> int:
+            return 0
+
+        def terminate(self) -> None:
+            pass
+
+        def wait(self, timeout: float | None = None) -> int:
+            return 0
+
+    monkeypatch.setattr(up, "call_command", lambda *args, **kwargs: None)
+    monkeypatch.setattr(subprocess, "Popen", _ExitedProcess)
+    monkeypatch.setattr(up.signal, "signal", lambda *args: None)  # Keep pytest's own Ctrl-C handler.
+    monkeypatch.chdir(tmp_path)  # Started from another directory.
+
+    with pytest.raises(SystemExit):
+        call_command("up", "--no-demo")
+
+    web_command, web_cwd = started[0]
+    assert web_command[1] == str(settings.BASE_DIR / "manage.py")
+    assert all(cwd == settings.BASE_DIR for _command, cwd in started)
+    assert len(started) == 3

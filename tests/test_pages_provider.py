@@ -85,11 +85,11 @@ def test_become_provider_creates_profile(client):
 
 
 @pytest.mark.django_db
-def test_become_provider_duplicate_name_gets_unique_slug(client, provider):
+def test_become_provider_similar_name_gets_unique_slug(client, provider):
     user = make_user()
     client.force_login(user)
 
-    client.post(reverse("marketplace:provider_profile_save"), {"profile-display_name": "Acme Compute"})
+    client.post(reverse("marketplace:provider_profile_save"), {"profile-display_name": "Acme-Compute"})
 
     assert ProviderProfile.objects.get(user=user).slug == "acme-compute-2"
 
@@ -379,3 +379,168 @@ def test_public_provider_page_lists_public_offerings(client, provider, account):
     assert "Acme Compute" in html
     assert "Public box" in html
     assert "Secret box" not in html
+
+
+# --- names, limits and tokens ----------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_become_provider_name_taken_in_other_case(client, provider):
+    client.force_login(make_user())
+
+    response = client.post(reverse("marketplace:provider_profile_save"), {"profile-display_name": "ACME compute"})
+
+    assert response.status_code == 200
+    assert response.context["form"].errors["display_name"] == [
+        "A provider named 'Acme Compute' already exists; choose another name."
+    ]
+    assert ProviderProfile.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_become_provider_sandbox_name_is_reserved(client):
+    client.force_login(make_user())
+
+    response = client.post(reverse("marketplace:provider_profile_save"), {"profile-display_name": "Sandbox Hosting"})
+
+    assert response.status_code == 200
+    assert response.context["form"].errors["display_name"] == [
+        '"Sandbox" is reserved for simulated offerings; choose another name.'
+    ]
+    assert ProviderProfile.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_become_provider_bidi_name_is_rejected(client):
+    client.force_login(make_user())
+
+    response = client.post(reverse("marketplace:provider_profile_save"), {"profile-display_name": "Acme\u202e"})
+
+    assert response.status_code == 200
+    assert response.context["form"].errors["display_name"] == [
+        "This name contains an invisible text-direction character (U+202E); remove it."
+    ]
+
+
+@pytest.mark.django_db
+def test_become_provider_lower_case_country_is_accepted(client):
+    user = make_user()
+    client.force_login(user)
+
+    client.post(reverse("marketplace:provider_profile_save"), {"profile-display_name": "Nordic", "profile-country": "fi"})
+
+    assert ProviderProfile.objects.get(user=user).country == "FI"
+
+
+@pytest.mark.django_db
+def test_cloud_account_label_with_bidi_control_is_error(client, provider):
+    client.force_login(provider.user)
+
+    response = client.post(
+        reverse("marketplace:cloud_account_add"),
+        {"cloud-backend": "sandbox", "cloud-label": "Play\u2066ground", "cloud-token": ""},
+    )
+
+    assert response.status_code == 200
+    assert "invisible text-direction character (U+2066)" in response.content.decode()
+    assert not CloudAccount.objects.filter(owner=provider.user).exists()
+
+
+@pytest.mark.django_db
+def test_cloud_account_token_max_length_matches_api():
+    from marketplace.forms import CloudAccountForm
+    from provisioning.api.serializers import CloudAccountSerializer
+
+    accepted = CloudAccountForm(data={"backend": "hetzner", "label": "Prod", "token": "t" * 500})
+    too_long = CloudAccountForm(data={"backend": "hetzner", "label": "Prod", "token": "t" * 501})
+
+    assert accepted.is_valid(), accepted.errors
+    assert not too_long.is_valid()
+    assert CloudAccountSerializer().fields["token"].max_length == 500
+
+
+@pytest.mark.django_db
+def test_add_hetzner_account_rejected_token_message(client, provider, hetzner_api):
+    client.force_login(provider.user)
+
+    response = client.post(
+        reverse("marketplace:cloud_account_add"),
+        {"cloud-backend": "hetzner", "cloud-label": "Real", "cloud-token": "revoked-token"},
+    )
+
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "Hetzner rejected this API token (HTTP 401: unable to authenticate)." in html
+    assert "validate_credentials" not in html
+    assert "revoked-token" not in html
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("gpu_model", "gpu_count"),
+    [("NVIDIA L4", "0"), ("", "2")],
+    ids=["model-without-count", "count-without-model"],
+)
+def test_offering_form_gpu_fields_go_together(client, provider, account, gpu_model, gpu_count):
+    client.force_login(provider.user)
+
+    response = client.post(NEW_OFFERING_URL, _offering_data(account, gpu_model=gpu_model, gpu_count=gpu_count))
+
+    errors = response.context["form"].errors
+    assert response.status_code == 200
+    assert "gpu_model" in errors
+    assert "gpu_count" in errors
+    assert "GPU model" in errors["gpu_count"][0]
+    assert "GPU count" in errors["gpu_model"][0]
+    assert not Offering.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("memory_mib", str(16 * 1024 * 1024 + 1)), ("disk_gb", "1000001"), ("gpu_count", "65"), ("country", "XX")],
+)
+def test_offering_form_rejects_out_of_range_values(client, provider, account, field, value):
+    overrides = {field: value}
+    if field == "gpu_count":
+        overrides["gpu_model"] = "NVIDIA L4"
+    client.force_login(provider.user)
+
+    response = client.post(NEW_OFFERING_URL, _offering_data(account, **overrides))
+
+    assert response.status_code == 200
+    assert field in response.context["form"].errors
+    assert not Offering.objects.exists()
+
+
+@pytest.mark.django_db
+def test_offering_form_currency_is_a_fixed_list(client, provider, account):
+    client.force_login(provider.user)
+
+    page = client.get(NEW_OFFERING_URL).content.decode()
+    response = client.post(NEW_OFFERING_URL, _offering_data(account, currency="XYZ"))
+
+    assert '<option value="JPY">' in page
+    assert "currency" in response.context["form"].errors
+    assert not Offering.objects.exists()
+
+
+@pytest.mark.django_db
+def test_offering_form_lower_case_country_is_accepted(client, provider, account):
+    client.force_login(provider.user)
+
+    response = client.post(NEW_OFFERING_URL, _offering_data(account, country="fi", city="Helsinki"))
+
+    assert response.status_code == 302
+    assert Offering.objects.get().country == "FI"
+
+
+@pytest.mark.django_db
+def test_offering_form_name_with_bidi_control_is_rejected(client, provider, account):
+    client.force_login(provider.user)
+
+    response = client.post(NEW_OFFERING_URL, _offering_data(account, name="Cheap\u202eGPU"))
+
+    assert response.context["form"].errors["name"] == [
+        "This name contains an invisible text-direction character (U+202E); remove it."
+    ]

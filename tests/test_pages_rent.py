@@ -281,3 +281,125 @@ def test_rent_invalid_cloud_account_is_404(client, tenant):
 
     assert response.status_code == 404
     assert Contract.objects.count() == 0
+
+
+# --- saved or pasted key, wording, reused form -------------------------------------------------
+
+
+def _save_key(user, name: str = "desk") -> SshKey:
+    from marketplace.services.ssh_keys import ssh_key_create
+
+    return ssh_key_create(user=user, name=name, public_key=ssh_public_key())
+
+
+@pytest.mark.django_db
+def test_rent_pasted_key_wins_over_preselected_saved_key(client, offering, tenant):
+    saved = _save_key(tenant)
+    client.force_login(tenant)
+    form_page = client.get(_rent_url(offering))
+    key = form_page.context["form"].initial["idempotency_key"]
+    pasted = ssh_public_key(comment="new@laptop")
+
+    # The browser submits the pre-selected saved key together with the pasted one.
+    response = client.post(_rent_url(offering), {"saved_key": saved.pk, "public_key": pasted, "idempotency_key": key})
+
+    contract = Contract.objects.get()
+    assert form_page.context["form"].initial["saved_key"] == saved.pk
+    assert response.status_code == 302
+    assert contract.ssh_public_key.split()[:2] == pasted.split()[:2]
+    assert contract.ssh_key_fingerprint != saved.fingerprint
+
+
+@pytest.mark.django_db
+def test_rent_form_with_saved_keys_labels(client, offering, tenant):
+    _save_key(tenant)
+    client.force_login(tenant)
+
+    response = client.get(_rent_url(offering))
+    html = response.content.decode()
+
+    assert response.context["form"].fields["public_key"].required is False
+    assert "— paste a new key —" in html
+    assert "A pasted key is used instead of the saved key above." in html
+    assert "Or paste a public key <small>(optional)</small>" not in html
+
+
+@pytest.mark.django_db
+def test_rent_form_without_saved_keys_requires_pasted_key(client, offering, tenant):
+    client.force_login(tenant)
+
+    response = client.get(_rent_url(offering))
+    html = response.content.decode()
+
+    assert response.context["form"].fields["public_key"].required is True
+    assert 'name="saved_key"' not in html
+    assert "Or paste a public key</label>" in html
+    assert "Or paste a public key <small>(optional)</small>" not in html
+
+
+@pytest.mark.django_db
+def test_rent_summary_paid_rental_runs_to_period_end(client, offering, tenant):
+    from provisioning.models import CloudAccount
+
+    CloudAccount.objects.filter(pk=offering.cloud_account_id).update(backend="hetzner")
+    client.force_login(tenant)
+
+    html = client.get(_rent_url(offering)).content.decode()
+
+    assert "cancelling keeps it running until the end of the paid month" in html
+    assert "ends it at once" not in html
+
+
+@pytest.mark.django_db
+def test_rent_summary_sandbox_rental_ends_at_once(client, offering, tenant):
+    client.force_login(tenant)
+
+    html = client.get(_rent_url(offering)).content.decode()
+
+    assert "cancelling ends it at once and deletes the simulated server" in html
+    assert "until the end of the paid month" not in html
+
+
+@pytest.mark.django_db
+def test_rent_summary_self_rental_ends_at_once(client):
+    provider = make_provider()
+    own = make_offering(provider=provider)
+    client.force_login(provider.user)
+
+    html = client.get(_rent_url(own)).content.decode()
+
+    assert "A self-rental is free" in html
+    assert "cancelling ends it at once and deletes the server" in html
+
+
+@pytest.mark.django_db
+def test_rent_reused_form_other_offering(client, offering, tenant):
+    other = make_offering(provider=offering.provider, name="Large DE")
+    client.force_login(tenant)
+    key = _idempotency_key(client, offering)
+    client.post(_rent_url(offering), {"public_key": ssh_public_key(), "idempotency_key": key})
+
+    response = client.post(_rent_url(other), {"public_key": ssh_public_key(), "idempotency_key": key})
+
+    assert response.status_code == 200
+    assert response.context["form"].non_field_errors() == [
+        "This form was already used to rent Small DE; reload the page to rent this offering."
+    ]
+    assert Contract.objects.count() == 1
+    assert Contract.objects.get().offering == offering
+
+
+@pytest.mark.django_db
+def test_rent_save_as_with_bidi_control_is_error(client, offering, tenant):
+    client.force_login(tenant)
+    key = _idempotency_key(client, offering)
+
+    response = client.post(
+        _rent_url(offering), {"public_key": ssh_public_key(), "idempotency_key": key, "save_as": "lap\u202etop"}
+    )
+
+    assert response.status_code == 200
+    assert response.context["form"].errors["save_as"] == [
+        "This name contains an invisible text-direction character (U+202E); remove it."
+    ]
+    assert Contract.objects.count() == 0

@@ -332,3 +332,164 @@ def test_dashboard_empty_state(client, tenant):
 
     assert "No rentals yet" in html
     assert f'href="{reverse("marketplace:catalog")}"' in html
+
+
+# --- history, connection, wording and navigation ------------------------------------------------
+
+
+def _add_worker_event(contract) -> None:
+    from marketplace.models import ContractEvent
+
+    ContractEvent.objects.create(
+        contract=contract,
+        from_status=ContractStatus.PROVISIONING,
+        to_status=ContractStatus.PROVISIONING,
+        step="creating_server",
+        actor_label="worker-7.internal:4242:1f2e3d",
+    )
+
+
+@pytest.mark.django_db
+def test_history_hides_worker_ids_from_tenant(client, contract, tenant):
+    _add_worker_event(contract)
+    client.force_login(tenant)
+
+    response = client.get(contract.get_absolute_url())
+    actors = [event["actor_label"] for event in response.context["events"]]
+
+    assert "worker-7.internal" not in response.content.decode()
+    assert actors == ["Tenant", "Tenant", "Platform", "Platform"]
+
+
+@pytest.mark.django_db
+def test_history_hides_worker_ids_from_provider(client, contract, provider):
+    _add_worker_event(contract)
+    client.force_login(provider.user)
+
+    html = client.get(contract.get_absolute_url()).content.decode()
+
+    assert "worker-7.internal" not in html
+    assert "<td>Platform</td>" in html
+
+
+@pytest.mark.django_db
+def test_history_shows_raw_actor_to_staff(client, contract):
+    _add_worker_event(contract)
+    client.force_login(make_superuser())
+
+    response = client.get(contract.get_absolute_url())
+    actors = [event["actor_label"] for event in response.context["events"]]
+
+    assert actors == ["tenant", "tenant", "system", "worker-7.internal:4242:1f2e3d"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "status",
+    [ContractStatus.TERMINATED, ContractStatus.FAILED, ContractStatus.CANCELLED, ContractStatus.REJECTED],
+)
+def test_ended_rental_hides_connection_details(client, contract, tenant, status):
+    _set(contract, status=status, ip_address="203.0.113.7", cloud_server_id="7")
+    client.force_login(tenant)
+
+    html = client.get(contract.get_absolute_url()).content.decode()
+
+    assert "Server deleted" in html
+    assert "203.0.113.7" not in html
+    assert "ssh root@" not in html
+
+
+@pytest.mark.django_db
+def test_active_rental_shows_connection_details(client, contract, tenant):
+    _set(contract, status=ContractStatus.ACTIVE, ip_address="203.0.113.7", cloud_server_id="7")
+    client.force_login(tenant)
+
+    html = client.get(contract.get_absolute_url()).content.decode()
+
+    assert "ssh root@203.0.113.7" in html
+    assert "Server deleted" not in html
+
+
+@pytest.mark.django_db
+def test_cancel_box_of_sandbox_rental_names_sandbox_payment(client, contract, tenant):
+    _set(contract, status=ContractStatus.ACTIVE, ip_address="203.0.113.7", cloud_server_id="7")
+    client.force_login(tenant)
+
+    html = client.get(contract.get_absolute_url()).content.decode()
+
+    assert "nothing was paid" not in html
+    assert "Cancelling ends the rental now and deletes the server (Sandbox payment — no real money moved)." in html
+    assert html.count("Sandbox payment — no real money moved") == 2  # cancel box and the payment row
+
+
+@pytest.mark.django_db
+def test_cancel_box_of_self_rental_says_free(client, provider):
+    own = make_contract(tenant=provider.user, offering=make_offering(provider=provider))
+    _set(own, status=ContractStatus.ACTIVE, ip_address="203.0.113.8", cloud_server_id="8")
+    client.force_login(provider.user)
+
+    html = client.get(own.get_absolute_url()).content.decode()
+
+    assert "(self-rental: free, nothing was paid)" in html
+
+
+def _nav_current(html: str) -> list[str]:
+    import re
+
+    return re.findall(r'<a href="[^"]*" aria-current="page">([^<]+)</a>', html)
+
+
+@pytest.mark.django_db
+def test_nav_highlights_provider_on_incoming_rental(client, contract, provider):
+    client.force_login(provider.user)
+
+    html = client.get(contract.get_absolute_url()).content.decode()
+
+    assert _nav_current(html) == ["Provider"]
+
+
+@pytest.mark.django_db
+def test_nav_highlights_my_rentals_for_tenant(client, contract, tenant):
+    client.force_login(tenant)
+
+    html = client.get(contract.get_absolute_url()).content.decode()
+
+    assert _nav_current(html) == ["My rentals"]
+
+
+@pytest.mark.django_db
+def test_forbidden_cancel_logs_one_line_without_traceback(client, contract, provider):
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = _Collect()
+    request_logger = logging.getLogger("django.request")
+    request_logger.addHandler(handler)
+    _set(contract, status=ContractStatus.ACTIVE, ip_address="203.0.113.7", cloud_server_id="7")
+    client.force_login(provider.user)
+    try:
+        response = client.post(
+            reverse("marketplace:rental_cancel", kwargs={"public_id": contract.public_id}), {"confirm": "yes"}
+        )
+    finally:
+        request_logger.removeHandler(handler)
+
+    assert response.status_code == 403
+    assert "Access denied" in response.content.decode()
+    assert len(records) == 1
+    assert records[0].exc_info is None
+
+
+def test_django_logger_prints_once(settings):
+    # Django's default config gives "django" a console handler of its own. Ours replaces it and
+    # stops propagation to the root handler, so each record is printed once.
+    django_config = settings.LOGGING["loggers"]["django"]
+
+    assert django_config["handlers"] == ["console"]
+    assert django_config["propagate"] is False
+    assert settings.LOGGING["root"]["handlers"] == ["console"]

@@ -91,3 +91,38 @@ def test_queue_action_force_terminate(client, provisioning_contract, staff_user)
     assert response.status_code == 200
     provisioning_contract.refresh_from_db()
     assert provisioning_contract.status == ContractStatus.TERMINATING
+
+
+def test_tenant_cancels_during_provisioning(provisioning_contract):
+    tenant = provisioning_contract.tenant
+
+    contract = contract_services.contract_cancel(contract=provisioning_contract, actor=tenant)
+
+    assert contract.status == ContractStatus.TERMINATING
+    assert contract.payments.get().status == PaymentStatus.REFUNDED
+    assert contract.events.last().actor_label == "tenant"
+
+
+def test_stale_worker_cannot_fail_contract(provisioning_contract):
+    lease_claim(contract_id=provisioning_contract.pk, owner="worker-a")
+    Contract.objects.filter(pk=provisioning_contract.pk).update(lease_owner="worker-b")
+
+    with pytest.raises(contract_services.InvalidTransition):
+        contract_services.contract_fail(contract_id=provisioning_contract.pk, reason="late", lease_owner="worker-a")
+
+    provisioning_contract.refresh_from_db()
+    assert provisioning_contract.status == ContractStatus.PROVISIONING
+
+
+def test_reused_form_key_other_offering(provisioning_contract):
+    from django.core.exceptions import ValidationError
+
+    other = make_offering(account=provisioning_contract.cloud_account, script=None, slug="staff-vm-2")
+    tenant = provisioning_contract.tenant
+
+    with pytest.raises(ValidationError, match="already used to rent"):
+        contract_services.contract_create(
+            tenant=tenant, offering=other, ssh_public_key=provisioning_contract.ssh_public_key, idempotency_key="staff-1"
+        )
+
+    assert Contract.objects.count() == 1

@@ -13,6 +13,7 @@ from rest_framework import serializers
 from marketplace.models import Contract, ContractEvent, Offering, ProviderProfile, SshKey
 from marketplace.selectors import offering_visible_to
 from marketplace.sshkeys import MAX_INPUT_BYTES, parse_public_key
+from marketplace.views import public_actor_label
 from provisioning.models import CloudAccount
 from recipes.models import RecipeRun, RecipeRunStatus, RecipeVersion
 
@@ -195,7 +196,7 @@ class StepStateSerializer(serializers.Serializer):
 
 
 class ConnectionSerializer(serializers.Serializer):
-    """How to reach a rented server once it has an address."""
+    """How to reach a rented server; null before it has an address and after the rental ended."""
 
     ip_address = serializers.IPAddressField()
     ssh_port = serializers.IntegerField()
@@ -233,9 +234,21 @@ class RecipeRunSummarySerializer(serializers.ModelSerializer):
 
 
 class ContractEventSerializer(serializers.ModelSerializer):
+    """A history row; non-staff users get the actor's role instead of internal worker ids."""
+
+    actor_label = serializers.SerializerMethodField(
+        help_text="Tenant, Provider, Staff or Platform; staff get the stored label, which may be a worker id."
+    )
+
     class Meta:
         model = ContractEvent
         fields = ("created_at", "from_status", "to_status", "step", "actor_label", "reason")
+
+    def get_actor_label(self, obj: ContractEvent) -> str:
+        request = self.context.get("request")
+        if request is not None and request.user.is_staff:
+            return obj.actor_label
+        return public_actor_label(obj.actor_label)
 
 
 class RentalListSerializer(serializers.ModelSerializer):
@@ -312,7 +325,8 @@ class RentalDetailSerializer(RentalListSerializer):
 
     @extend_schema_field(ConnectionSerializer(allow_null=True))
     def get_connection(self, obj: Contract) -> dict | None:
-        if not obj.ip_address:
+        # An ended rental's server is deleted, and its address may belong to someone else now.
+        if not obj.ip_address or obj.is_ended:
             return None
         return {
             "ip_address": obj.ip_address,

@@ -163,6 +163,17 @@ class RentalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         data = serializer.validated_data
         offering: Offering = data["offering"]
         idempotency_key = data.get("idempotency_key") or contract_services.new_idempotency_key()
+        # contract_create rejects this case too, but without a field; checking first lets the
+        # error name idempotency_key.
+        reused = (
+            Contract.objects.filter(tenant=request.user, idempotency_key=idempotency_key)
+            .exclude(offering=offering)
+            .exists()
+        )
+        if reused:
+            raise serializers.ValidationError(
+                {"idempotency_key": "This idempotency key was already used to rent another offering; use a new key."}
+            )
 
         try:
             contract, created = contract_services.contract_create(
@@ -176,10 +187,6 @@ class RentalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
             if hasattr(exc, "error_dict"):
                 raise
             raise serializers.ValidationError({"offering": exc.messages}) from exc
-        if not created and contract.offering_id != offering.pk:
-            raise serializers.ValidationError(
-                {"idempotency_key": "This idempotency key was already used to rent another offering; use a new key."}
-            )
 
         if contract.status == ContractStatus.REQUESTED:
             try:

@@ -109,6 +109,10 @@ def contract_create(
     """Create a rental request, or return the one this idempotency key already created."""
     existing = Contract.objects.filter(tenant=tenant, idempotency_key=idempotency_key).first()
     if existing is not None:
+        if existing.offering_id != offering.pk:
+            raise ValidationError(
+                f"This form was already used to rent {existing.offering_name}; reload the page to rent this offering."
+            )
         return existing, False
 
     parsed = parse_public_key(ssh_public_key)
@@ -292,12 +296,25 @@ def contract_activate(*, contract_id: int, worker: str) -> Contract:
 
 
 @transaction.atomic
-def contract_fail(*, contract_id: int, reason: str, actor_label: str = "system", actor: User | None = None) -> Contract:
-    """Fail a paid or provisioning contract: refund in full and delete what was created."""
+def contract_fail(
+    *,
+    contract_id: int,
+    reason: str,
+    actor_label: str = "system",
+    actor: User | None = None,
+    lease_owner: str | None = None,
+) -> Contract:
+    """Fail a paid or provisioning contract: refund in full and delete what was created.
+
+    A worker passes its `lease_owner`, so a worker that lost its lease cannot fail a contract
+    that another worker is now provisioning.
+    """
     from billing.services import payment_refund_contract
     from provisioning.tasks import cleanup_contract_servers_task
 
     contract = _lock(contract_id)
+    if lease_owner is not None and contract.lease_owner != lease_owner:
+        raise InvalidTransition(contract, f"be failed by {lease_owner}, which no longer holds its lease")
     step = contract.provisioning_step
     contract = _move(
         contract,
@@ -352,6 +369,10 @@ def contract_cancel(*, contract: Contract, actor: User) -> Contract:
         payment_refund_contract(contract=contract, reason="Cancelled before acceptance.")
         _notify(contract, "rental_cancelled")
         return contract
+    if contract.status == ContractStatus.PROVISIONING:
+        return contract_cancel_provisioning(
+            contract=contract, actor=actor, actor_label=label, reason="Cancelled during provisioning; refunded in full."
+        )
     if contract.status == ContractStatus.ACTIVE:
         if contract.is_sandbox or contract.is_self_rental:
             return _begin_termination(contract, actor=actor, actor_label=label, reason="Cancelled by the tenant.")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Value
+from django.db.models.functions import Lower
 from django.utils.text import slugify
 
 from marketplace.models import Offering, ProviderProfile, User
@@ -60,6 +63,63 @@ def _unique_slug(model, text: str, *, fallback: str, max_length: int) -> str:
 
 # --- provider profile -----------------------------------------------------------------------
 
+DISPLAY_NAME_CONSTRAINT = "providerprofile_display_name_ci_unique"
+
+#: The word that marks simulated offerings in the UI; only staff may put it in a provider's name.
+RESERVED_NAME_WORD = "sandbox"
+
+
+def provider_named(*, display_name: str, exclude_pk: int | None = None) -> ProviderProfile | None:
+    """Return the provider profile whose display name equals `display_name` in any letter case.
+
+    Compares with the database's LOWER(), the same function as the unique constraint.
+    """
+    profiles = ProviderProfile.objects.annotate(name_lower=Lower("display_name")).filter(
+        name_lower=Lower(Value(display_name))
+    )
+    if exclude_pk is not None:
+        profiles = profiles.exclude(pk=exclude_pk)
+    return profiles.first()
+
+
+def duplicate_name_message(existing_name: str) -> str:
+    return f"A provider named {existing_name!r} already exists; choose another name."
+
+
+def provider_display_name_check(
+    *, display_name: str, actor: User, profile: ProviderProfile | None = None, previous_name: str = ""
+) -> None:
+    """Raise a ValidationError keyed by display_name if another provider could be mistaken for this one.
+
+    Rejects a name that another profile uses in any letter case, and for non-staff users a new
+    name (one that differs from `previous_name`) that contains the word "sandbox" in any case
+    or width.
+    """
+    existing = provider_named(display_name=display_name, exclude_pk=profile.pk if profile is not None else None)
+    if existing is not None:
+        raise ValidationError({"display_name": duplicate_name_message(existing.display_name)}, code="duplicate_name")
+    if display_name == previous_name or actor.is_staff:
+        return
+    if RESERVED_NAME_WORD in unicodedata.normalize("NFKC", display_name).casefold():
+        raise ValidationError(
+            {"display_name": "\"Sandbox\" is reserved for simulated offerings; choose another name."},
+            code="reserved_name",
+        )
+
+
+def _save_profile(profile: ProviderProfile, **save_kwargs) -> None:
+    """Save `profile`; a name taken by a concurrent request becomes the same error as the check's."""
+    try:
+        with transaction.atomic():
+            profile.save(**save_kwargs)
+    except IntegrityError as exc:
+        if DISPLAY_NAME_CONSTRAINT not in str(exc):
+            raise
+        logger.info("Provider profile %s: display name %r taken concurrently: %s", profile.pk, profile.display_name, exc)
+        raise ValidationError(
+            {"display_name": duplicate_name_message(profile.display_name)}, code="duplicate_name"
+        ) from exc
+
 
 @transaction.atomic
 def provider_profile_create(
@@ -83,8 +143,9 @@ def provider_profile_create(
         auto_accept=auto_accept,
         slug=_unique_slug(ProviderProfile, display_name, fallback="provider", max_length=80),
     )
+    provider_display_name_check(display_name=profile.display_name, actor=user)
     profile.full_clean()
-    profile.save()
+    _save_profile(profile)
     logger.info("Provider profile %s created for user %s", profile.pk, user.pk)
     return profile
 
@@ -104,13 +165,17 @@ def provider_profile_update(
     if profile.user_id != actor.pk and not actor.is_staff:
         raise PermissionError(f"User {actor.pk} may not edit provider profile {profile.pk}.")
     profile = ProviderProfile.objects.select_for_update().get(pk=profile.pk)
+    previous_name = profile.display_name
     profile.display_name = display_name.strip()
     profile.description = description.strip()
     profile.website = website.strip()
     profile.country = country.strip().upper()
     profile.auto_accept = auto_accept
+    provider_display_name_check(
+        display_name=profile.display_name, actor=actor, profile=profile, previous_name=previous_name
+    )
     profile.full_clean()
-    profile.save(update_fields=list(_PROFILE_FIELDS))
+    _save_profile(profile, update_fields=list(_PROFILE_FIELDS))
     logger.info("Provider profile %s updated by user %s", profile.pk, actor.pk)
     return profile
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
@@ -34,8 +35,11 @@ class Command(BaseCommand):
             call_command("seed_demo")
 
         python = sys.executable
+        # Absolute paths and the project directory as working directory, so `up` also works
+        # when started from another directory (python /path/to/manage.py up).
+        base_dir = settings.BASE_DIR
         commands = {
-            "web": [python, "manage.py", "runserver", options["addr"], "--noreload"],
+            "web": [python, str(base_dir / "manage.py"), "runserver", options["addr"], "--noreload"],
             "worker": [python, "-m", "celery", "-A", "cloudmarket", "worker", "--loglevel=INFO",
                        f"--concurrency={options['concurrency']}", "--hostname=worker@%h"],
             "scheduler": [python, "-m", "celery", "-A", "cloudmarket", "beat", "--loglevel=INFO"],
@@ -50,7 +54,7 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGTERM, stop)
         for name, command in commands.items():
-            processes[name] = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            processes[name] = subprocess.Popen(command, cwd=base_dir, env={**os.environ, "PYTHONUNBUFFERED": "1"})
             logger.info("Started %s (pid %s)", name, processes[name].pid)
         self.stdout.write(self.style.SUCCESS(f"Cloudmarket is starting on http://{options['addr']}/ (Ctrl-C stops it)"))
 

@@ -268,6 +268,11 @@ PAYMENT_METHOD = "stripe" if env.str("STRIPE_SECRET_KEY", default="") else "sand
 # never touch each other's servers.
 DEPLOYMENT_NAME = env.str("DEPLOYMENT_NAME", default="local")
 PROVISIONING_LEASE_SECONDS = env.int("PROVISIONING_LEASE_SECONDS", default=120)
+# Retries of cloud calls: jittered exponential backoff from this base (seconds), doubled per try.
+PROVISIONING_BACKOFF_BASE_SECONDS = env.float("PROVISIONING_BACKOFF_BASE_SECONDS", default=2.0)
+# Tries of server deletion before a contract is marked termination_failed and staff are alerted;
+# at most MAX_TERMINATION_RETRIES (6), the Celery task's own limit.
+PROVISIONING_TERMINATION_RETRIES = env.int("PROVISIONING_TERMINATION_RETRIES", default=6)
 # A labelled server that no live contract owns is deleted this many seconds after the
 # reconciler first reported it.
 RECONCILE_ORPHAN_GRACE_SECONDS = env.int("RECONCILE_ORPHAN_GRACE_SECONDS", default=3600)

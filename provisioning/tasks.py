@@ -8,6 +8,7 @@ import random
 import socket
 
 from celery import shared_task
+from django.conf import settings
 
 from marketplace.models import Contract, ContractStatus
 from marketplace.services import contracts as contract_services
@@ -31,7 +32,8 @@ def worker_id(task_request) -> str:
 
 def backoff_seconds(retries: int, retry_after: float | None = None) -> float:
     """Exponential backoff with full jitter, at least the server's Retry-After."""
-    delay = random.uniform(0, min(300.0, 2.0 * 2**retries))
+    base = settings.PROVISIONING_BACKOFF_BASE_SECONDS
+    delay = random.uniform(0, min(300.0, base * 2**retries))
     if retry_after is not None:
         delay = max(delay, float(retry_after))
     return delay
@@ -129,7 +131,7 @@ def terminate_contract_task(self, contract_id: int) -> None:
             from provisioning.services import cloud_account_mark_invalid
 
             cloud_account_mark_invalid(account_id=contract.cloud_account_id, error=str(exc))
-        if isinstance(exc, CredentialsInvalid) or self.request.retries >= self.max_retries:
+        if isinstance(exc, CredentialsInvalid) or self.request.retries >= settings.PROVISIONING_TERMINATION_RETRIES:
             logger.error("Contract %s: termination failed for good: %s", contract_id, exc)
             contract_services.contract_mark_termination_failed(
                 contract_id=contract_id, worker=owner, reason=f"Deleting the server failed: {exc}"

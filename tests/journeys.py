@@ -23,7 +23,8 @@ SETTLED = {
 
 def make_provider(*, email: str = "provider@example.com", backend: str = Backend.HETZNER, token: str = "") -> tuple[User, CloudAccount]:
     user = User.objects.create_user(email=email, password="provider-password-1")
-    ProviderProfile.objects.create(user=user, display_name="Loopback Cloud", slug=email.split("@")[0], auto_accept=True)
+    local_part = email.split("@")[0]
+    ProviderProfile.objects.create(user=user, display_name=f"Loopback Cloud {local_part}", slug=local_part, auto_accept=True)
     account = CloudAccount(owner=user, backend=backend, label=f"{backend} account", validation_status=ValidationStatus.VALID)
     if token:
         account.set_token(token)

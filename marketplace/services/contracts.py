@@ -260,17 +260,30 @@ def _require_provider(contract: Contract, actor: User) -> None:
 # --- provisioning progress (called by workers) ------------------------------------------------
 
 
-@transaction.atomic
-def contract_set_step(*, contract_id: int, step: str, worker: str) -> Contract:
-    contract = _lock(contract_id)
+def contract_set_step(*, contract_id: int, step: str, worker: str) -> None:
+    """Record that a provisioning contract entered `step`; a repeated step records nothing.
+
+    A compare-and-set UPDATE instead of a row lock: it runs for every step of every contract,
+    and the status condition is all that must hold.
+    """
+    with transaction.atomic():
+        changed = (
+            Contract.objects.filter(pk=contract_id, status=ContractStatus.PROVISIONING)
+            .exclude(provisioning_step=step)
+            .update(provisioning_step=step, updated_at=timezone.now())
+        )
+        if changed:
+            ContractEvent.objects.create(
+                contract_id=contract_id,
+                from_status=ContractStatus.PROVISIONING,
+                to_status=ContractStatus.PROVISIONING,
+                step=step,
+                actor_label=worker,
+            )
+            return
+    contract = Contract.objects.get(pk=contract_id)
     if contract.status != ContractStatus.PROVISIONING:
         raise InvalidTransition(contract, f"enter step {step}")
-    if contract.provisioning_step == step:
-        return contract
-    Contract.objects.filter(pk=contract.pk).update(provisioning_step=step, updated_at=timezone.now())
-    _record(contract, to_status=contract.status, actor=None, actor_label=worker, step=step)
-    contract.refresh_from_db()
-    return contract
 
 
 @transaction.atomic

@@ -56,6 +56,8 @@ os.environ.setdefault("LOG_LEVEL", "WARNING")
 # Production settings: with DEBUG on, Django also records every SQL query in memory.
 os.environ.setdefault("DEBUG", "False")
 os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
+# The fake cloud stands in for a real one, and contracts pay with sandbox payments.
+os.environ.setdefault("SANDBOX_PAYMENTS_FOR_REAL_BACKENDS", "true")
 
 logger = logging.getLogger("bench.provisioning")
 

@@ -11,6 +11,7 @@ import logging
 from datetime import datetime
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from billing.models import Payment, PaymentMethod, PaymentStatus, Refund
@@ -22,13 +23,31 @@ class PaymentFailed(Exception):
     """The payment method declined the charge."""
 
 
+def payment_method_check(*, offering, tenant) -> str:
+    """Return the payment method a rental of `offering` by `tenant` would use, or raise.
+
+    Sandbox payments move no money, so they only pay for Sandbox offerings, which create no
+    machine. A real backend needs a real payment method; until card payments exist, renting it
+    is refused unless SANDBOX_PAYMENTS_FOR_REAL_BACKENDS is set (development against a fake
+    cloud only). Self-rentals are free on every backend.
+    """
+    if offering.provider.user_id == tenant.pk or offering.price_cents == 0:
+        return PaymentMethod.FREE
+    if offering.cloud_account.backend == "sandbox" or settings.SANDBOX_PAYMENTS_FOR_REAL_BACKENDS:
+        return PaymentMethod.SANDBOX
+    # TODO: return PaymentMethod.STRIPE once card payments through Stripe exist.
+    raise ValidationError(
+        "This offering runs on a real cloud and needs card payment, which this installation has not "
+        "set up yet. Only Sandbox offerings can be rented for now."
+    )
+
+
 def _method_for(contract) -> str:
     if contract.is_self_rental or contract.price_cents == 0:
         return PaymentMethod.FREE
-    if settings.PAYMENT_METHOD == PaymentMethod.STRIPE:
-        # TODO: remove once Stripe Checkout lands; until then Stripe keys fall back to sandbox.
-        logger.warning("Stripe is configured but not implemented yet; contract %s pays with sandbox", contract.pk)
-    return PaymentMethod.SANDBOX
+    if contract.backend == "sandbox" or settings.SANDBOX_PAYMENTS_FOR_REAL_BACKENDS:
+        return PaymentMethod.SANDBOX
+    raise PaymentFailed(f"Rental {contract.public_id} runs on a real cloud and no real payment method is set up.")
 
 
 def payment_collect(*, contract, period_start: datetime, period_end: datetime) -> Payment:

@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "rest_framework",
+    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_filters",
@@ -139,6 +140,7 @@ ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_CONFIRM_EMAIL_ON_GET = False
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Cloudmarket] "
+ACCOUNT_ADAPTER = "marketplace.adapters.AccountAdapter"
 ACCOUNT_RATE_LIMITS = {
     "login_failed": "10/m/ip,5/5m/key",
     "signup": "20/m/ip",
@@ -178,6 +180,8 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# The console email backend prints to stdout, which Celery would log as warnings.
+CELERY_WORKER_REDIRECT_STDOUTS_LEVEL = "INFO"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
@@ -206,8 +210,17 @@ CELERY_BEAT_SCHEDULE = {
 }
 
 REST_FRAMEWORK = {
+    # Token first: DRF answers unauthenticated requests with the first class's WWW-Authenticate
+    # header, so a missing or revoked token gets 401 (Session alone would give 403). Token
+    # requests need no CSRF token; session requests still do.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PARSER_CLASSES": [
+        "marketplace.api.parsers.NestingSafeJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticatedOrReadOnly"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -262,6 +275,9 @@ FIELD_ENCRYPTION_KEY_ID = next(iter(FIELD_ENCRYPTION_KEYS))
 CATALOG_COUNT_CAP = env.int("CATALOG_COUNT_CAP", default=1000)
 PLATFORM_COMMISSION_BPS = env.int("PLATFORM_COMMISSION_BPS", default=2000)  # 20 %
 PAYMENT_METHOD = "stripe" if env.str("STRIPE_SECRET_KEY", default="") else "sandbox"
+# Let sandbox payments (no money moves) pay for offerings on real clouds. Only for development
+# against a fake cloud API: with it on, anyone can make a provider's real cloud create servers.
+SANDBOX_PAYMENTS_FOR_REAL_BACKENDS = env.bool("SANDBOX_PAYMENTS_FOR_REAL_BACKENDS", default=False)
 
 # Provisioning.
 # Written into the labels of every cloud object, so two deployments sharing a cloud account

@@ -7,11 +7,14 @@ call the contract services.
 from __future__ import annotations
 
 import logging
+from datetime import UTC
 
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
-from django.utils.html import format_html
+from django.shortcuts import render
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.utils.translation import gettext_lazy as _
 
 from billing.models import Payment
@@ -51,7 +54,21 @@ def status_badge(label: str, colour: str):
     )
 
 
-class ReadOnlyAdminMixin:
+class NoAddPageMixin:
+    """Answer the add page of an admin without add permission with a plain 403 page.
+
+    Django's admin raises PermissionDenied there, which Django logs with its full traceback; a
+    bookmarked or guessed add URL is an ordinary 403 that needs one log line ("Forbidden: <path>",
+    which django.request writes for every 4xx response).
+    """
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            return render(request, "403.html", status=403)
+        return super().add_view(request, form_url, extra_context)
+
+
+class ReadOnlyAdminMixin(NoAddPageMixin):
     """Admin that shows rows but never adds, edits or deletes them (history, ledgers)."""
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -135,7 +152,7 @@ class ProviderProfileAdmin(admin.ModelAdmin):
 
 
 @admin.register(SshKey)
-class SshKeyAdmin(admin.ModelAdmin):
+class SshKeyAdmin(NoAddPageMixin, admin.ModelAdmin):
     """Saved SSH keys. Users add keys themselves, so the key data is read-only here; staff may delete."""
 
     list_display = ("name", "user", "key_type", "fingerprint", "created_at")
@@ -228,7 +245,7 @@ def recipe_output_html(run: RecipeRun):
 
 
 @admin.register(Contract)
-class ContractAdmin(admin.ModelAdmin):
+class ContractAdmin(NoAddPageMixin, admin.ModelAdmin):
     """Contracts, read-only; "Retry provisioning" and "Terminate now" are the only changes."""
 
     list_display = (
@@ -308,18 +325,10 @@ class ContractAdmin(admin.ModelAdmin):
 class ProvisioningQueueAdmin(ContractAdmin):
     """Work in flight: which worker holds each contract, since when, at which step, how many tries."""
 
-    list_display = (
-        "id",
-        "offering_name",
-        "status_badge",
-        "provisioning_step",
-        "lease_owner_display",
-        "lease_claimed_at",
-        "lease_expires_at",
-        "attempts",
-        "last_error_short",
-        "updated_at",
-    )
+    # Six short columns, so the list fits a 1400 px window beside the admin's navigation and
+    # filter sidebars: status and step share a column, the worker id is shortened (its full
+    # value is the tooltip) and the error is cut short. The change page shows every field.
+    list_display = ("id", "offering_name", "status_display", "lease_display", "attempts", "last_error_short")
     list_filter = ("status", "provisioning_step", "backend")
     list_select_related = ()
     date_hierarchy = None
@@ -330,13 +339,46 @@ class ProvisioningQueueAdmin(ContractAdmin):
         live = {ContractStatus.PROVISIONING, ContractStatus.TERMINATING, ContractStatus.TERMINATION_FAILED}
         return super().get_queryset(request).filter(status__in=live)
 
-    @admin.display(description="Claimed by")
-    def lease_owner_display(self, obj: Contract) -> str:
-        return obj.lease_owner or "(unclaimed)"
+    @admin.display(description="Status", ordering="status")
+    def status_display(self, obj: Contract):
+        return format_html(
+            "{}<br><small>{}</small><br><small>updated {} UTC</small>",
+            status_badge(obj.get_status_display(), CONTRACT_STATUS_COLOURS.get(obj.status, "grey")),
+            obj.get_provisioning_step_display() or "no step",
+            _time_utc(obj.updated_at),
+        )
+
+    @admin.display(description="Lease (UTC)", ordering="lease_expires_at")
+    def lease_display(self, obj: Contract):
+        if not obj.lease_owner:
+            return "(unclaimed)"
+        return format_html(
+            '<span title="{}">{}</span><br><small>claimed {}</small><br><small>expires {}</small>',
+            obj.lease_owner,
+            _short_worker_id(obj.lease_owner),
+            _time_utc(obj.lease_claimed_at),
+            _time_utc(obj.lease_expires_at),
+        )
 
     @admin.display(description="Last error")
-    def last_error_short(self, obj: Contract) -> str:
-        return (obj.last_error[:120] + "…") if len(obj.last_error) > 120 else obj.last_error
+    def last_error_short(self, obj: Contract):
+        text = (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else obj.last_error
+        return format_html('<span style="overflow-wrap:anywhere">{}</span>', text)
+
+
+def _short_worker_id(worker_id: str):
+    """Return a worker id ("host:pid:task id") with the task id cut to 8 characters and line-break points after each colon."""
+    parts = worker_id.split(":")
+    if len(parts) == 3 and len(parts[2]) > 8:
+        parts[2] = parts[2][:8] + "…"
+    return format_html_join(mark_safe(":<wbr>"), "{}", ((part,) for part in parts))
+
+
+def _time_utc(value) -> str:
+    """Format a datetime as "MM-DD HH:MM:SS" in UTC, or "—" when it is not set."""
+    if value is None:
+        return "—"
+    return value.astimezone(UTC).strftime("%m-%d %H:%M:%S")
 
 
 @admin.register(ContractEvent)

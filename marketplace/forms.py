@@ -1,4 +1,4 @@
-"""Forms of the server-rendered pages: rent, SSH keys, provider profile, cloud accounts, offerings."""
+"""Forms of the server-rendered pages: rent, reject, SSH keys, provider profile, cloud accounts, offerings."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from django.core.exceptions import ValidationError
 from marketplace.models import Offering, ProviderProfile, SshKey
 from marketplace.services.providers import MAX_PRICE_CENTS, duplicate_name_message, provider_named
 from marketplace.sshkeys import ParsedPublicKey, parse_public_key
-from marketplace.validators import validate_country_code, validate_visible_text
+from marketplace.validators import (
+    validate_country_code,
+    validate_multiline_text,
+    validate_visible_text,
+)
 from provisioning.models import Backend, CloudAccount
 from recipes.models import RecipeVersion
 
@@ -57,6 +61,12 @@ class RentForm(forms.Form):
         help_text="Optional: a name to save the pasted key under for later rentals, for example 'laptop'.",
     )
     idempotency_key = forms.CharField(widget=forms.HiddenInput, max_length=64)
+    # What the page showed the tenant; contract_create rejects the rental if the offering changed
+    # since. Optional, so a page rendered before these fields existed can still be submitted.
+    expected_price_cents = forms.IntegerField(widget=forms.HiddenInput, required=False, min_value=0)
+    expected_recipe_version_id = forms.IntegerField(
+        widget=forms.HiddenInput, required=False, min_value=0, help_text="0 when the offering has no recipe."
+    )
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
@@ -100,6 +110,55 @@ class RentForm(forms.Form):
         if self.parsed_key is not None:
             return self.parsed_key.normalized
         return self.cleaned_data["saved_key"].public_key
+
+
+def expected_terms(offering: Offering) -> dict[str, int]:
+    """Return the RentForm values that pin the price and recipe version the page shows."""
+    return {
+        "expected_price_cents": offering.price_cents,
+        "expected_recipe_version_id": offering.recipe_version_id or 0,
+    }
+
+
+#: Maximum length of a provider's reject message, the same on the rental page and in the API.
+REJECT_REASON_MAX_LENGTH = 2000
+
+
+def reject_reason_too_long_message(length: int) -> str:
+    """Return the error for a reject message of `length` characters."""
+    return f"The message to the tenant is {length} characters; shorten it to {REJECT_REASON_MAX_LENGTH} or fewer."
+
+
+class MultilineCharField(forms.CharField):
+    """A textarea field that stores line ends as LF.
+
+    Browsers count a line break as one character for the textarea's maxlength but submit it as
+    CRLF, so without this a message within the limit in the browser is over it on the server.
+    """
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        return value.replace("\r\n", "\n") if value else value
+
+
+class RejectForm(forms.Form):
+    """The provider's reject form on the rental page."""
+
+    reason = MultilineCharField(
+        required=False,
+        label="Message to the tenant",
+        widget=forms.Textarea(
+            attrs={"rows": 2, "maxlength": REJECT_REASON_MAX_LENGTH, "placeholder": "Why you reject this rental"}
+        ),
+        validators=[validate_multiline_text],
+        help_text="The tenant sees this message and is refunded in full.",
+    )
+
+    def clean_reason(self) -> str:
+        reason = self.cleaned_data["reason"]
+        if len(reason) > REJECT_REASON_MAX_LENGTH:
+            raise ValidationError(reject_reason_too_long_message(len(reason)), code="max_length")
+        return reason
 
 
 class SshKeyForm(forms.Form):

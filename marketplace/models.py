@@ -14,7 +14,12 @@ from django.db.models.functions import Lower
 from django.urls import reverse
 from django.utils import timezone
 
-from marketplace.validators import CURRENCIES, validate_country_code, validate_visible_text
+from marketplace.validators import (
+    CURRENCIES,
+    validate_country_code,
+    validate_multiline_text,
+    validate_visible_text,
+)
 
 
 class UserManager(BaseUserManager):
@@ -66,7 +71,7 @@ class ProviderProfile(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="provider_profile")
     display_name = models.CharField(max_length=80, validators=[validate_visible_text])
     slug = models.SlugField(max_length=80, unique=True)
-    description = models.TextField(blank=True, max_length=5000)
+    description = models.TextField(blank=True, max_length=5000, validators=[validate_multiline_text])
     website = models.URLField(blank=True)
     country = models.CharField(max_length=2, blank=True, validators=[validate_country_code])
     auto_accept = models.BooleanField(
@@ -104,6 +109,8 @@ class SshKey(models.Model):
 
     class Meta:
         ordering = ["name"]
+        verbose_name = "SSH key"
+        verbose_name_plural = "SSH keys"
         constraints = [
             models.UniqueConstraint(fields=["user", "fingerprint"], name="sshkey_unique_per_user"),
         ]
@@ -144,17 +151,17 @@ class Offering(models.Model):
     )
     name = models.CharField(max_length=120, validators=[validate_visible_text])
     slug = models.SlugField(max_length=140, unique=True)
-    description = models.TextField(blank=True, max_length=10000)
+    description = models.TextField(blank=True, max_length=10000, validators=[validate_multiline_text])
     product_type = models.CharField(max_length=16, choices=ProductType.choices, default=ProductType.VM)
 
     vcpu = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(1024)])
     memory_mib = models.PositiveIntegerField(validators=[MinValueValidator(128), MaxValueValidator(MAX_MEMORY_MIB)])
     disk_gb = models.PositiveIntegerField(validators=[MinValueValidator(1), MaxValueValidator(MAX_DISK_GB)])
-    gpu_model = models.CharField(max_length=80, blank=True)
+    gpu_model = models.CharField(max_length=80, blank=True, validators=[validate_visible_text])
     gpu_count = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(MAX_GPU_COUNT)])
 
     country = models.CharField(max_length=2, validators=[validate_country_code])
-    city = models.CharField(max_length=80)
+    city = models.CharField(max_length=80, validators=[validate_visible_text])
     location_code = models.CharField(max_length=40, help_text="The backend's location code, for example fsn1.")
 
     server_type = models.CharField(max_length=60, help_text="The backend's server type, for example cx22.")
@@ -335,6 +342,8 @@ class Contract(models.Model):
     lease_owner = models.CharField(max_length=64, blank=True)
     lease_claimed_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Set while a retry waits out its backoff; no worker claims the contract before it.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
 
@@ -384,7 +393,9 @@ class Contract(models.Model):
     def step_states(self) -> list[tuple[str, str, str]]:
         """Return (step value, label, "done" | "current" | "pending") for the progress list."""
         current = self.provisioning_step
-        past_provisioning = self.status in {ContractStatus.ACTIVE, ContractStatus.TERMINATING, ContractStatus.TERMINATED}
+        # Only a rental that became active finished every step; one cancelled while provisioning
+        # stopped at its current step.
+        past_provisioning = self.activated_at is not None or self.status == ContractStatus.ACTIVE
         steps = PROVISIONING_STEP_ORDER
         if not self.recipe_script:
             # A plain VM has no recipe to run, so the list does not claim that a recipe ran.
@@ -395,7 +406,12 @@ class Contract(models.Model):
             if past_provisioning:
                 state = "done"
             elif step == current:
-                state = "failed" if self.status == ContractStatus.FAILED else "current"
+                if self.status == ContractStatus.PROVISIONING:
+                    state = "current"
+                elif self.status == ContractStatus.FAILED:
+                    state = "failed"
+                else:
+                    state = "pending"
                 seen_current = True
             elif current and not seen_current:
                 state = "done"

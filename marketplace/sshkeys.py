@@ -10,13 +10,18 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import unicodedata
 from dataclasses import dataclass
 
 import asyncssh
 from django.core.exceptions import ValidationError
 
+from marketplace.validators import BIDI_CONTROL_CHARACTERS
+
 MAX_INPUT_BYTES = 16 * 1024
 MIN_RSA_BITS = 2048
+#: Longest key comment accepted, in characters; ssh-keygen's default comment (user@host) is far shorter.
+MAX_COMMENT_LENGTH = 256
 
 # Key type -> size in bits for types whose size the type fixes.
 _FIXED_SIZE_BITS = {
@@ -32,6 +37,7 @@ ACCEPTED_KEY_TYPES = ("ssh-rsa", *_FIXED_SIZE_BITS)
 _GENERATE_HINT = "Generate a new key with: ssh-keygen -t ed25519"
 _PUBLIC_LINE_HINT = "Paste the public key, the line from your .pub file."
 _BASE64_TOKEN = re.compile(r"AAAA[A-Za-z0-9+/]+={0,3}")
+_BYTE_ORDER_MARK = "\ufeff"
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,8 @@ def parse_public_key(text: str) -> ParsedPublicKey:
             code="too_long",
         )
 
-    stripped = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+    # Windows editors may save the .pub file with a UTF-8 byte-order mark, which str.strip() keeps.
+    stripped = text.replace("\r\n", "\n").replace("\r", "\n").strip().lstrip(_BYTE_ORDER_MARK).strip()
     if not stripped:
         raise ValidationError(f"The key is empty. {_PUBLIC_LINE_HINT}", code="empty")
     if "PRIVATE KEY" in stripped or stripped.startswith("PuTTY-User-Key-File"):
@@ -70,6 +77,7 @@ def parse_public_key(text: str) -> ParsedPublicKey:
             f"This is a private key. {_PUBLIC_LINE_HINT}",
             code="private_key",
         )
+    _reject_pem_public_key(stripped)
     if stripped.startswith("---- BEGIN SSH2 PUBLIC KEY ----"):
         stripped = _convert_rfc4716(stripped)
 
@@ -96,6 +104,22 @@ def parse_public_key(text: str) -> ParsedPublicKey:
         comment=comment,
         normalized=normalized,
     )
+
+
+def _reject_pem_public_key(text: str) -> None:
+    """Reject a PEM public key (what openssl writes) with the ssh-keygen command that converts it."""
+    if text.startswith("-----BEGIN PUBLIC KEY-----"):
+        raise ValidationError(
+            "This is a PEM (PKCS#8) public key, the format openssl writes, not an OpenSSH public key. "
+            "Convert it with: ssh-keygen -i -m PKCS8 -f key.pem, and paste the line it prints.",
+            code="pem_public_key",
+        )
+    if text.startswith("-----BEGIN RSA PUBLIC KEY-----"):
+        raise ValidationError(
+            "This is a PEM (PKCS#1) RSA public key, not an OpenSSH public key. "
+            "Convert it with: ssh-keygen -i -m PEM -f key.pem, and paste the line it prints.",
+            code="pem_public_key",
+        )
 
 
 def _convert_rfc4716(text: str) -> str:
@@ -128,7 +152,36 @@ def _split_line(line: str) -> tuple[str, str, str]:
             f"The text contains more than one key. Add one key at a time. {_PUBLIC_LINE_HINT}",
             code="multiple_keys",
         )
+    _check_comment(comment)
     return key_type, key_base64, comment
+
+
+def _check_comment(comment: str) -> None:
+    """Reject a key comment that is too long or would change how the pages show the text after it.
+
+    The comment is shown to the user and stored in the server's authorized_keys, so control
+    characters (such as terminal escape sequences), line separators and text-direction
+    characters are rejected.
+    """
+    if len(comment) > MAX_COMMENT_LENGTH:
+        raise ValidationError(
+            f"The key comment is {len(comment)} characters; shorten it to {MAX_COMMENT_LENGTH} or fewer.",
+            code="comment_too_long",
+        )
+    for character in comment:
+        code = f"U+{ord(character):04X}"
+        if character in BIDI_CONTROL_CHARACTERS:
+            raise ValidationError(
+                f"The key comment contains an invisible text-direction character ({code}). "
+                "Remove it from the comment, the text after the key data.",
+                code="comment_bidi_control",
+            )
+        if unicodedata.category(character) in {"Cc", "Zl", "Zp"}:
+            raise ValidationError(
+                f"The key comment contains a control character or line break ({code}). "
+                "Remove it from the comment, the text after the key data.",
+                code="comment_control_character",
+            )
 
 
 def _reject_key_type(key_type: str, tokens: list[str]) -> None:

@@ -22,4 +22,5 @@ urlpatterns = [
     path("providers/<slug:slug>/", views.provider_detail, name="provider"),
     path("account/ssh-keys/", views.ssh_keys, name="ssh_keys"),
     path("account/ssh-keys/<int:key_id>/delete/", views.ssh_key_remove, name="ssh_key_delete"),
+    path("account/api-token/", views.api_token, name="api_token"),
 ]

@@ -1,4 +1,4 @@
-"""Field validators shared by models, forms and API serializers: visible names, country and currency codes."""
+"""Field validators shared by models, forms and API serializers: visible names, multi-line text, country and currency codes."""
 
 from __future__ import annotations
 
@@ -80,6 +80,41 @@ def validate_visible_text(value: str) -> None:
         )
 
 
+#: Characters that reorder the display of the text after them: embeddings and overrides
+#: (U+202A-U+202E) and isolates (U+2066-U+2069). Unlike the marks U+200E, U+200F and U+061C,
+#: they have no use in ordinary mixed-direction prose, only in making text read differently
+#: from how it is stored.
+BIDI_EMBEDDING_CHARACTERS = frozenset(
+    [chr(code) for code in range(0x202A, 0x202F)] + [chr(code) for code in range(0x2066, 0x206A)]
+)
+
+
+def validate_multiline_text(value: str) -> None:
+    """Reject text-direction overrides and control characters in free text shown to other users.
+
+    For descriptions and messages that may span lines: tab, newline and CRLF line ends (what
+    browsers submit from a textarea) stay allowed, and so do the marks U+200E, U+200F and U+061C.
+    Raises ValidationError for embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069),
+    a carriage return not followed by a newline, and every other control character (C0, DEL, C1).
+    """
+    for index, character in enumerate(value):
+        code = f"U+{ord(character):04X}"
+        if character in BIDI_EMBEDDING_CHARACTERS:
+            raise ValidationError(
+                f"The text contains an invisible text-direction character ({code}) at position {index + 1}; remove it.",
+                code="bidi_control",
+            )
+        if character in {"\n", "\t"}:
+            continue
+        if character == "\r" and value[index + 1 : index + 2] == "\n":
+            continue
+        if unicodedata.category(character) == "Cc":
+            raise ValidationError(
+                f"The text contains a control character ({code}) at position {index + 1}; remove it.",
+                code="control_character",
+            )
+
+
 #: The 249 officially assigned ISO 3166-1 alpha-2 codes, copied from the Debian iso-codes 4.15.0
 #: package (/usr/share/iso-codes/json/iso_3166-1.json), which follows the ISO 3166 Maintenance
 #: Agency. Reserved and user-assigned codes such as EU, UK and XK are not included.
@@ -108,8 +143,9 @@ def validate_country_code(value: str) -> None:
 
 
 #: Currencies an offering may be priced in: ISO 4217 codes with their names, as model choices.
-# NOTE: price_cents is in hundredths of one unit for every currency here, JPY included, although
-# ISO 4217 gives JPY no minor unit. A payment provider that expects whole yen needs amount / 100.
+#: Prices are stored in hundredths of one unit (price_cents), so every currency here has a minor
+#: unit of two decimals in ISO 4217. Zero-decimal currencies such as JPY or KRW are left out
+#: because a price of 5.00 JPY would not exist.
 CURRENCIES = [
     ("EUR", "EUR – Euro"),
     ("USD", "USD – US dollar"),
@@ -122,7 +158,6 @@ CURRENCIES = [
     ("CZK", "CZK – Czech koruna"),
     ("CAD", "CAD – Canadian dollar"),
     ("AUD", "AUD – Australian dollar"),
-    ("JPY", "JPY – Japanese yen"),
 ]
 
 CURRENCY_CODES = frozenset(code for code, _label in CURRENCIES)

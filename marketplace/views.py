@@ -17,18 +17,22 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
 from billing.models import Payment, PaymentMethod
-from billing.services import PaymentFailed, contract_refund_state
+from billing.services import PaymentFailed, contract_refund_state, payment_method_check
 from marketplace import selectors
+from marketplace.api import tokens as token_services
 from marketplace.filters import OfferingFilter
 from marketplace.forms import (
     CloudAccountForm,
     OfferingForm,
     ProviderProfileForm,
+    RejectForm,
     RentForm,
     SshKeyForm,
+    expected_terms,
 )
 from marketplace.models import (
     Contract,
@@ -129,13 +133,31 @@ def catalog(request: HttpRequest) -> HttpResponse:
     return render(request, "marketplace/catalog.html", context)
 
 
+def _payment_refusal(offering: Offering, user) -> str:
+    """Return why `user` cannot pay for `offering` with the payment methods set up, or "".
+
+    The rent button and form are replaced by this notice, so a tenant learns it before filling
+    in the form. A provider's rental of their own offering is free and never refused.
+    """
+    try:
+        payment_method_check(offering=offering, tenant=user)
+    except ValidationError as exc:
+        return " ".join(exc.messages)
+    return ""
+
+
 def offering_detail(request: HttpRequest, slug: str) -> HttpResponse:
     offering = get_object_or_404(selectors.offering_visible_to(user=request.user), slug=slug)
     is_owner = request.user.is_authenticated and offering.provider.user_id == request.user.pk
     return render(
         request,
         "marketplace/offering_detail.html",
-        {"offering": offering, "is_owner": is_owner, "rentable": offering.is_rentable()},
+        {
+            "offering": offering,
+            "is_owner": is_owner,
+            "rentable": offering.is_rentable(),
+            "payment_refusal": _payment_refusal(offering, request.user),
+        },
     )
 
 
@@ -145,13 +167,23 @@ def rent(request: HttpRequest, slug: str) -> HttpResponse:
     """Rent form: SSH key, price summary, pay. The hidden idempotency key makes resubmits safe."""
     offering = get_object_or_404(selectors.offering_visible_to(user=request.user), slug=slug)
     is_self_rental = offering.provider.user_id == request.user.pk
+    payment_refusal = _payment_refusal(offering, request.user)
 
-    if request.method == "POST":
+    if request.method == "POST" and payment_refusal:
+        # The page showed the notice instead of the form; a stale form submit gets the notice again.
+        logger.info("Rent of offering %s by user %s refused: %s", offering.pk, request.user.pk, payment_refusal)
+        form = RentForm(user=request.user)
+    elif request.method == "POST":
         form = RentForm(request.POST, user=request.user)
         if form.is_valid():
             contract = _create_and_pay(request, form=form, offering=offering)
             if contract is not None:
                 return redirect(contract.get_absolute_url())
+            # Show the current terms in the hidden fields, so the next submit confirms what the
+            # page shows now (the error names the new price).
+            form.data = form.data.copy()
+            for name, value in expected_terms(offering).items():
+                form.data[name] = str(value)
     else:
         # Pre-selecting the first saved key is safe: a pasted key takes precedence (see RentForm).
         first_key = SshKey.objects.filter(user=request.user).first()
@@ -160,6 +192,7 @@ def rent(request: HttpRequest, slug: str) -> HttpResponse:
             initial={
                 "idempotency_key": contract_services.new_idempotency_key(),
                 "saved_key": first_key.pk if first_key else None,
+                **expected_terms(offering),
             },
         )
 
@@ -172,6 +205,7 @@ def rent(request: HttpRequest, slug: str) -> HttpResponse:
             "is_self_rental": is_self_rental,
             "is_sandbox": offering.cloud_account.backend == Backend.SANDBOX,
             "rentable": offering.is_rentable(),
+            "payment_refusal": payment_refusal,
         },
     )
 
@@ -185,6 +219,8 @@ def _create_and_pay(request: HttpRequest, *, form: RentForm, offering: Offering)
             offering=offering,
             ssh_public_key=form.public_key_text,
             idempotency_key=idempotency_key,
+            expected_price_cents=form.cleaned_data.get("expected_price_cents"),
+            expected_recipe_version_id=form.cleaned_data.get("expected_recipe_version_id"),
         )
     except ValidationError as exc:
         logger.info("Rent of offering %s by user %s rejected: %s", offering.pk, request.user.pk, exc.messages)
@@ -240,9 +276,12 @@ def _live_context(contract: Contract) -> dict:
     polling = contract.status in POLLING_STATUSES or (
         recipe_run is not None and recipe_run.status == RecipeRunStatus.RUNNING
     )
+    # An ended rental that never reached provisioning (rejected, cancelled before acceptance)
+    # has no progress to show; listing every step as pending would suggest it may still start.
+    started = bool(contract.provisioning_step) or contract.activated_at is not None
     return {
         "contract": contract,
-        "steps": contract.step_states(),
+        "steps": contract.step_states() if started or not contract.is_ended else [],
         "polling": polling,
         "recipe_run": recipe_run,
         "recipe_output": recipe_run.output if recipe_run is not None else "",
@@ -312,6 +351,10 @@ def _rental_nav_section(*, is_tenant: bool, is_provider: bool) -> str:
 @login_required
 def rental_detail(request: HttpRequest, public_id) -> HttpResponse:
     contract = _get_contract(request, public_id)
+    return _render_rental_page(request, contract)
+
+
+def _render_rental_page(request: HttpRequest, contract: Contract, *, reject_form: RejectForm | None = None) -> HttpResponse:
     is_tenant = contract.tenant_id == request.user.pk
     is_provider = contract.provider.user_id == request.user.pk
     payments = list(Payment.objects.filter(contract=contract).order_by("created_at", "id"))
@@ -328,6 +371,10 @@ def rental_detail(request: HttpRequest, public_id) -> HttpResponse:
             "paid_with_sandbox": bool(payments) and all(payment.method == PaymentMethod.SANDBOX for payment in payments),
             "events": _event_rows(contract, show_raw_actor=request.user.is_staff),
             "nav_section": _rental_nav_section(is_tenant=is_tenant, is_provider=is_provider),
+            "reject_form": reject_form or RejectForm(auto_id="reject-%s"),
+            # A rental that ended before it became active paid for no period it could use.
+            "show_paid_until": contract.paid_until is not None
+            and not (contract.is_ended and contract.activated_at is None),
         }
     )
     return render(request, "marketplace/rental_detail.html", context)
@@ -390,9 +437,19 @@ def rental_accept(request: HttpRequest, public_id) -> HttpResponse:
 @require_POST
 def rental_reject(request: HttpRequest, public_id) -> HttpResponse:
     contract = _get_contract(request, public_id)
-    reason = request.POST.get("reason", "")[:2000]
+    form = RejectForm(request.POST, auto_id="reject-%s")
+    if not form.is_valid():
+        logger.info("Reject of contract %s by user %s invalid: %s", contract.pk, request.user.pk, form.errors.as_json())
+        if contract.can_accept():
+            return _render_rental_page(request, contract, reject_form=form)
+        messages.error(request, f"Nothing changed: the rental is {contract.get_status_display().lower()} now.")
+        return redirect(contract.get_absolute_url())
     return _run_contract_action(
-        request, contract, contract_services.contract_reject, "Rejected: the tenant is refunded in full.", reason=reason
+        request,
+        contract,
+        contract_services.contract_reject,
+        "Rejected: the tenant is refunded in full.",
+        reason=form.cleaned_data["reason"],
     )
 
 
@@ -564,3 +621,51 @@ def ssh_key_remove(request: HttpRequest, key_id: int) -> HttpResponse:
         raise Http404("No such SSH key.") from exc
     messages.success(request, "The key was deleted. Rentals that use it keep working.")
     return redirect("marketplace:ssh_keys")
+
+
+# --- API token ------------------------------------------------------------------------------
+
+#: Session key of a newly created API token, kept until the token page has shown it once.
+_NEW_TOKEN_SESSION_KEY = "api_token_new_key"
+
+_TOKEN_ACTIONS = {
+    "create": (token_services.api_token_create, "Token created. Copy it now: it is shown only once."),
+    "regenerate": (
+        token_services.api_token_regenerate,
+        "New token created; the old one no longer works. Copy the new one now: it is shown only once.",
+    ),
+}
+
+
+@never_cache
+@login_required
+@require_http_methods(["GET", "POST"])
+def api_token(request: HttpRequest) -> HttpResponse:
+    """Create, regenerate or revoke the user's REST API token.
+
+    The key is shown on the first page load after it was created and never again, so a later
+    visitor of the open page cannot read it.
+    """
+    if request.method == "POST":
+        action = request.POST.get("action", "")
+        if action == "revoke":
+            if token_services.api_token_revoke(user=request.user):
+                messages.success(request, "Token revoked: requests with it now get 401 Unauthorized.")
+        elif action in _TOKEN_ACTIONS:
+            service, success = _TOKEN_ACTIONS[action]
+            try:
+                token = service(user=request.user)
+            except ValidationError as exc:
+                messages.error(request, " ".join(exc.messages))
+            else:
+                request.session[_NEW_TOKEN_SESSION_KEY] = token.key
+                messages.success(request, success)
+        else:
+            messages.error(request, "Unknown action; use the buttons on this page.")
+        return redirect("marketplace:api_token")
+
+    token = token_services.api_token_for(user=request.user)
+    new_key = request.session.pop(_NEW_TOKEN_SESSION_KEY, None)
+    if token is None or new_key != token.key:
+        new_key = None
+    return render(request, "marketplace/api_token.html", {"token": token, "new_key": new_key})

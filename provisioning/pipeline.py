@@ -50,16 +50,27 @@ def contract_labels(contract: Contract) -> dict[str, str]:
     return {"cloudmarket-contract": str(contract.pk), "cloudmarket-deployment": settings.DEPLOYMENT_NAME}
 
 
+# A retry task may start this much before the time its predecessor set (clock differences
+# between worker hosts and the database).
+RETRY_EARLY_TOLERANCE = timedelta(seconds=5)
+
+
 def lease_claim(*, contract_id: int, owner: str, status: str = ContractStatus.PROVISIONING) -> Lease | None:
-    """Take the contract's lease if it is free, expired or already ours; None if another worker has it."""
+    """Take the contract's lease if it is free, expired or already ours; None if another worker has it.
+
+    A contract waiting for a scheduled retry (`next_attempt_at` in the future) is not free, so a
+    duplicate or re-queued task cannot jump ahead of the backoff or a cloud's Retry-After.
+    """
     now = timezone.now()
     claimed = (
         Contract.objects.filter(pk=contract_id, status=status)
         .filter(Q(lease_owner="") | Q(lease_expires_at__lt=now) | Q(lease_owner=owner))
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + RETRY_EARLY_TOLERANCE))
         .update(
             lease_owner=owner,
             lease_claimed_at=now,
             lease_expires_at=now + timedelta(seconds=settings.PROVISIONING_LEASE_SECONDS),
+            next_attempt_at=None,
             attempts=F("attempts") + 1,
         )
     )
@@ -79,8 +90,11 @@ def lease_renew(lease: Lease) -> None:
         raise LeaseLost(f"Worker {lease.owner} no longer holds the lease on contract {lease.contract_id}.")
 
 
-def lease_release(lease: Lease) -> None:
-    Contract.objects.filter(pk=lease.contract_id, lease_owner=lease.owner).update(lease_owner="", lease_expires_at=None)
+def lease_release(lease: Lease, *, retry_at=None) -> None:
+    """Give the lease up; with `retry_at`, no worker may claim the contract before that time."""
+    Contract.objects.filter(pk=lease.contract_id, lease_owner=lease.owner).update(
+        lease_owner="", lease_expires_at=None, next_attempt_at=retry_at
+    )
 
 
 def _reload(lease: Lease) -> Contract:
@@ -221,8 +235,10 @@ def _wait_for_ssh(lease: Lease, contract: Contract, backend: CloudBackend) -> Co
             lease_renew(lease)
             if time.monotonic() < deadline:
                 continue
+            cause = exc.__cause__ or exc
             raise ProvisioningError(
-                f"The server never became reachable over SSH within {settings.PROVISIONING_SSH_TIMEOUT:.0f} seconds: {exc}"
+                f"The server never became reachable over SSH within {settings.PROVISIONING_SSH_TIMEOUT:.0f} seconds "
+                f"(last error: {cause})."
             ) from exc
         lease_renew(lease)
         return contract
@@ -287,6 +303,7 @@ def _execute_recipe_streaming(lease: Lease, contract: Contract, run: RecipeRun):
 
     chunks: queue.Queue[str] = queue.Queue()
     outcome: dict = {}
+    stop = threading.Event()
 
     def target() -> None:
         try:
@@ -300,6 +317,7 @@ def _execute_recipe_streaming(lease: Lease, contract: Contract, run: RecipeRun):
                 timeout_seconds=run.timeout_seconds,
                 on_output=chunks.put,
                 max_output_bytes=settings.RECIPE_MAX_OUTPUT_BYTES,
+                should_stop=stop.is_set,
             )
         except BaseException as exc:  # Re-raised in the calling thread below.
             outcome["error"] = exc
@@ -317,7 +335,14 @@ def _execute_recipe_streaming(lease: Lease, contract: Contract, run: RecipeRun):
             RecipeLogChunk.objects.create(run=run, sequence=sequence, text=text)
             sequence += 1
         if time.monotonic() - last_renewal > lease_renewal_interval():
-            lease_renew(lease)
+            try:
+                lease_renew(lease)
+            except LeaseLost:
+                # Another worker owns the contract now: kill this run so the script never runs
+                # twice at once (the server-side lock also makes the new run wait for it).
+                stop.set()
+                thread.join(timeout=30)
+                raise
             last_renewal = time.monotonic()
     thread.join()
     error = outcome.get("error")
@@ -384,7 +409,10 @@ def stalled_contract_ids(*, now=None) -> tuple[list[int], list[int]]:
     """Return (provisioning ids, terminating ids) with no live lease that need a worker."""
     now = now or timezone.now()
     quiet = now - timedelta(seconds=settings.PROVISIONING_LEASE_SECONDS)
-    free = Q(lease_owner="", updated_at__lt=quiet) | Q(lease_expires_at__lt=now)
+    # A contract waiting for its scheduled retry is not stalled until the retry is a lease
+    # period overdue (its task was lost).
+    not_waiting = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lt=quiet)
+    free = (Q(lease_owner="", updated_at__lt=quiet) & not_waiting) | Q(lease_expires_at__lt=now)
     provisioning = list(Contract.objects.filter(free, status=ContractStatus.PROVISIONING).values_list("pk", flat=True)[:500])
     terminating = list(Contract.objects.filter(free, status=ContractStatus.TERMINATING).values_list("pk", flat=True)[:500])
     return provisioning, terminating

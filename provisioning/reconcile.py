@@ -211,6 +211,13 @@ def reconcile_account(*, account: CloudAccount, now: datetime | None = None) -> 
         for server in listed
         if server.labels.get(DEPLOYMENT_LABEL) == settings.DEPLOYMENT_NAME
     ]
+    # Several cloud accounts may share one cloud project and so list the same servers. A server
+    # of another account's contract is that account's to reconcile.
+    labelled_ids = {_contract_id_from_labels(server.labels) for server in servers} - {None}
+    foreign = set(
+        Contract.objects.filter(pk__in=labelled_ids).exclude(cloud_account=account).values_list("pk", flat=True)
+    )
+    servers = [server for server in servers if _contract_id_from_labels(server.labels) not in foreign]
     seen_ids = {server.id for server in servers}
     report.servers_seen = len(servers)
     logger.info(

@@ -91,6 +91,9 @@ def cloud_account_mark_invalid(*, account_id: int, error: str) -> CloudAccount:
 
     account = CloudAccount.objects.select_for_update().get(pk=account_id)
     was_invalid = account.validation_status == ValidationStatus.INVALID
+    if was_invalid:
+        # Keep the first error: later calls (cleanup, termination) fail for the same reason.
+        return account
     account.validation_status = ValidationStatus.INVALID
     account.last_error = error[:2000]
     account.validated_at = timezone.now()

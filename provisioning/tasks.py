@@ -6,9 +6,11 @@ import logging
 import os
 import random
 import socket
+from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from marketplace.models import Contract, ContractStatus
 from marketplace.services import contracts as contract_services
@@ -54,12 +56,13 @@ def provision_contract_task(self, contract_id: int) -> None:
         logger.warning("Contract %s: stopped provisioning: %s", contract_id, exc)
     except TransientCloudError as exc:
         Contract.objects.filter(pk=contract_id).update(last_error=str(exc)[:2000])
-        if self.request.retries >= self.max_retries:
-            logger.error("Contract %s: giving up after %s tries: %s", contract_id, self.request.retries + 1, exc)
-            _fail(contract_id, f"The cloud kept failing after {self.request.retries + 1} tries: {exc}", owner)
+        retries = _retries_so_far(contract_id, self.request.retries)
+        if retries >= self.max_retries:
+            logger.error("Contract %s: giving up after %s tries: %s", contract_id, retries + 1, exc)
+            _fail(contract_id, f"The cloud kept failing after {retries + 1} tries: {exc}", owner)
             return
-        pipeline.lease_release(lease)
-        countdown = backoff_seconds(self.request.retries, exc.retry_after)
+        countdown = backoff_seconds(retries, exc.retry_after)
+        pipeline.lease_release(lease, retry_at=timezone.now() + timedelta(seconds=countdown))
         logger.warning("Contract %s: transient cloud error, retrying in %.1f s: %s", contract_id, countdown, exc)
         raise self.retry(exc=exc, countdown=countdown) from exc
     except CredentialsInvalid as exc:
@@ -76,6 +79,12 @@ def provision_contract_task(self, contract_id: int) -> None:
     except Exception as exc:
         logger.exception("Contract %s: unexpected error during provisioning", contract_id)
         _fail(contract_id, f"Provisioning stopped on an internal error ({type(exc).__name__}); staff have been alerted.", owner)
+
+
+def _retries_so_far(contract_id: int, task_retries: int) -> int:
+    """Count retries from the database too: a task re-queued by the sweeper starts at zero."""
+    attempts = Contract.objects.filter(pk=contract_id).values_list("attempts", flat=True).first() or 1
+    return max(task_retries, attempts - 1)
 
 
 def _fail(contract_id: int, reason: str, owner: str) -> None:
@@ -125,19 +134,21 @@ def terminate_contract_task(self, contract_id: int) -> None:
     try:
         pipeline.delete_contract_servers(contract=contract)
     except CloudError as exc:
-        pipeline.lease_release(lease)
         Contract.objects.filter(pk=contract_id).update(last_error=str(exc)[:2000])
         if isinstance(exc, CredentialsInvalid):
             from provisioning.services import cloud_account_mark_invalid
 
             cloud_account_mark_invalid(account_id=contract.cloud_account_id, error=str(exc))
-        if isinstance(exc, CredentialsInvalid) or self.request.retries >= settings.PROVISIONING_TERMINATION_RETRIES:
+        retries = _retries_so_far(contract_id, self.request.retries)
+        if isinstance(exc, CredentialsInvalid) or retries >= settings.PROVISIONING_TERMINATION_RETRIES:
             logger.error("Contract %s: termination failed for good: %s", contract_id, exc)
+            pipeline.lease_release(lease)
             contract_services.contract_mark_termination_failed(
                 contract_id=contract_id, worker=owner, reason=f"Deleting the server failed: {exc}"
             )
             return
-        countdown = backoff_seconds(self.request.retries, getattr(exc, "retry_after", None))
+        countdown = backoff_seconds(retries, getattr(exc, "retry_after", None))
+        pipeline.lease_release(lease, retry_at=timezone.now() + timedelta(seconds=countdown))
         logger.warning("Contract %s: termination failed, retrying in %.1f s: %s", contract_id, countdown, exc)
         raise self.retry(exc=exc, countdown=countdown) from exc
     contract_services.contract_mark_terminated(contract_id=contract_id, worker=owner)

@@ -7,7 +7,7 @@ from django.db import models
 from django.urls import reverse
 from django.utils import timezone
 
-from marketplace.validators import validate_visible_text
+from marketplace.validators import validate_multiline_text, validate_visible_text
 
 
 class Recipe(models.Model):
@@ -16,7 +16,7 @@ class Recipe(models.Model):
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="recipes")
     name = models.CharField(max_length=120, validators=[validate_visible_text])
     slug = models.SlugField(max_length=140, unique=True)
-    description = models.TextField(blank=True, max_length=10000)
+    description = models.TextField(blank=True, max_length=10000, validators=[validate_multiline_text])
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

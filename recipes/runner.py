@@ -28,6 +28,7 @@ REDACTED = "[redacted]"
 # session in a new session (setsid), so that PID is also the id of the process group that a
 # timeout kills.
 _PGID_MARKER = "__recipe_pgid__="
+_LOCK_PATH = "/tmp/cloudmarket-recipe.lock"
 
 
 def _wrapper_command(script_length: int) -> str:
@@ -54,7 +55,10 @@ def _wrapper_command(script_length: int) -> str:
         "exec 4<&0; "
         "( cat > /dev/null; kill -HUP -$$ ) <&4 > /dev/null 2>&1 4<&- 3<&- & "
         "watcher=$!; exec 4<&-; "
-        "bash -euo pipefail /dev/fd/3 < /dev/null 2>&1; status=$?; "
+        # One recipe at a time per server: a run that another worker started and lost keeps
+        # the lock until it is killed or ends, and this run waits for it.
+        f"exec 5> {_LOCK_PATH}; flock 5; "
+        "bash -euo pipefail /dev/fd/3 < /dev/null 2>&1 5>&-; status=$?; "
         'kill "$watcher" 2> /dev/null; exit "$status"'
     )
 
@@ -80,6 +84,10 @@ class HostKeyMismatch(RecipeRunError):
 
 class AuthenticationFailed(RecipeRunError):
     """Raised when the server rejects the platform's client key."""
+
+
+class RecipeStopped(RecipeRunError):
+    """Raised when the caller's `should_stop` asked to stop the run; the script was killed."""
 
 
 class ConnectionLost(RecipeRunError):
@@ -358,9 +366,18 @@ class _ScriptSession:
         self._process_group_known = asyncio.Event()
 
     async def run(
-        self, *, script_bytes: bytes, timeout_seconds: float, chunk_interval: float
+        self,
+        *,
+        script_bytes: bytes,
+        timeout_seconds: float,
+        chunk_interval: float,
+        should_stop: Callable[[], bool] | None = None,
     ) -> bool:
-        """Run the script until it ends or `timeout_seconds` pass, and return whether it timed out."""
+        """Run the script until it ends or `timeout_seconds` pass, and return whether it timed out.
+
+        `should_stop` is polled twice a second; when it returns True the script is killed and
+        `RecipeStopped` is raised.
+        """
         workers = [
             asyncio.create_task(self._send_script(script_bytes)),
             asyncio.create_task(self._pump_stdout()),
@@ -368,16 +385,22 @@ class _ScriptSession:
         ]
         finished = asyncio.create_task(self._wait_finished(workers))
         flusher = asyncio.create_task(self._flush_periodically(chunk_interval))
+        stopper = asyncio.create_task(self._wait_for_stop(should_stop))
         try:
             # The flusher only ends early when on_output raised, and result() re-raises that.
             done, _ = await asyncio.wait(
-                {finished, flusher}, timeout=timeout_seconds, return_when=asyncio.FIRST_COMPLETED
+                {finished, flusher, stopper}, timeout=timeout_seconds, return_when=asyncio.FIRST_COMPLETED
             )
             if flusher in done:
                 flusher.result()
             if finished in done:
                 finished.result()
                 return False
+            if stopper in done:
+                logger.warning("Recipe on %s stopped by the caller, killing process group %s", self._address, self._process_group)
+                await self.kill()
+                await asyncio.wait({finished}, timeout=_DRAIN_AFTER_KILL_SECONDS)
+                raise RecipeStopped(f"The recipe run on {self._address} was stopped by the platform.")
 
             logger.warning(
                 "Recipe on %s timed out after %s s, killing process group %s",
@@ -388,6 +411,8 @@ class _ScriptSession:
             await self.kill()
             await asyncio.wait({finished}, timeout=_DRAIN_AFTER_KILL_SECONDS)
             return True
+        except RecipeStopped:
+            raise
         except (asyncssh.Error, OSError) as error:
             raise ConnectionLost(
                 f"SSH connection to {self._address} broke during the recipe: {error}"
@@ -398,8 +423,14 @@ class _ScriptSession:
             await self.kill()
             raise
         finally:
-            for task in (*workers, finished, flusher):
+            for task in (*workers, finished, flusher, stopper):
                 task.cancel()
+
+    async def _wait_for_stop(self, should_stop: Callable[[], bool] | None) -> None:
+        if should_stop is None:
+            await asyncio.Event().wait()  # never set: without a callback the run is not stopped
+        while not should_stop():
+            await asyncio.sleep(0.5)
 
     async def kill(self) -> None:
         """Kill the script's process group and close the session."""
@@ -465,6 +496,7 @@ async def run_recipe_async(
     secrets: Sequence[str] = (),
     connect_timeout: float = 10.0,
     env: dict[str, str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RecipeResult:
     """Run `script` with `bash -euo pipefail` on the server and stream its merged output.
 
@@ -510,6 +542,7 @@ async def run_recipe_async(
             script_bytes=script_bytes,
             timeout_seconds=timeout_seconds,
             chunk_interval=chunk_interval,
+            should_stop=should_stop,
         )
         stream.close()
         duration = time.monotonic() - started
@@ -598,6 +631,7 @@ def run_recipe(
     secrets: Sequence[str] = (),
     connect_timeout: float = 10.0,
     env: dict[str, str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RecipeResult:
     """Run a recipe synchronously with `run_recipe_async`. Raises RuntimeError inside an event loop."""
     return asyncio.run(
@@ -616,6 +650,7 @@ def run_recipe(
             secrets=secrets,
             connect_timeout=connect_timeout,
             env=env,
+            should_stop=should_stop,
         )
     )
 

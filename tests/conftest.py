@@ -167,6 +167,7 @@ def worker_env(django_db_setup, django_db_blocker, session_sshd, session_hetzner
         "SANDBOX_STEP_SECONDS": "0.3",
         "RECIPE_TIMEOUT_SECONDS": "60",
         "PYTHONUNBUFFERED": "1",
+        "SANDBOX_PAYMENTS_FOR_REAL_BACKENDS": "true",
     }
     return env
 
@@ -186,8 +187,8 @@ def hetzner_api(session_hetzner_api):
 
 
 @pytest.fixture(autouse=True)
-def _local_memory_cache(settings):
-    """Give each test an empty in-process cache, so rate-limit counters never carry over.
+def _test_settings(settings):
+    """Give each test an empty in-process cache (so rate-limit counters never carry over) and fast hashing.
 
     The Redis database the tests use is also the Celery broker, so it is never flushed here.
     """
@@ -197,6 +198,9 @@ def _local_memory_cache(settings):
     cache.clear()
     # The default hasher's work factor dominates test time; tests check no hash strength.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Rentals of Hetzner offerings against the fake API pay with sandbox payments; the test of
+    # the production rule turns this off again.
+    settings.SANDBOX_PAYMENTS_FOR_REAL_BACKENDS = True
 
 
 @pytest.fixture(autouse=True)

@@ -353,7 +353,7 @@ def test_terminate_now_reports_successes_and_failures(staff_client, dataset, dja
     assert Contract.objects.get(pk=rejected.pk).status == ContractStatus.REJECTED
     assert len(callbacks) == 1
     assert any(f"contract(s) {active.pk}" in message for message in messages)
-    assert any(f"Contract {rejected.pk} cannot be terminated" in message for message in messages)
+    assert any(f"Rental {rejected.public_id} cannot be terminated" in message for message in messages)
 
 
 # --- notifications -------------------------------------------------------------------------

@@ -75,10 +75,11 @@ def test_profile_invalid_country_is_400_naming_field() -> None:
     assert "country" in response.json()
 
 
-def test_profile_anonymous_write_is_403() -> None:
+def test_profile_anonymous_write_is_401() -> None:
     response = APIClient().post("/api/v1/provider/profile/", {"display_name": "Nobody"}, format="json")
 
-    assert response.status_code == 403
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
 
 
 # --- provider offerings --------------------------------------------------------------------
@@ -300,10 +301,11 @@ def test_cloud_accounts_of_another_user_are_404() -> None:
     assert account.validation_status == "unchecked"
 
 
-def test_cloud_accounts_anonymous_is_403() -> None:
+def test_cloud_accounts_anonymous_is_401() -> None:
     response = APIClient().get("/api/v1/cloud-accounts/")
 
-    assert response.status_code == 403
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
 
 
 # --- SSH keys ------------------------------------------------------------------------------
@@ -359,10 +361,11 @@ def test_ssh_keys_of_another_user_are_404() -> None:
     assert SshKey.objects.filter(pk=key.pk).exists()
 
 
-def test_ssh_keys_anonymous_write_is_403() -> None:
+def test_ssh_keys_anonymous_write_is_401() -> None:
     response = APIClient().post("/api/v1/ssh-keys/", {"name": "x", "public_key": ssh_public_key()}, format="json")
 
-    assert response.status_code == 403
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
 
 
 # --- schema --------------------------------------------------------------------------------

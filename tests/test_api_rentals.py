@@ -179,10 +179,11 @@ def test_rent_own_private_offering_is_free_self_rental(provider) -> None:
     assert response.json()["price_cents"] == 0
 
 
-def test_rent_anonymous_is_403(offering) -> None:
+def test_rent_anonymous_is_401(offering) -> None:
     response = rent(APIClient(), offering="acme-small", ssh_public_key=ssh_public_key())
 
-    assert response.status_code == 403
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
     assert Contract.objects.count() == 0
 
 
@@ -258,12 +259,13 @@ def test_rental_detail_of_another_user_is_404(tenant, offering) -> None:
     assert Contract.objects.get(pk=contract.pk).status == ContractStatus.PROVISIONING
 
 
-def test_rental_detail_anonymous_is_403(tenant, offering) -> None:
+def test_rental_detail_anonymous_is_401(tenant, offering) -> None:
     contract = make_contract(tenant=tenant, offering=offering)
 
     response = APIClient().get(f"/api/v1/rentals/{contract.public_id}/")
 
-    assert response.status_code == 403
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
 
 
 def test_rental_detail_shows_connection_when_active(tenant_api, tenant, offering) -> None:
@@ -432,10 +434,11 @@ def test_accept_reject_by_others_is_404(action, tenant, paid_contract) -> None:
 
 
 @pytest.mark.parametrize("action", ["accept", "reject"])
-def test_accept_reject_anonymous_is_403(action, paid_contract) -> None:
+def test_accept_reject_anonymous_is_401(action, paid_contract) -> None:
     response = APIClient().post(f"/api/v1/provider/rentals/{paid_contract.public_id}/{action}/")
 
-    assert response.status_code == 403
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == "Token"
 
 
 def test_provider_rentals_unknown_id_is_404(manual_provider) -> None:

@@ -269,3 +269,50 @@ def test_lease_is_exclusive(sandbox_offering):
     lease_release(first)  # a stale owner's release changes nothing
     contract.refresh_from_db()
     assert contract.lease_owner == "worker-b"
+
+
+def test_real_cloud_needs_real_payment(settings):
+    settings.SANDBOX_PAYMENTS_FOR_REAL_BACKENDS = False
+    provider, account = make_provider(backend=Backend.HETZNER, token="secret-token")
+    offering = make_offering(account=account, script=None, slug="real-vm")
+    tenant, key = make_tenant()
+
+    with pytest.raises(ValidationError, match="needs card payment"):
+        create(tenant, key, offering)
+    own, _ = contract_services.contract_create(
+        tenant=provider, offering=offering, ssh_public_key=key, idempotency_key="own"
+    )
+
+    assert Contract.objects.filter(tenant=tenant).count() == 0
+    assert own.is_self_rental is True
+
+
+def test_price_change_after_viewing_is_rejected(sandbox_offering):
+    tenant, key = make_tenant()
+    shown_price = sandbox_offering.price_cents
+    sandbox_offering.price_cents = 9_999_900
+    sandbox_offering.save()
+
+    with pytest.raises(ValidationError, match="price of this offering changed"):
+        contract_services.contract_create(
+            tenant=tenant, offering=sandbox_offering, ssh_public_key=key, idempotency_key="p1",
+            expected_price_cents=shown_price,
+        )
+
+    assert Contract.objects.count() == 0
+
+
+def test_renewal_failure_ends_rental(sandbox_offering, settings):
+    tenant, key = make_tenant()
+    contract = contract_services.contract_pay(contract=create(tenant, key, sandbox_offering), actor=tenant)
+    Contract.objects.filter(pk=contract.pk).update(
+        status=ContractStatus.ACTIVE, backend="hetzner", paid_until=timezone.now() - timedelta(seconds=1)
+    )
+    settings.SANDBOX_PAYMENTS_FOR_REAL_BACKENDS = False
+
+    ended = contract_services.contracts_end_expired()
+
+    contract.refresh_from_db()
+    assert ended == [contract.pk]
+    assert contract.status == ContractStatus.TERMINATING
+    assert "Renewal payment failed" in contract.status_reason

@@ -520,7 +520,8 @@ def test_offering_form_currency_is_a_fixed_list(client, provider, account):
     page = client.get(NEW_OFFERING_URL).content.decode()
     response = client.post(NEW_OFFERING_URL, _offering_data(account, currency="XYZ"))
 
-    assert '<option value="JPY">' in page
+    assert '<option value="EUR" selected>' in page
+    assert '<option value="JPY">' not in page
     assert "currency" in response.context["form"].errors
     assert not Offering.objects.exists()
 

@@ -18,6 +18,7 @@ from recipes.runner import (
     ConnectionLost,
     HostKeyMismatch,
     RecipeResult,
+    RecipeStopped,
     SshUnreachable,
     _OutputStream,
     run_recipe,
@@ -463,3 +464,32 @@ def test_run_reports_signal_as_exit_code(sshd, client_key) -> None:
 
     assert result.exit_code == 128 + signal.SIGKILL
     assert result.timed_out is False
+
+
+def test_run_stops_when_caller_asks(sshd, client_key) -> None:
+    pid_file = sshd.workdir / "stop-pid"
+    script = f"echo $$ > {pid_file}\necho started\nsleep 600\n"
+    started = time.monotonic()
+
+    with pytest.raises(RecipeStopped):
+        _run(sshd, client_key, script, should_stop=lambda: pid_file.exists() and time.monotonic() - started > 1)
+
+    assert time.monotonic() - started < 15
+    assert not _process_is_running(int(pid_file.read_text()))
+
+
+def test_runs_on_one_server_never_overlap(sshd, client_key) -> None:
+    import threading
+
+    log = sshd.workdir / "overlap.log"
+    script = f"echo start >> {log}\nsleep 1\necho end >> {log}\n"
+    results: list[RecipeResult] = []
+    threads = [threading.Thread(target=lambda: results.append(_run(sshd, client_key, script)[0])) for _ in range(2)]
+
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert [result.exit_code for result in results] == [0, 0]
+    assert log.read_text().split() == ["start", "end", "start", "end"]

@@ -126,3 +126,58 @@ def test_reused_form_key_other_offering(provisioning_contract):
         )
 
     assert Contract.objects.count() == 1
+
+
+def test_retry_waiting_contract_not_stalled(provisioning_contract):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from provisioning.pipeline import lease_release, stalled_contract_ids
+
+    lease = lease_claim(contract_id=provisioning_contract.pk, owner="worker-a")
+    lease_release(lease, retry_at=timezone.now() + timedelta(seconds=40))
+    Contract.objects.filter(pk=provisioning_contract.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+
+    provisioning_ids, _ = stalled_contract_ids()
+    early = lease_claim(contract_id=provisioning_contract.pk, owner="sweeper-task")
+    later_ids, _ = stalled_contract_ids(now=timezone.now() + timedelta(seconds=40 + 121))
+
+    assert provisioning_contract.pk not in provisioning_ids
+    assert early is None
+    assert provisioning_contract.pk in later_ids
+
+
+def test_retry_refused_while_lease_live(provisioning_contract, staff_user):
+    from marketplace.services.staff import contract_retry_provisioning
+
+    lease_claim(contract_id=provisioning_contract.pk, owner="busy-worker")
+
+    with pytest.raises(contract_services.InvalidTransition, match="holds its lease"):
+        contract_retry_provisioning(contract_id=provisioning_contract.pk, actor=staff_user)
+
+    provisioning_contract.refresh_from_db()
+    assert provisioning_contract.lease_owner == "busy-worker"
+
+
+def test_missing_server_blocks_renewal(provisioning_contract):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from provisioning.models import ServerMissingReport
+
+    Contract.objects.filter(pk=provisioning_contract.pk).update(
+        status=ContractStatus.ACTIVE, paid_until=timezone.now() - timedelta(seconds=1)
+    )
+    ServerMissingReport.objects.create(
+        contract=provisioning_contract, cloud_server_id="1", detected_at=timezone.now()
+    )
+
+    ended = contract_services.contracts_end_expired()
+
+    provisioning_contract.refresh_from_db()
+    assert ended == [provisioning_contract.pk]
+    assert provisioning_contract.status == ContractStatus.TERMINATING
+    assert "server disappeared" in provisioning_contract.status_reason
+    assert provisioning_contract.payments.count() == 1

@@ -304,7 +304,15 @@ def test_offering_currency_outside_list_is_rejected(offering: Offering, currency
 def test_currency_list_has_required_codes() -> None:
     codes = {code for code, _label in CURRENCIES}
 
-    assert {"EUR", "USD", "GBP", "CHF", "SEK", "NOK", "DKK", "PLN", "CZK", "CAD", "AUD", "JPY"} <= codes
+    assert {"EUR", "USD", "GBP", "CHF", "SEK", "NOK", "DKK", "PLN", "CZK", "CAD", "AUD"} <= codes
+
+
+@pytest.mark.parametrize("currency", ["JPY", "KRW", "ISK", "CLP", "VND"])
+def test_currency_list_has_no_zero_decimal_currency(currency) -> None:
+    # Prices are stored in hundredths, and ISO 4217 gives these currencies no minor unit.
+    codes = {code for code, _label in CURRENCIES}
+
+    assert currency not in codes
 
 
 # --- progress steps ------------------------------------------------------------------------

@@ -10,9 +10,11 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from marketplace.forms import REJECT_REASON_MAX_LENGTH, reject_reason_too_long_message
 from marketplace.models import Contract, ContractEvent, Offering, ProviderProfile, SshKey
 from marketplace.selectors import offering_visible_to
 from marketplace.sshkeys import MAX_INPUT_BYTES, parse_public_key
+from marketplace.validators import validate_multiline_text
 from marketplace.views import public_actor_label
 from provisioning.models import CloudAccount
 from recipes.models import RecipeRun, RecipeRunStatus, RecipeVersion
@@ -37,7 +39,8 @@ class RecipeSummarySerializer(serializers.ModelSerializer):
 
     class Meta:
         model = RecipeVersion
-        fields = ("slug", "name", "number")
+        # `id` is what a rent request sends as expected_recipe_version_id.
+        fields = ("id", "slug", "name", "number")
 
 
 class OfferingSerializer(serializers.ModelSerializer):
@@ -151,6 +154,18 @@ class RentalCreateSerializer(serializers.Serializer):
         help_text="16 to 64 characters of A-Z, a-z, 0-9, '-' and '_'. Sending the same key again returns the "
         "rental the first request created instead of creating a second one. A random key is used if omitted.",
     )
+    expected_price_cents = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        help_text="The offering's price_cents you agreed to. If the offering's price differs now, the request "
+        "fails with 400 naming this field and no rental is created. Omit it to accept the current price.",
+    )
+    expected_recipe_version_id = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        help_text="Id of the offering's recipe version you reviewed, 0 for an offering without a recipe. If the "
+        "offering's recipe version differs now, the request fails with 400 naming this field.",
+    )
 
     def validate_offering(self, value: str) -> Offering:
         user = self.context["request"].user
@@ -185,8 +200,17 @@ class RentalCreateSerializer(serializers.Serializer):
 
 class RentalRejectSerializer(serializers.Serializer):
     reason = serializers.CharField(
-        required=False, allow_blank=True, max_length=5000, help_text="Shown to the tenant."
+        required=False,
+        allow_blank=True,
+        validators=[validate_multiline_text],
+        help_text=f"Shown to the tenant; at most {REJECT_REASON_MAX_LENGTH} characters.",
     )
+
+    def validate_reason(self, value: str) -> str:
+        # Checked here rather than with max_length so the message says how long the text is.
+        if len(value) > REJECT_REASON_MAX_LENGTH:
+            raise serializers.ValidationError(reject_reason_too_long_message(len(value)))
+        return value
 
 
 class StepStateSerializer(serializers.Serializer):

@@ -61,7 +61,8 @@ UUID_PATTERN = r"[0-9a-fA-F-]{32,36}"
 
 ERROR_RESPONSES = {
     400: OpenApiResponse(description="Invalid input: a JSON object mapping each field to its messages."),
-    403: OpenApiResponse(ErrorSerializer, description="Not signed in, or not allowed to do this."),
+    401: OpenApiResponse(ErrorSerializer, description="Not signed in, or the API token is invalid or revoked."),
+    403: OpenApiResponse(ErrorSerializer, description="Not allowed to do this."),
     404: OpenApiResponse(ErrorSerializer, description="Not found, or not yours."),
 }
 CONFLICT_RESPONSE = {409: OpenApiResponse(ErrorSerializer, description="The rental is not in a state that allows this.")}
@@ -146,7 +147,10 @@ class RentalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         summary="Rent an offering",
         description=(
             "Creates the rental and pays for the first month. Returns 201 with the new rental, or 200 "
-            "with the existing one when the idempotency key was used before."
+            "with the existing one when the idempotency key was used before for the same offering, "
+            "also while a concurrent request with that key is still paying it. Send expected_price_cents "
+            "and expected_recipe_version_id to get 400 instead of a rental when the offering changed "
+            "since you read it."
         ),
         request=RentalCreateSerializer,
         responses={
@@ -181,16 +185,21 @@ class RentalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
                 offering=offering,
                 ssh_public_key=data["ssh_public_key"],
                 idempotency_key=idempotency_key,
+                expected_price_cents=data.get("expected_price_cents"),
+                expected_recipe_version_id=data.get("expected_recipe_version_id"),
             )
         except DjangoValidationError as exc:
-            # The offering checks (private, out of stock, broken cloud account) have no field.
             if hasattr(exc, "error_dict"):
                 raise
-            raise serializers.ValidationError({"offering": exc.messages}) from exc
+            raise serializers.ValidationError(_changed_terms_fields(offering, data) or {"offering": exc.messages}) from exc
 
         if contract.status == ContractStatus.REQUESTED:
             try:
                 contract = contract_services.contract_pay(contract=contract, actor=request.user)
+            except contract_services.InvalidTransition as exc:
+                # A concurrent request with the same idempotency key paid it between our read and
+                # our lock, so this request returns that rental like any other replay.
+                logger.info("Contract %s was paid by a concurrent request: %s", contract.pk, exc)
             except PaymentFailed as exc:
                 logger.info("Contract %s: payment declined: %s", contract.pk, exc)
                 raise PaymentRequired(str(exc) or None) from exc
@@ -233,6 +242,30 @@ class RentalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
     def _detail_response(self, contract_id: int) -> Response:
         contract = rental_detail_queryset(contract_visible_to(user=self.request.user)).get(pk=contract_id)
         return Response(RentalDetailSerializer(contract, context=self.get_serializer_context()).data)
+
+
+def _changed_terms_fields(offering: Offering, data: dict) -> dict[str, list[str]]:
+    """Return an error per expected_* field that no longer matches the offering; empty if none.
+
+    contract_create's error carries no field, so the view re-reads the offering to name the
+    field whose value is out of date.
+    """
+    current = Offering.objects.only("price_cents", "currency", "recipe_version_id").get(pk=offering.pk)
+    errors: dict[str, list[str]] = {}
+    expected_price = data.get("expected_price_cents")
+    if expected_price is not None and expected_price != current.price_cents:
+        errors["expected_price_cents"] = [
+            f"The offering's price is {current.price_cents} ({current.currency} cents per month) now, not "
+            f"{expected_price}; review it and send the new price to confirm."
+        ]
+    expected_version = data.get("expected_recipe_version_id")
+    current_version = current.recipe_version_id or 0
+    if expected_version is not None and expected_version != current_version:
+        now = f"recipe version {current_version}" if current_version else "no recipe (0)"
+        errors["expected_recipe_version_id"] = [
+            f"The offering runs {now} now, not {expected_version}; review the offering and send the new value to confirm."
+        ]
+    return errors
 
 
 # --- rentals (provider) --------------------------------------------------------------------

@@ -37,9 +37,7 @@ class InvalidTransition(Exception):
     """The contract is not in a status from which the requested change is allowed."""
 
     def __init__(self, contract: Contract, action: str):
-        super().__init__(
-            f"Contract {contract.pk} cannot {action}: it is {contract.get_status_display().lower()}."
-        )
+        super().__init__(f"Rental {contract.public_id} cannot {action}: it is {contract.get_status_display().lower()}.")
         self.contract = contract
         self.action = action
 
@@ -104,9 +102,20 @@ def _move(
 
 
 def contract_create(
-    *, tenant: User, offering: Offering, ssh_public_key: str, idempotency_key: str
+    *,
+    tenant: User,
+    offering: Offering,
+    ssh_public_key: str,
+    idempotency_key: str,
+    expected_price_cents: int | None = None,
+    expected_recipe_version_id: int | None = None,
 ) -> tuple[Contract, bool]:
-    """Create a rental request, or return the one this idempotency key already created."""
+    """Create a rental request, or return the one this idempotency key already created.
+
+    `expected_price_cents` and `expected_recipe_version_id` are what the tenant was shown; when
+    given, a rental is only created if the offering still matches them, so a provider's edit
+    between viewing and paying never changes what the tenant agreed to.
+    """
     existing = Contract.objects.filter(tenant=tenant, idempotency_key=idempotency_key).first()
     if existing is not None:
         if existing.offering_id != offering.pk:
@@ -124,6 +133,16 @@ def contract_create(
         raise ValidationError("This offering is out of stock.")
     if not offering.cloud_account.is_usable:
         raise ValidationError("This offering is unavailable because the provider's cloud account needs attention.")
+    if expected_price_cents is not None and expected_price_cents != offering.price_cents:
+        raise ValidationError(
+            f"The price of this offering changed from {expected_price_cents / 100:.2f} to "
+            f"{offering.price_cents / 100:.2f} {offering.currency} per month; review it and confirm again."
+        )
+    if expected_recipe_version_id is not None and expected_recipe_version_id != (offering.recipe_version_id or 0):
+        raise ValidationError("The recipe of this offering changed since you opened the page; review it and confirm again.")
+    from billing.services import payment_method_check
+
+    payment_method_check(offering=offering, tenant=tenant)
 
     version = offering.recipe_version
     contract = Contract(
@@ -286,6 +305,14 @@ def contract_set_step(*, contract_id: int, step: str, worker: str) -> None:
         raise InvalidTransition(contract, f"enter step {step}")
 
 
+def _activation_reason(contract: Contract) -> str:
+    if contract.is_sandbox:
+        return "Simulated server is running (Sandbox: no machine exists and no recipe ran)."
+    if contract.recipe_script:
+        return "Server is running and the recipe succeeded."
+    return "Server is running."
+
+
 @transaction.atomic
 def contract_activate(*, contract_id: int, worker: str) -> Contract:
     contract = _lock(contract_id)
@@ -298,11 +325,12 @@ def contract_activate(*, contract_id: int, worker: str) -> Contract:
         action="become active",
         actor=None,
         actor_label=worker,
-        reason="Server is running and the recipe succeeded." if contract.recipe_script else "Server is running.",
+        reason=_activation_reason(contract),
         step="",
         activated_at=timezone.now(),
         lease_owner="",
         lease_expires_at=None,
+        last_error="",
     )
     _notify(contract, "rental_active")
     return contract
@@ -474,6 +502,7 @@ def contract_mark_terminated(*, contract_id: int, worker: str) -> Contract:
         ended_at=timezone.now(),
         lease_owner="",
         lease_expires_at=None,
+        last_error="",
     )
     _notify(contract, "rental_terminated")
     return contract
@@ -503,7 +532,7 @@ def contracts_end_expired(*, now: datetime | None = None) -> list[int]:
     A rental cancelled for period end is terminated. Otherwise the next period is collected
     through the payment abstraction (instant for sandbox and free rentals).
     """
-    from billing.services import payment_collect
+    from billing.services import PaymentFailed, payment_collect
 
     now = now or timezone.now()
     ended: list[int] = []
@@ -517,14 +546,36 @@ def contracts_end_expired(*, now: datetime | None = None) -> list[int]:
                 _begin_termination(contract, actor=None, actor_label="system", reason="The paid period ended.")
                 ended.append(contract_id)
                 continue
+            blocker = _renewal_blocker(contract)
+            if blocker:
+                _begin_termination(contract, actor=None, actor_label="system", reason=f"Not renewed: {blocker}")
+                ended.append(contract_id)
+                continue
             anchor = contract.paid_at.day if contract.paid_at else None
             start = contract.paid_until
             end = add_months(start, 1, anchor_day=anchor)
-            payment_collect(contract=contract, period_start=start, period_end=end)
+            try:
+                payment_collect(contract=contract, period_start=start, period_end=end)
+            except PaymentFailed as exc:
+                logger.warning("Contract %s: renewal payment failed: %s", contract.pk, exc)
+                _begin_termination(contract, actor=None, actor_label="system", reason=f"Renewal payment failed: {exc}")
+                ended.append(contract_id)
+                continue
             Contract.objects.filter(pk=contract.pk).update(paid_until=end, updated_at=timezone.now())
             _record(contract, to_status=contract.status, actor=None, actor_label="system",
                     reason=f"Renewed until {end:%Y-%m-%d %H:%M} UTC.")
     return ended
+
+
+def _renewal_blocker(contract: Contract) -> str:
+    """Return why the tenant must not be charged for another period, or ""."""
+    from provisioning.models import ServerMissingReport, ValidationStatus
+
+    if ServerMissingReport.objects.filter(contract=contract, resolved_at__isnull=True).exists():
+        return "the server disappeared from the cloud."
+    if contract.cloud_account.validation_status == ValidationStatus.INVALID:
+        return "the provider's cloud account credentials are invalid."
+    return ""
 
 
 # --- notifications --------------------------------------------------------------------------

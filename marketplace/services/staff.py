@@ -25,6 +25,13 @@ def contract_retry_provisioning(*, contract_id: int, actor: User) -> Contract:
     contract = Contract.objects.select_for_update().get(pk=contract_id)
     if not contract.can_retry_provisioning():
         raise InvalidTransition(contract, "retry provisioning")
+    if contract.lease_owner and contract.lease_expires_at and contract.lease_expires_at > timezone.now():
+        # A live worker renews its lease; clearing it would start a second worker on the rental.
+        raise InvalidTransition(
+            contract,
+            f"retry provisioning while worker {contract.lease_owner} holds its lease until "
+            f"{contract.lease_expires_at:%H:%M:%S} UTC (wait, or use Force terminate)",
+        )
 
     previous_owner = contract.lease_owner
     Contract.objects.filter(pk=contract.pk).update(

@@ -27,7 +27,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser) -> None:
         parser.add_argument("--addr", default="127.0.0.1:8000", help="Address and port for the web server.")
         parser.add_argument("--no-demo", action="store_true", help="Skip loading the demo data.")
-        parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes.")
+        parser.add_argument(
+            "--concurrency", type=int, default=4,
+            help="Celery worker processes; each provisioning waits in one while a server boots.",
+        )
 
     def handle(self, *args, **options) -> None:
         call_command("migrate", interactive=False, verbosity=1)

@@ -149,7 +149,7 @@ class Worker:
             [
                 sys.executable, "-m", "celery", "-A", "cloudmarket", "worker", f"--loglevel={loglevel}",
                 "-P", "prefork", f"--concurrency={concurrency}", "--without-gossip", "--without-mingle",
-                "--without-heartbeat", f"--hostname={name}@%h",
+                "--without-heartbeat", f"--hostname={name}@%h", "-Q", "celery,notifications,periodic",
             ],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
@@ -248,7 +248,7 @@ def run_once(*, workers: int, concurrency: int, count: int, recipe: bool, run: i
         wait_for(all_settled, timeout=60 + count, what=f"{count} contracts to settle")
         wall = time.monotonic() - started
         wait_for(
-            lambda: broker.llen("celery") == 0 and not Notification.objects.filter(
+            lambda: broker.llen("celery") == 0 and broker.llen("notifications") == 0 and not Notification.objects.filter(
                 contract_id__in=ids, event="rental_active", status=DeliveryStatus.PENDING
             ).exists(),
             timeout=120, what="the notification tasks to finish",

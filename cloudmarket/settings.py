@@ -39,7 +39,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_filters",
@@ -185,6 +185,15 @@ CELERY_WORKER_REDIRECT_STDOUTS_LEVEL = "INFO"
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
+# Provisioning tasks use the default queue ("celery") and can wait minutes for a server to
+# boot; notifications and periodic checks have their own queues, so a worker that consumes only
+# those is never blocked behind them (`manage.py up` runs one of each).
+CELERY_TASK_ROUTES = {
+    "notifications.tasks.*": {"queue": "notifications"},
+    "marketplace.tasks.*": {"queue": "periodic"},
+    "provisioning.tasks.resume_stalled_provisioning_task": {"queue": "periodic"},
+    "provisioning.tasks.reconcile_cloud_accounts_task": {"queue": "periodic"},
+}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     "end-expired-rentals": {
@@ -214,7 +223,7 @@ REST_FRAMEWORK = {
     # header, so a missing or revoked token gets 401 (Session alone would give 403). Token
     # requests need no CSRF token; session requests still do.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PARSER_CLASSES": [
@@ -231,6 +240,8 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {"user": "600/min", "rent": "20/min"},
     "EXCEPTION_HANDLER": "marketplace.api.exceptions.api_exception_handler",
 }
+# API tokens: stored as hashes, sent as "Authorization: Token <key>", valid until revoked.
+REST_KNOX = {"TOKEN_TTL": None, "AUTO_REFRESH": False, "AUTH_HEADER_PREFIX": "Token"}
 SPECTACULAR_SETTINGS = {
     "TITLE": "Cloudmarket API",
     "DESCRIPTION": "Rent VMs and services, sell capacity, follow provisioning.",

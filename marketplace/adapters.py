@@ -5,8 +5,8 @@ from __future__ import annotations
 from allauth.account.adapter import DefaultAccountAdapter
 from django.core.exceptions import ValidationError
 
-#: Longest email address accepted: RFC 5321 limits a forward path to 256 octets including the
-#: angle brackets, which leaves 254 for the address; User.email has the same max_length.
+#: Maximum length of an email address. RFC 5321 limits a forward path to 256 octets including
+#: the angle brackets, which leaves 254 for the address. User.email has the same max_length.
 MAX_EMAIL_LENGTH = 254
 
 

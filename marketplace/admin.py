@@ -55,11 +55,11 @@ def status_badge(label: str, colour: str):
 
 
 class NoAddPageMixin:
-    """Answer the add page of an admin without add permission with a plain 403 page.
+    """Render a plain 403 page for the add page of an admin without add permission.
 
-    Django's admin raises PermissionDenied there, which Django logs with its full traceback; a
-    bookmarked or guessed add URL is an ordinary 403 that needs one log line ("Forbidden: <path>",
-    which django.request writes for every 4xx response).
+    Django's admin raises PermissionDenied there, and Django logs that with its full traceback.
+    A bookmarked or guessed add URL is an ordinary 403, so the one line "Forbidden: <path>" that
+    django.request writes for every 4xx response is enough.
     """
 
     def add_view(self, request, form_url="", extra_context=None):
@@ -326,8 +326,8 @@ class ProvisioningQueueAdmin(ContractAdmin):
     """Work in flight: which worker holds each contract, since when, at which step, how many tries."""
 
     # Six short columns, so the list fits a 1400 px window beside the admin's navigation and
-    # filter sidebars: status and step share a column, the worker id is shortened (its full
-    # value is the tooltip) and the error is cut short. The change page shows every field.
+    # filter sidebars. Status and step share a column, the worker id is shortened (the tooltip
+    # shows all of it) and the error is cut short. The change page shows every field.
     list_display = ("id", "offering_name", "status_display", "lease_display", "attempts", "last_error_short")
     list_filter = ("status", "provisioning_step", "backend")
     list_select_related = ()

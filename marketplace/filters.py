@@ -18,7 +18,7 @@ SORT_CHOICES = [
 ]
 
 # NOTE: sorting and the price filters compare price_cents across currencies without conversion,
-# so 5.00 JPY sorts next to 5.00 EUR. This stays so until the platform has exchange rates.
+# so 5.00 SEK sorts next to 5.00 EUR. This stays so until the platform has exchange rates.
 SORT_FIELDS = {
     "price": ("price_cents", "id"),
     "-price": ("-price_cents", "-id"),

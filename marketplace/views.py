@@ -666,6 +666,6 @@ def api_token(request: HttpRequest) -> HttpResponse:
 
     token = token_services.api_token_for(user=request.user)
     new_key = request.session.pop(_NEW_TOKEN_SESSION_KEY, None)
-    if token is None or new_key != token.key:
+    if token is None or not token_services.api_token_matches(token=token, key=new_key or ""):
         new_key = None
     return render(request, "marketplace/api_token.html", {"token": token, "new_key": new_key})

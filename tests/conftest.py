@@ -90,7 +90,7 @@ class WorkerProcess:
                 sys.executable, "-m", "celery", "-A", "cloudmarket", "worker",
                 "--loglevel=INFO", "-P", "prefork", f"--concurrency={concurrency}",
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
-                f"--hostname={name}@%h",
+                f"--hostname={name}@%h", "-Q", "celery,notifications,periodic",
             ],
             cwd=REPO_ROOT,
             env=env,

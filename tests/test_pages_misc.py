@@ -307,4 +307,6 @@ def test_up_starts_children_by_absolute_path(monkeypatch, tmp_path):
     web_command, web_cwd = started[0]
     assert web_command[1] == str(settings.BASE_DIR / "manage.py")
     assert all(cwd == settings.BASE_DIR for _command, cwd in started)
-    assert len(started) == 3
+    assert len(started) == 4  # web, provisioning worker, background worker, scheduler
+    queues = [command[command.index("-Q") + 1] for command, _cwd in started if "-Q" in command]
+    assert queues == ["celery", "notifications,periodic"]

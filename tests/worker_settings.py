@@ -10,3 +10,5 @@ import os
 from cloudmarket.settings import *  # noqa: F403
 
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("CLOUDMARKET_TEST_CELERY_QUEUE", "celery")
+# Notifications and periodic tasks too: these workers consume only the scale queue.
+CELERY_TASK_ROUTES: dict = {}

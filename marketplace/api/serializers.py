@@ -207,7 +207,7 @@ class RentalRejectSerializer(serializers.Serializer):
     )
 
     def validate_reason(self, value: str) -> str:
-        # Checked here rather than with max_length so the message says how long the text is.
+        # Checked here rather than with max_length so the message states the length of the text.
         if len(value) > REJECT_REASON_MAX_LENGTH:
             raise serializers.ValidationError(reject_reason_too_long_message(len(value)))
         return value
@@ -412,7 +412,7 @@ class SshKeySerializer(serializers.ModelSerializer):
 
 
 class ErrorSerializer(serializers.Serializer):
-    """The body of a 403, 404 or 409 response."""
+    """The body of a 401, 403, 404 or 409 response."""
 
     detail = serializers.CharField()
 

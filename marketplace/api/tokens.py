@@ -1,52 +1,73 @@
-"""API tokens for scripts: each user has at most one DRF token, sent as `Authorization: Token <key>`.
+"""API tokens for scripts, sent as `Authorization: Token <key>`.
 
-DRF's `rest_framework.authtoken` stores the key itself (not a hash), so only the token page shows
-it, once, right after it was created.
+Tokens come from django-rest-knox, which stores only a hash of each key, so a key is shown once,
+right after it was created, and cannot be read back from the database. A user has at most one.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
+from knox.settings import CONSTANTS
 
 from marketplace.models import User
 
 logger = logging.getLogger(__name__)
 
 
-def api_token_for(*, user: User) -> Token | None:
-    """Return the user's API token, or None when they have none."""
-    return Token.objects.filter(user=user).first()
+@dataclass(frozen=True)
+class IssuedToken:
+    """A token just created: the stored row and the key, which exists only in memory."""
+
+    token: AuthToken
+    key: str
+
+
+def api_token_for(*, user: User) -> AuthToken | None:
+    """Return the user's API token row (no key, only its prefix), or None when they have none."""
+    return AuthToken.objects.filter(user=user).order_by("-created").first()
+
+
+def api_token_matches(*, token: AuthToken, key: str) -> bool:
+    """Return whether `key` is the key of `token`, by the prefix knox stores in clear."""
+    return bool(key) and key[: CONSTANTS.TOKEN_KEY_LENGTH] == token.token_key
+
+
+def _issue(user: User) -> IssuedToken:
+    # No expiry: the user revokes or regenerates the token on the token page.
+    token, key = AuthToken.objects.create(user=user, expiry=None)
+    return IssuedToken(token=token, key=key)
 
 
 @transaction.atomic
-def api_token_create(*, user: User) -> Token:
+def api_token_create(*, user: User) -> IssuedToken:
     """Create the user's API token; raise ValidationError if they already have one."""
     # Locking the user row serialises two concurrent creates of the same user.
     User.objects.select_for_update().filter(pk=user.pk).first()
-    if Token.objects.filter(user=user).exists():
+    if AuthToken.objects.filter(user=user).exists():
         raise ValidationError("You already have an API token; regenerate it to get a new key.")
-    token = Token.objects.create(user=user)
+    issued = _issue(user)
     logger.info("API token created for user %s", user.pk)
-    return token
+    return issued
 
 
 @transaction.atomic
-def api_token_regenerate(*, user: User) -> Token:
+def api_token_regenerate(*, user: User) -> IssuedToken:
     """Replace the user's API token with a new key (or create one); the old key stops working."""
     User.objects.select_for_update().filter(pk=user.pk).first()
-    deleted, _ = Token.objects.filter(user=user).delete()
-    token = Token.objects.create(user=user)
+    deleted, _ = AuthToken.objects.filter(user=user).delete()
+    issued = _issue(user)
     logger.info("API token regenerated for user %s (old token deleted: %s)", user.pk, bool(deleted))
-    return token
+    return issued
 
 
 def api_token_revoke(*, user: User) -> bool:
     """Delete the user's API token; return whether there was one."""
-    deleted, _ = Token.objects.filter(user=user).delete()
+    deleted, _ = AuthToken.objects.filter(user=user).delete()
     if deleted:
         logger.info("API token revoked for user %s", user.pk)
     return bool(deleted)

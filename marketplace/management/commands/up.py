@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
-    help = "Migrate, load demo data and run the web server, a Celery worker and the scheduler together."
+    help = "Migrate, load demo data and run the web server, Celery workers and the scheduler together."
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--addr", default="127.0.0.1:8000", help="Address and port for the web server.")
@@ -44,7 +44,9 @@ class Command(BaseCommand):
         commands = {
             "web": [python, str(base_dir / "manage.py"), "runserver", options["addr"], "--noreload"],
             "worker": [python, "-m", "celery", "-A", "cloudmarket", "worker", "--loglevel=INFO",
-                       f"--concurrency={options['concurrency']}", "--hostname=worker@%h"],
+                       f"--concurrency={options['concurrency']}", "--hostname=provisioning@%h", "-Q", "celery"],
+            "background worker": [python, "-m", "celery", "-A", "cloudmarket", "worker", "--loglevel=INFO",
+                                  "--concurrency=2", "--hostname=background@%h", "-Q", "notifications,periodic"],
             "scheduler": [python, "-m", "celery", "-A", "cloudmarket", "beat", "--loglevel=INFO"],
         }
         processes: dict[str, subprocess.Popen] = {}

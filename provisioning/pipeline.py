@@ -211,12 +211,12 @@ def _wait_for_boot(lease: Lease, contract: Contract, backend: CloudBackend) -> C
 
 def _wait_for_ssh(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
     if not backend.executes_recipes:
-        time.sleep(settings.SANDBOX_STEP_SECONDS)  # Simulated, so the tenant sees the step.
+        time.sleep(settings.SANDBOX_STEP_SECONDS)  # Simulated, so the progress page shows the step.
         return contract
     from recipes.runner import SshUnreachable, wait_for_ssh
 
-    # Wait in slices shorter than the lease so it is renewed while the server boots; a worker
-    # that loses its lease stops here instead of failing a contract another worker now runs.
+    # Wait in slices shorter than the lease, so the lease is renewed while the server boots. A
+    # worker that loses its lease stops here instead of failing a contract another worker runs.
     deadline = time.monotonic() + settings.PROVISIONING_SSH_TIMEOUT
     slice_seconds = max(1.0, settings.PROVISIONING_LEASE_SECONDS / 3)
     while True:

@@ -48,7 +48,13 @@ def provision_contract_task(self, contract_id: int) -> None:
     if lease is None:
         logger.info("Contract %s: not provisioning or leased by another worker; skipping", contract_id)
         return
-    logger.info("Contract %s: provisioning started by %s (try %s)", contract_id, owner, self.request.retries + 1)
+    logger.info(
+        "Contract %s: provisioning started by %s (task try %s, claim %s)",
+        contract_id,
+        owner,
+        self.request.retries + 1,
+        _retries_so_far(contract_id, 0) + 1,
+    )
     try:
         pipeline.provision(lease=lease)
     except (pipeline.LeaseLost, contract_services.InvalidTransition) as exc:
@@ -82,7 +88,11 @@ def provision_contract_task(self, contract_id: int) -> None:
 
 
 def _retries_so_far(contract_id: int, task_retries: int) -> int:
-    """Count retries from the database too: a task re-queued by the sweeper starts at zero."""
+    """Count retries from the database too: a task re-queued by the sweeper starts at zero.
+
+    NOTE: every lease claim counts, takeovers after a worker crash included, so a contract that
+    survived several crashes has fewer retries left for cloud errors.
+    """
     attempts = Contract.objects.filter(pk=contract_id).values_list("attempts", flat=True).first() or 1
     return max(task_retries, attempts - 1)
 

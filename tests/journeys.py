@@ -64,17 +64,17 @@ def make_tenant(*, email: str = "tenant@example.com") -> tuple[User, str]:
 
 def wait_for_status(contract: Contract, statuses, *, timeout: float = 90.0) -> Contract:
     """Poll the database until the contract reaches one of `statuses` (set by a worker process)."""
-    wanted = {statuses} if isinstance(statuses, str) else set(statuses)
+    expected = {statuses} if isinstance(statuses, str) else set(statuses)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         close_old_connections()
         contract.refresh_from_db()
-        if contract.status in wanted:
+        if contract.status in expected:
             return contract
         time.sleep(0.2)
     raise AssertionError(
         f"Contract {contract.pk} is {contract.status} (step {contract.provisioning_step!r}, "
-        f"reason {contract.status_reason!r}) after {timeout} s; expected {sorted(wanted)}."
+        f"reason {contract.status_reason!r}) after {timeout} s; expected {sorted(expected)}."
     )
 
 

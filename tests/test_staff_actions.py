@@ -153,7 +153,7 @@ def test_retry_refused_while_lease_live(provisioning_contract, staff_user):
 
     lease_claim(contract_id=provisioning_contract.pk, owner="busy-worker")
 
-    with pytest.raises(contract_services.InvalidTransition, match="holds its lease"):
+    with pytest.raises(contract_services.InvalidTransition, match="is being provisioned by worker busy-worker"):
         contract_retry_provisioning(contract_id=provisioning_contract.pk, actor=staff_user)
 
     provisioning_contract.refresh_from_db()

@@ -13,6 +13,19 @@ from marketplace.services.contracts import InvalidTransition
 logger = logging.getLogger(__name__)
 
 
+class LeaseHeld(InvalidTransition):
+    """A worker holds a live lease on the contract, so staff may not start another one."""
+
+    def __init__(self, contract: Contract):
+        Exception.__init__(
+            self,
+            f"Rental {contract.public_id} is being provisioned by worker {contract.lease_owner}, whose lease "
+            f"runs until {contract.lease_expires_at:%H:%M:%S} UTC. Wait until it expires, or use Force terminate.",
+        )
+        self.contract = contract
+        self.action = "retry provisioning"
+
+
 @transaction.atomic
 def contract_retry_provisioning(*, contract_id: int, actor: User) -> Contract:
     """Clear a provisioning contract's worker lease and queue its provisioning task again.
@@ -27,11 +40,7 @@ def contract_retry_provisioning(*, contract_id: int, actor: User) -> Contract:
         raise InvalidTransition(contract, "retry provisioning")
     if contract.lease_owner and contract.lease_expires_at and contract.lease_expires_at > timezone.now():
         # A live worker renews its lease; clearing it would start a second worker on the rental.
-        raise InvalidTransition(
-            contract,
-            f"retry provisioning while worker {contract.lease_owner} holds its lease until "
-            f"{contract.lease_expires_at:%H:%M:%S} UTC (wait, or use Force terminate)",
-        )
+        raise LeaseHeld(contract)
 
     previous_owner = contract.lease_owner
     Contract.objects.filter(pk=contract.pk).update(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from billing.models import Payment, Refund
+from billing.models import LedgerEntry, Payment, Refund
 from marketplace.admin import ReadOnlyAdminMixin, status_badge
 
 
@@ -39,4 +39,15 @@ class RefundAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = ("status",)
     list_select_related = ("payment",)
     search_fields = ("reference", "reason", "payment__reference", "payment__contract__public_id")
+    date_hierarchy = "created_at"
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Commission ledger: each party's share of each payment and refund; append-only."""
+
+    list_display = ("created_at", "contract", "payment", "refund", "party", "beneficiary", "amount_cents", "currency")
+    list_filter = ("party", "currency")
+    list_select_related = ("contract", "payment", "refund", "beneficiary")
+    search_fields = ("contract__public_id", "beneficiary__email")
     date_hierarchy = "created_at"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
@@ -78,3 +79,38 @@ class Refund(models.Model):
 
     def __str__(self) -> str:
         return f"Refund {self.pk} of payment {self.payment_id}: {self.status}"
+
+
+class LedgerParty(models.TextChoices):
+    PLATFORM = "platform", "Platform commission"
+    PROVIDER = "provider", "Provider earnings"
+    AUTHOR = "author", "Recipe author share"
+
+
+class LedgerEntry(models.Model):
+    """One party's share of one payment (positive) or of its refund (negative), in cents.
+
+    Append-only: corrections are new rows. The entries of a payment sum exactly to its amount,
+    and a refund's reversal entries to minus the refunded amount.
+    """
+
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="ledger_entries")
+    refund = models.ForeignKey(Refund, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries")
+    contract = models.ForeignKey("marketplace.Contract", on_delete=models.PROTECT, related_name="ledger_entries")
+    party = models.CharField(max_length=16, choices=LedgerParty.choices)
+    beneficiary = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries",
+        help_text="The provider or recipe author credited; empty for the platform.",
+    )
+    amount_cents = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    period_start = models.DateTimeField()
+    period_end = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["beneficiary", "period_start"], name="ledger_beneficiary_period")]
+
+    def __str__(self) -> str:
+        return f"{self.get_party_display()}: {self.amount_cents} {self.currency} (payment {self.payment_id})"

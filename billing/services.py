@@ -14,6 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from billing.ledger import ledger_record_payment, ledger_record_refund
 from billing.models import Payment, PaymentMethod, PaymentStatus, Refund
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def payment_collect(*, contract, period_start: datetime, period_end: datetime) -
         period_end=period_end,
         reference=f"{method}-{contract.public_id.hex[:12]}-{period_start:%Y%m%d%H%M%S}",
     )
+    ledger_record_payment(payment=payment)
     logger.info("Payment %s collected for contract %s: %s %s via %s", payment.pk, contract.pk, amount, contract.currency, method)
     return payment
 
@@ -83,6 +85,7 @@ def payment_refund_contract(*, contract, reason: str) -> list[Refund]:
             refund.status = Refund.Status.SUCCEEDED
             refund.reference = f"{payment.reference}-refund"
             refund.save(update_fields=["status", "reference", "updated_at"])
+            ledger_record_refund(refund=refund)
             payment.status = PaymentStatus.REFUNDED
         else:
             payment.status = PaymentStatus.REFUND_PENDING

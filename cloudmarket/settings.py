@@ -285,6 +285,8 @@ FIELD_ENCRYPTION_KEY_ID = next(iter(FIELD_ENCRYPTION_KEYS))
 # broad filters over a large catalog cost more than the rest of the page.
 CATALOG_COUNT_CAP = env.int("CATALOG_COUNT_CAP", default=1000)
 PLATFORM_COMMISSION_BPS = env.int("PLATFORM_COMMISSION_BPS", default=2000)  # 20 %
+# The recipe author's share of a rental's payments when the author is not the provider.
+RECIPE_AUTHOR_SHARE_BPS = env.int("RECIPE_AUTHOR_SHARE_BPS", default=500)  # 5 %
 PAYMENT_METHOD = "stripe" if env.str("STRIPE_SECRET_KEY", default="") else "sandbox"
 # Let sandbox payments (no money moves) pay for offerings on real clouds. Only for development
 # against a fake cloud API: with it on, anyone can make a provider's real cloud create servers.

@@ -304,7 +304,10 @@ class Contract(models.Model):
     price_cents = models.PositiveIntegerField()
     currency = models.CharField(max_length=3)
     billing_period = models.CharField(max_length=16, default="month")
-    commission_bps = models.PositiveIntegerField()
+    commission_bps = models.PositiveIntegerField(help_text="The platform's share of each payment, in basis points.")
+    author_share_bps = models.PositiveIntegerField(
+        default=0, help_text="The recipe author's share, in basis points; 0 when the provider wrote the recipe."
+    )
     is_self_rental = models.BooleanField(default=False)
     vcpu = models.PositiveSmallIntegerField()
     memory_mib = models.PositiveIntegerField()

@@ -125,7 +125,9 @@ def contract_create(
         return existing, False
 
     parsed = parse_public_key(ssh_public_key)
-    offering = Offering.objects.select_related("provider__user", "cloud_account", "recipe_version").get(pk=offering.pk)
+    offering = Offering.objects.select_related("provider__user", "cloud_account", "recipe_version__recipe").get(
+        pk=offering.pk
+    )
     is_self_rental = offering.provider.user_id == tenant.pk
     if offering.visibility != Visibility.PUBLIC and not is_self_rental:
         raise ValidationError("This offering is private and cannot be rented.")
@@ -155,6 +157,11 @@ def contract_create(
         price_cents=0 if is_self_rental else offering.price_cents,
         currency=offering.currency,
         commission_bps=settings.PLATFORM_COMMISSION_BPS,
+        author_share_bps=(
+            settings.RECIPE_AUTHOR_SHARE_BPS
+            if version is not None and version.recipe.author_id != offering.provider.user_id
+            else 0
+        ),
         is_self_rental=is_self_rental,
         vcpu=offering.vcpu,
         memory_mib=offering.memory_mib,

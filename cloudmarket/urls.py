@@ -13,6 +13,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("api/v1/", include("marketplace.api.urls")),
     path("recipes/", include("recipes.urls")),
+    path("billing/", include("billing.urls")),
     # Browsers ask for /favicon.ico whatever the page links; the icon is an SVG in static files.
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("", include("marketplace.urls")),

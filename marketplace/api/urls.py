@@ -3,6 +3,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from billing.api.views import EarningsView, PaymentListView
 from marketplace.api import views
 from provisioning.api.views import CloudAccountViewSet
 from recipes.api.views import RecipeViewSet
@@ -19,4 +20,9 @@ router.register("recipes", RecipeViewSet, basename="api-recipe")
 urlpatterns = [
     path("provider/profile/", views.ProviderProfileView.as_view(), name="api-provider-profile"),
     *router.urls,
+]
+
+urlpatterns += [
+    path("billing/earnings/", EarningsView.as_view(), name="api-billing-earnings"),
+    path("billing/payments/", PaymentListView.as_view(), name="api-billing-payments"),
 ]

@@ -1,0 +1,81 @@
+"""Read-only queries over payments and the earnings ledger, for pages and the API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.db.models import Count, Prefetch, Q, QuerySet, Sum
+from django.db.models.functions import TruncMonth
+
+from billing.models import LedgerEntry, Payment, Refund
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A user's earnings in one currency for one calendar month (UTC) of payment periods."""
+
+    month: dt.date
+    currency: str
+    gross_cents: int
+    reversed_cents: int
+    net_cents: int
+    entry_count: int
+
+    @property
+    def month_key(self) -> str:
+        """The month as "YYYY-MM", the value of the earnings page's `month` parameter."""
+        return f"{self.month:%Y-%m}"
+
+
+def earnings_statements(*, user) -> list[Statement]:
+    """Sum the ledger entries credited to `user` per month of `period_start` and currency, newest first.
+
+    Gross is the sum of positive entries (payments), reversed the sum of negative entries
+    (refunds, so zero or less), net their total. A refund's entries carry the period of the
+    payment they reverse, so they land in the same month as that payment.
+    """
+    rows = (
+        LedgerEntry.objects.filter(beneficiary=user)
+        .annotate(month=TruncMonth("period_start", tzinfo=dt.UTC))
+        .values("month", "currency")
+        .annotate(
+            gross=Sum("amount_cents", filter=Q(amount_cents__gt=0), default=0),
+            reversed=Sum("amount_cents", filter=Q(amount_cents__lt=0), default=0),
+            net=Sum("amount_cents", default=0),
+            entry_count=Count("id"),
+        )
+        .order_by("-month", "currency")
+    )
+    return [
+        Statement(
+            month=row["month"].date() if isinstance(row["month"], dt.datetime) else row["month"],
+            currency=row["currency"],
+            gross_cents=row["gross"],
+            reversed_cents=row["reversed"],
+            net_cents=row["net"],
+            entry_count=row["entry_count"],
+        )
+        for row in rows
+    ]
+
+
+def earnings_entries(*, user, month: dt.date) -> QuerySet[LedgerEntry]:
+    """Return the ledger entries credited to `user` whose `period_start` falls in `month` (UTC), oldest first."""
+    start = dt.datetime(month.year, month.month, 1, tzinfo=dt.UTC)
+    end = dt.datetime(month.year + month.month // 12, month.month % 12 + 1, 1, tzinfo=dt.UTC)
+    return (
+        LedgerEntry.objects.filter(beneficiary=user, period_start__gte=start, period_start__lt=end)
+        .select_related("contract", "refund")
+        .order_by("created_at", "id")
+    )
+
+
+def tenant_payments(*, user) -> QuerySet[Payment]:
+    """Return the payments for `user`'s rentals as tenant, newest first, with contract and refunds loaded."""
+    return (
+        Payment.objects.filter(contract__tenant=user)
+        .select_related("contract")
+        .prefetch_related(Prefetch("refunds", queryset=Refund.objects.order_by("-created_at", "-id")))
+        .order_by("-created_at", "-id")
+    )

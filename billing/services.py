@@ -1,7 +1,7 @@
 """The payment abstraction: collect a period's payment and refund a contract.
 
 Without Stripe configured, payments use the `sandbox` method: they succeed at once and move
-no money, and every page that shows them says so. Self-rentals use the `free` method and
+no money, and every page that shows them labels them so. Self-rentals use the `free` method and
 record a zero amount.
 """
 
@@ -75,7 +75,7 @@ def payment_refund_contract(*, contract, reason: str) -> list[Refund]:
     """Refund every succeeded payment of `contract` in full.
 
     A refund row is written first; the sandbox and free methods complete it at once. A refund
-    is only shown as done when its row says `succeeded`.
+    is only shown as done when its row has status `succeeded`.
     """
     refunds = []
     payments = Payment.objects.select_for_update().filter(contract=contract, status=PaymentStatus.SUCCEEDED).order_by("pk")

@@ -323,7 +323,7 @@ class ContractAdmin(NoAddPageMixin, admin.ModelAdmin):
 
 @admin.register(ProvisioningQueueEntry)
 class ProvisioningQueueAdmin(ContractAdmin):
-    """Work in flight: which worker holds each contract, since when, at which step, how many tries."""
+    """Work in flight: the worker with each contract's lease, since when, at which step, how many tries."""
 
     # Six short columns, so the list fits a 1400 px window beside the admin's navigation and
     # filter sidebars. Status and step share a column, the worker id is shortened (the tooltip

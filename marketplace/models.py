@@ -444,6 +444,11 @@ class ProvisioningQueueEntry(Contract):
         verbose_name_plural = "provisioning queue"
 
 
+#: Actor labels non-staff users may see; every other label (worker ids contain host names and
+#: process ids) is shown as "Platform".
+PUBLIC_ACTOR_LABELS = {"tenant": "Tenant", "provider": "Provider", "staff": "Staff"}
+
+
 class ContractEvent(models.Model):
     """One change of a contract's status or provisioning step, with who made it and why."""
 
@@ -461,3 +466,8 @@ class ContractEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.from_status or '-'} -> {self.to_status} ({self.step})"
+
+    @property
+    def public_actor(self) -> str:
+        """The role shown to non-staff users; worker ids, "worker" and "system" become "Platform"."""
+        return PUBLIC_ACTOR_LABELS.get(self.actor_label, "Platform")

@@ -7,7 +7,7 @@ from django.utils.functional import cached_property
 
 
 class CappedCountPaginator(Paginator):
-    """Count at most `max_count` rows; `is_capped` says the real total may be larger.
+    """Count at most `max_count` rows; `is_capped` is True when the real total may be larger.
 
     Counting every match of a broad filter over a large catalog dominates the page's time, and
     nobody pages past a few hundred results, so pages beyond the cap are not offered.

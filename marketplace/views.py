@@ -304,22 +304,10 @@ def _step_label(value: str) -> str:
 
 
 #: Role shown to tenants and providers in the history's "By" column, per stored actor label.
-PUBLIC_ACTOR_LABELS = {"tenant": "Tenant", "provider": "Provider", "staff": "Staff"}
-
-
-def public_actor_label(actor_label: str) -> str:
-    """Return the role shown to non-staff users for a history row's `actor_label`.
-
-    Worker ids (host:pid:task), "worker" and "system" all become "Platform", so internal host
-    names and process ids stay hidden.
-    """
-    return PUBLIC_ACTOR_LABELS.get(actor_label, "Platform")
-
-
 def _event_rows(contract: Contract, *, show_raw_actor: bool) -> list[dict]:
     """History rows with status and step labels instead of stored values.
 
-    Staff (`show_raw_actor`) see the stored actor label; others see the role from public_actor_label().
+    Staff (`show_raw_actor`) see the stored actor label; others see `ContractEvent.public_actor`.
     """
     return [
         {
@@ -328,7 +316,7 @@ def _event_rows(contract: Contract, *, show_raw_actor: bool) -> list[dict]:
             "to_label": _status_label(event.to_status),
             "changed": bool(event.from_status) and event.from_status != event.to_status,
             "step_label": _step_label(event.step) if event.step else "",
-            "actor_label": event.actor_label if show_raw_actor else public_actor_label(event.actor_label),
+            "actor_label": event.actor_label if show_raw_actor else event.public_actor,
             "reason": event.reason,
         }
         for event in contract.events.order_by("created_at", "id")

@@ -177,7 +177,7 @@ def _create_server(lease: Lease, contract: Contract, backend: CloudBackend) -> C
     )
     if not stored:
         # The contract was cancelled or taken over while the cloud created the server. If it is no
-        # longer provisioning, nobody else will record this server, so delete it now.
+        # longer provisioning, no other worker will store this server's id, so delete it now.
         current = Contract.objects.get(pk=contract.pk)
         if current.status != ContractStatus.PROVISIONING:
             logger.warning("Contract %s: %s while server %s was created; deleting it", contract.pk, current.status, info.id)

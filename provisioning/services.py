@@ -67,7 +67,7 @@ def _check(account: CloudAccount) -> None:
         account.validation_status = ValidationStatus.INVALID
         account.last_error = credentials_rejected_message(account=account, error=exc)[:2000]
     except CloudError as exc:
-        # The API did not answer clearly; keep the previous status and show the error.
+        # The API gave no clear result, so keep the previous status and show the error.
         account.last_error = f"Could not check the token: {exc}"[:2000]
         logger.warning("Cloud account %s: validation inconclusive: %s", account.pk, exc)
         return

@@ -48,13 +48,8 @@ def provision_contract_task(self, contract_id: int) -> None:
     if lease is None:
         logger.info("Contract %s: not provisioning or leased by another worker; skipping", contract_id)
         return
-    logger.info(
-        "Contract %s: provisioning started by %s (task try %s, claim %s)",
-        contract_id,
-        owner,
-        self.request.retries + 1,
-        _retries_so_far(contract_id, 0) + 1,
-    )
+    # The try number is Celery's; after a takeover the database's `attempts` is higher.
+    logger.info("Contract %s: provisioning started by %s (Celery try %s)", contract_id, owner, self.request.retries + 1)
     try:
         pipeline.provision(lease=lease)
     except (pipeline.LeaseLost, contract_services.InvalidTransition) as exc:

@@ -66,7 +66,11 @@ def database_url_for_workers() -> str:
         )
     user = settings_dict.get("USER") or ""
     password = settings_dict.get("PASSWORD") or ""
-    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    auth = ""
+    if password:
+        auth = f"{user}:{password}@"
+    elif user:
+        auth = f"{user}@"
     host = settings_dict.get("HOST") or "127.0.0.1"
     port = settings_dict.get("PORT") or "5432"
     return f"postgres://{auth}{host}:{port}/{settings_dict['NAME']}"

@@ -13,9 +13,9 @@ from rest_framework import serializers
 from marketplace.forms import REJECT_REASON_MAX_LENGTH, reject_reason_too_long_message
 from marketplace.models import Contract, ContractEvent, Offering, ProviderProfile, SshKey
 from marketplace.selectors import offering_visible_to
+from marketplace.services.providers import OFFERING_EDITABLE_FIELDS
 from marketplace.sshkeys import MAX_INPUT_BYTES, parse_public_key
 from marketplace.validators import validate_multiline_text
-from marketplace.views import public_actor_label
 from provisioning.models import CloudAccount
 from recipes.models import RecipeRun, RecipeRunStatus, RecipeVersion
 
@@ -98,31 +98,7 @@ class ProviderOfferingSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Offering
-        fields = (
-            "slug",
-            "name",
-            "description",
-            "product_type",
-            "cloud_account",
-            "backend",
-            "vcpu",
-            "memory_mib",
-            "disk_gb",
-            "gpu_model",
-            "gpu_count",
-            "country",
-            "city",
-            "location_code",
-            "server_type",
-            "image",
-            "recipe_version",
-            "price_cents",
-            "currency",
-            "visibility",
-            "stock_status",
-            "created_at",
-            "updated_at",
-        )
+        fields = ("slug", *OFFERING_EDITABLE_FIELDS, "backend", "created_at", "updated_at")
         read_only_fields = ("slug", "backend", "created_at", "updated_at")
 
     def get_fields(self):
@@ -272,7 +248,7 @@ class ContractEventSerializer(serializers.ModelSerializer):
         request = self.context.get("request")
         if request is not None and request.user.is_staff:
             return obj.actor_label
-        return public_actor_label(obj.actor_label)
+        return obj.public_actor
 
 
 class RentalListSerializer(serializers.ModelSerializer):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 
 class CloudError(Exception):
-    """A cloud API call failed; subclasses say whether and how to retry."""
+    """A cloud API call failed; the subclass tells whether and how to retry."""
 
     retryable = False
 

@@ -65,7 +65,7 @@ def payment_collect(*, contract, period_start: datetime, period_end: datetime) -
         period_end=period_end,
         reference=f"{method}-{contract.public_id.hex[:12]}-{period_start:%Y%m%d%H%M%S}",
     )
-    ledger_record_payment(payment=payment)
+    _payment_succeeded(payment)
     logger.info("Payment %s collected for contract %s: %s %s via %s", payment.pk, contract.pk, amount, contract.currency, method)
     return payment
 
@@ -85,7 +85,7 @@ def payment_refund_contract(*, contract, reason: str) -> list[Refund]:
             refund.status = Refund.Status.SUCCEEDED
             refund.reference = f"{payment.reference}-refund"
             refund.save(update_fields=["status", "reference", "updated_at"])
-            ledger_record_refund(refund=refund)
+            _refund_succeeded(refund)
             payment.status = PaymentStatus.REFUNDED
         else:
             payment.status = PaymentStatus.REFUND_PENDING
@@ -93,6 +93,16 @@ def payment_refund_contract(*, contract, reason: str) -> list[Refund]:
         refunds.append(refund)
         logger.info("Refund %s of payment %s for contract %s: %s", refund.pk, payment.pk, contract.pk, refund.status)
     return refunds
+
+
+def _payment_succeeded(payment: Payment) -> None:
+    """Book a payment that succeeded: its ledger split (and, with invoicing, its invoice)."""
+    ledger_record_payment(payment=payment)
+
+
+def _refund_succeeded(refund: Refund) -> None:
+    """Book a refund that succeeded: the ledger reversal (and, with invoicing, its credit note)."""
+    ledger_record_refund(refund=refund)
 
 
 def contract_refund_state(contract) -> str:

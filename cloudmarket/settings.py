@@ -287,7 +287,16 @@ CATALOG_COUNT_CAP = env.int("CATALOG_COUNT_CAP", default=1000)
 PLATFORM_COMMISSION_BPS = env.int("PLATFORM_COMMISSION_BPS", default=2000)  # 20 %
 # The recipe author's share of a rental's payments when the author is not the provider.
 RECIPE_AUTHOR_SHARE_BPS = env.int("RECIPE_AUTHOR_SHARE_BPS", default=500)  # 5 %
-PAYMENT_METHOD = "stripe" if env.str("STRIPE_SECRET_KEY", default="") else "sandbox"
+# Stripe. With a secret key set, rentals of paid offerings are paid by card through Stripe
+# Checkout; without one, only the sandbox method (no money moves) exists.
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+# Base address of the Stripe API; tests and local demos point it at a loopback fake.
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
+# Signed webhooks older than this many seconds are refused (replay protection).
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env.int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", default=300)
+STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
+PAYMENT_METHOD = "stripe" if STRIPE_SECRET_KEY else "sandbox"
 # Let sandbox payments (no money moves) pay for offerings on real clouds. Only for development
 # against a fake cloud API: with it on, anyone can make a provider's real cloud create servers.
 SANDBOX_PAYMENTS_FOR_REAL_BACKENDS = env.bool("SANDBOX_PAYMENTS_FOR_REAL_BACKENDS", default=False)

@@ -43,11 +43,23 @@ class Payment(models.Model):
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
     reference = models.CharField(max_length=120, blank=True, help_text="The payment processor's id, if any.")
+    # Stripe objects that later calls (refunds, disputes, renewals) need.
+    stripe_invoice_id = models.CharField(max_length=120, blank=True)
+    stripe_payment_intent_id = models.CharField(max_length=120, blank=True)
+    stripe_charge_id = models.CharField(max_length=120, blank=True)
+    # Tax that the processor computed for this payment (Stripe Tax), included in amount_cents;
+    # None when the processor computed none and the configured rate applies.
+    processor_tax_cents = models.IntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["stripe_invoice_id"], condition=~models.Q(stripe_invoice_id=""), name="payment_unique_stripe_invoice"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"Payment {self.pk}: {self.amount_cents / 100:.2f} {self.currency} ({self.get_status_display()})"

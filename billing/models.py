@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import secrets
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+
+
+def _new_key() -> str:
+    return secrets.token_urlsafe(32)
 
 
 class PaymentMethod(models.TextChoices):
@@ -83,6 +89,45 @@ class Refund(models.Model):
     reason = models.TextField()
     reference = models.CharField(max_length=120, blank=True)
     error = models.TextField(blank=True)
+    # Sent with every Refund API call for this row, so a retry never refunds twice.
+    idempotency_key = models.CharField(max_length=64, default=_new_key, editable=False)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="refund_status_next_attempt")]
+
+    def __str__(self) -> str:
+        return f"Refund {self.pk} of payment {self.payment_id}: {self.status}"
+
+
+class StripeCustomer(models.Model):
+    """The Stripe customer that pays for a user's rentals."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="stripe_customer")
+    customer_id = models.CharField(max_length=120, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.customer_id} (user {self.user_id})"
+
+
+class CheckoutSession(models.Model):
+    """One Stripe Checkout Session opened to pay the first period of a rental."""
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        COMPLETE = "complete", "Complete"
+        EXPIRED = "expired", "Expired"
+
+    contract = models.ForeignKey("marketplace.Contract", on_delete=models.PROTECT, related_name="checkout_sessions")
+    session_id = models.CharField(max_length=120, unique=True)
+    url = models.URLField(max_length=2000, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    expires_at = models.DateTimeField()
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -90,7 +135,72 @@ class Refund(models.Model):
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
-        return f"Refund {self.pk} of payment {self.payment_id}: {self.status}"
+        return f"{self.session_id} ({self.status})"
+
+    @property
+    def is_usable(self) -> bool:
+        return self.status == self.Status.OPEN and self.expires_at > timezone.now() and bool(self.url)
+
+
+class Subscription(models.Model):
+    """The Stripe subscription that bills one rental monthly."""
+
+    contract = models.OneToOneField("marketplace.Contract", on_delete=models.PROTECT, related_name="subscription")
+    subscription_id = models.CharField(max_length=120, unique=True)
+    customer_id = models.CharField(max_length=120, blank=True)
+    status = models.CharField(max_length=32, blank=True, help_text="Stripe's status: active, past_due, canceled ...")
+    cancel_at_period_end = models.BooleanField(default=False)
+    current_period_end = models.DateTimeField(null=True, blank=True)
+    # Set when the platform asked Stripe to cancel (or to cancel at period end) and Stripe has
+    # not confirmed yet; a periodic task retries.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_error = models.TextField(blank=True)
+    synced_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.subscription_id} ({self.status or 'unknown'})"
+
+
+class WebhookEvent(models.Model):
+    """A Stripe event the webhook endpoint processed; its unique id makes replays no-ops."""
+
+    event_id = models.CharField(max_length=120, unique=True)
+    type = models.CharField(max_length=80)
+    livemode = models.BooleanField(default=False)
+    stripe_created_at = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    outcome = models.TextField(blank=True, help_text="What the handler did, for staff.")
+    contract = models.ForeignKey(
+        "marketplace.Contract", null=True, blank=True, on_delete=models.SET_NULL, related_name="webhook_events"
+    )
+    payload = models.JSONField()
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.event_id} ({self.type})"
+
+
+class Dispute(models.Model):
+    """A chargeback opened by the card holder's bank on one payment."""
+
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="disputes")
+    dispute_id = models.CharField(max_length=120, unique=True)
+    amount_cents = models.PositiveIntegerField()
+    currency = models.CharField(max_length=3)
+    reason = models.CharField(max_length=60, blank=True)
+    status = models.CharField(max_length=32, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Dispute {self.dispute_id} on payment {self.payment_id} ({self.status})"
 
 
 class LedgerParty(models.TextChoices):

@@ -8,12 +8,14 @@ record a zero amount.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.utils import timezone
 
+from billing.gateway import stripe_enabled
 from billing.ledger import ledger_record_payment, ledger_record_refund
 from billing.models import Payment, PaymentMethod, PaymentStatus, Refund
 
@@ -27,16 +29,21 @@ class PaymentFailed(Exception):
 def payment_method_check(*, offering, tenant) -> str:
     """Return the payment method a rental of `offering` by `tenant` would use, or raise.
 
-    Sandbox payments move no money, so they only pay for Sandbox offerings, which create no
-    machine. A real backend needs a real payment method; until card payments exist, renting it
-    is refused unless SANDBOX_PAYMENTS_FOR_REAL_BACKENDS is set (development against a fake
-    cloud only). Self-rentals are free on every backend.
+    Self-rentals and free offerings are free on every backend. Sandbox offerings create no
+    machine and use sandbox payments (no money moves), unless STRIPE_FOR_SANDBOX_OFFERINGS asks
+    for card payments there too (a Stripe test-mode demo). Offerings on real clouds need card
+    payment through Stripe; without Stripe, renting them is refused unless
+    SANDBOX_PAYMENTS_FOR_REAL_BACKENDS is set (development against a fake cloud only).
     """
     if offering.provider.user_id == tenant.pk or offering.price_cents == 0:
         return PaymentMethod.FREE
-    if offering.cloud_account.backend == "sandbox" or settings.SANDBOX_PAYMENTS_FOR_REAL_BACKENDS:
+    is_sandbox = offering.cloud_account.backend == "sandbox"
+    if is_sandbox and not (stripe_enabled() and settings.STRIPE_FOR_SANDBOX_OFFERINGS):
         return PaymentMethod.SANDBOX
-    # TODO: return PaymentMethod.STRIPE once card payments through Stripe exist.
+    if stripe_enabled():
+        return PaymentMethod.STRIPE
+    if settings.SANDBOX_PAYMENTS_FOR_REAL_BACKENDS:
+        return PaymentMethod.SANDBOX
     raise ValidationError(
         "This offering runs on a real cloud and needs card payment, which this installation has not "
         "set up yet. Only Sandbox offerings can be rented for now."
@@ -44,16 +51,25 @@ def payment_method_check(*, offering, tenant) -> str:
 
 
 def _method_for(contract) -> str:
+    if contract.payment_method:
+        return contract.payment_method
+    # Rentals made before the method was stored.
     if contract.is_self_rental or contract.price_cents == 0:
         return PaymentMethod.FREE
-    if contract.backend == "sandbox" or settings.SANDBOX_PAYMENTS_FOR_REAL_BACKENDS:
-        return PaymentMethod.SANDBOX
-    raise PaymentFailed(f"Rental {contract.public_id} runs on a real cloud and no real payment method is set up.")
+    return PaymentMethod.SANDBOX
 
 
 def payment_collect(*, contract, period_start: datetime, period_end: datetime) -> Payment:
     """Record the payment for one billing period of `contract`; sandbox and free succeed at once."""
     method = _method_for(contract)
+    if method == PaymentMethod.STRIPE:
+        raise PaymentFailed(
+            f"Rental {contract.public_id} is paid by card: Stripe collects its payments, the platform does not."
+        )
+    if method == PaymentMethod.SANDBOX and not contract.is_sandbox and not settings.SANDBOX_PAYMENTS_FOR_REAL_BACKENDS:
+        raise PaymentFailed(
+            f"Rental {contract.public_id} runs on a real cloud; sandbox payments (no money) no longer pay for it."
+        )
     amount = 0 if method == PaymentMethod.FREE else contract.price_cents
     payment = Payment.objects.create(
         contract=contract,
@@ -72,27 +88,39 @@ def payment_collect(*, contract, period_start: datetime, period_end: datetime) -
 
 @transaction.atomic
 def payment_refund_contract(*, contract, reason: str) -> list[Refund]:
-    """Refund every succeeded payment of `contract` in full.
-
-    A refund row is written first; the sandbox and free methods complete it at once. A refund
-    is only shown as done when its row has status `succeeded`.
-    """
-    refunds = []
+    """Refund every succeeded payment of `contract` in full."""
     payments = Payment.objects.select_for_update().filter(contract=contract, status=PaymentStatus.SUCCEEDED).order_by("pk")
-    for payment in payments:
-        refund = Refund.objects.create(payment=payment, amount_cents=payment.amount_cents, reason=reason[:2000])
-        if payment.method in (PaymentMethod.SANDBOX, PaymentMethod.FREE):
-            refund.status = Refund.Status.SUCCEEDED
-            refund.reference = f"{payment.reference}-refund"
-            refund.save(update_fields=["status", "reference", "updated_at"])
-            _refund_succeeded(refund)
-            payment.status = PaymentStatus.REFUNDED
-        else:
-            payment.status = PaymentStatus.REFUND_PENDING
-        payment.save(update_fields=["status", "updated_at"])
-        refunds.append(refund)
-        logger.info("Refund %s of payment %s for contract %s: %s", refund.pk, payment.pk, contract.pk, refund.status)
-    return refunds
+    return [payment_refund(payment=payment, reason=reason) for payment in payments]
+
+
+@transaction.atomic
+def payment_refund(*, payment: Payment, reason: str) -> Refund:
+    """Refund one succeeded payment in full.
+
+    A refund row is written first. Sandbox and free payments complete it at once; card payments
+    stay `refund_pending` until the Refund API answers (a worker calls it after commit, and a
+    periodic task retries failures). A refund is only shown as done when its row succeeded.
+    """
+    payment = Payment.objects.select_for_update().get(pk=payment.pk)
+    refund = Refund.objects.create(payment=payment, amount_cents=payment.amount_cents, reason=reason[:2000])
+    if payment.method in (PaymentMethod.SANDBOX, PaymentMethod.FREE) or payment.amount_cents == 0:
+        refund.status = Refund.Status.SUCCEEDED
+        refund.reference = f"{payment.reference}-refund"
+        refund.save(update_fields=["status", "reference", "updated_at"])
+        _refund_succeeded(refund)
+        payment.status = PaymentStatus.REFUNDED
+    else:
+        from billing.tasks import refund_execute_task
+
+        # If the task below is lost (a worker crash before it ran), the retry sweep finds the row.
+        refund.next_attempt_at = timezone.now() + timedelta(minutes=5)
+        refund.save(update_fields=["next_attempt_at", "updated_at"])
+        refund_id = refund.pk
+        transaction.on_commit(lambda: refund_execute_task.delay(refund_id))
+        payment.status = PaymentStatus.REFUND_PENDING
+    payment.save(update_fields=["status", "updated_at"])
+    logger.info("Refund %s of payment %s for contract %s: %s", refund.pk, payment.pk, payment.contract_id, refund.status)
+    return refund
 
 
 def _payment_succeeded(payment: Payment) -> None:

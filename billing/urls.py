@@ -7,4 +7,6 @@ app_name = "billing"
 urlpatterns = [
     path("earnings/", views.earnings, name="earnings"),
     path("payments/", views.payments, name="payments"),
+    path("payment-methods/", views.payment_methods_portal, name="payment_methods"),
+    path("stripe/webhook/", views.stripe_webhook, name="stripe_webhook"),
 ]

@@ -1,14 +1,26 @@
-"""Read-only billing pages: a provider's or recipe author's earnings and a tenant's payments."""
+"""Billing pages (earnings, payments, the Stripe customer portal) and the Stripe webhook endpoint."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
+import stripe
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import render
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
 
 from billing import selectors
+from billing.gateway import stripe_enabled
+from billing.stripe_billing import portal_url
+from billing.webhooks import WebhookRejected, webhook_receive
+
+logger = logging.getLogger(__name__)
 
 
 def _parse_month(value: str) -> dt.date:
@@ -37,4 +49,45 @@ def earnings(request: HttpRequest) -> HttpResponse:
 @login_required
 def payments(request: HttpRequest) -> HttpResponse:
     """Render the payment history of the signed-in user's rentals."""
-    return render(request, "billing/payments.html", {"payments": selectors.tenant_payments(user=request.user)})
+    return render(
+        request,
+        "billing/payments.html",
+        {"payments": selectors.tenant_payments(user=request.user), "stripe_enabled": stripe_enabled()},
+    )
+
+
+@login_required
+@require_POST
+def payment_methods_portal(request: HttpRequest) -> HttpResponse:
+    """Send the user to Stripe's customer portal to manage saved cards and see receipts."""
+    back = request.build_absolute_uri(reverse("billing:payments"))
+    if not stripe_enabled():
+        messages.error(request, "Card payments are not set up on this installation, so there are no saved cards.")
+        return redirect(back)
+    try:
+        url = portal_url(user=request.user, return_url=back)
+    except stripe.StripeError as exc:
+        logger.warning("Customer portal for user %s failed: %s", request.user.pk, exc)
+        messages.error(request, "The card management page could not be opened; the payment processor did not answer. Try again in a minute.")
+        return redirect(back)
+    return redirect(url)
+
+
+@csrf_exempt
+@require_POST
+def stripe_webhook(request: HttpRequest) -> HttpResponse:
+    """Receive a Stripe event: 200 once applied (or already applied), 400 when not genuine.
+
+    An unexpected error answers 500 with nothing stored, so Stripe delivers the event again.
+    """
+    try:
+        payload = request.body
+    except RequestDataTooBig:
+        logger.warning("Stripe webhook refused: body larger than DATA_UPLOAD_MAX_MEMORY_SIZE")
+        return JsonResponse({"error": "The request body is too large for a Stripe event."}, status=413)
+    try:
+        event, outcome = webhook_receive(payload=payload, signature=request.headers.get("Stripe-Signature", ""))
+    except WebhookRejected as exc:
+        logger.warning("Stripe webhook refused from %s: %s", request.META.get("REMOTE_ADDR"), exc)
+        return JsonResponse({"error": str(exc)}, status=400)
+    return JsonResponse({"received": True, "duplicate": event is None, "outcome": outcome})

@@ -191,6 +191,7 @@ CELERY_TIMEZONE = "UTC"
 CELERY_TASK_ROUTES = {
     "notifications.tasks.*": {"queue": "notifications"},
     "marketplace.tasks.*": {"queue": "periodic"},
+    "billing.tasks.*": {"queue": "periodic"},
     "provisioning.tasks.resume_stalled_provisioning_task": {"queue": "periodic"},
     "provisioning.tasks.reconcile_cloud_accounts_task": {"queue": "periodic"},
 }
@@ -210,6 +211,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "provisioning.tasks.reconcile_cloud_accounts_task",
         "schedule": crontab(minute="*/10"),
         "options": {"expires": 540},
+    },
+    "retry-due-refunds": {
+        "task": "billing.tasks.refunds_retry_due_task",
+        "schedule": 60.0,
+        "options": {"expires": 55},
+    },
+    "sync-stripe": {
+        "task": "billing.tasks.stripe_sync_task",
+        "schedule": crontab(minute="*/15"),
+        "options": {"expires": 840},
     },
     "retry-pending-notifications": {
         "task": "notifications.tasks.retry_pending_notifications_task",
@@ -297,6 +308,15 @@ STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
 STRIPE_WEBHOOK_TOLERANCE_SECONDS = env.int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", default=300)
 STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
 PAYMENT_METHOD = "stripe" if STRIPE_SECRET_KEY else "sandbox"
+# Pay Sandbox offerings by card too: a Stripe test-mode demo where no machine is created.
+STRIPE_FOR_SANDBOX_OFFERINGS = env.bool("STRIPE_FOR_SANDBOX_OFFERINGS", default=False)
+# Failed Stripe refunds are retried with backoff, this many times in all, then left to staff.
+BILLING_REFUND_MAX_ATTEMPTS = env.int("BILLING_REFUND_MAX_ATTEMPTS", default=8)
+# A card-paid rental whose renewal has not been confirmed this long after its paid period ended
+# is checked against Stripe (a lost webhook must not keep or end a rental wrongly).
+STRIPE_RENEWAL_SYNC_AFTER_SECONDS = env.int("STRIPE_RENEWAL_SYNC_AFTER_SECONDS", default=3600)
+# An unpaid rental request whose checkout never completed is cancelled after this long.
+CHECKOUT_ABANDONED_AFTER_SECONDS = env.int("CHECKOUT_ABANDONED_AFTER_SECONDS", default=2 * 24 * 3600)
 # Let sandbox payments (no money moves) pay for offerings on real clouds. Only for development
 # against a fake cloud API: with it on, anyone can make a provider's real cloud create servers.
 SANDBOX_PAYMENTS_FOR_REAL_BACKENDS = env.bool("SANDBOX_PAYMENTS_FOR_REAL_BACKENDS", default=False)

@@ -309,6 +309,8 @@ class Contract(models.Model):
         default=0, help_text="The recipe author's share, in basis points; 0 when the provider wrote the recipe."
     )
     is_self_rental = models.BooleanField(default=False)
+    # How the rental is paid: billing.models.PaymentMethod ("" for rentals made before it existed).
+    payment_method = models.CharField(max_length=16, blank=True)
     vcpu = models.PositiveSmallIntegerField()
     memory_mib = models.PositiveIntegerField()
     disk_gb = models.PositiveIntegerField()
@@ -392,6 +394,15 @@ class Contract(models.Model):
     @property
     def is_sandbox(self) -> bool:
         return self.backend == "sandbox"
+
+    @property
+    def pays_by_card(self) -> bool:
+        return self.payment_method == "stripe"
+
+    @property
+    def cancel_ends_now(self) -> bool:
+        """A tenant's cancel ends the rental at once when nothing real was paid for the period."""
+        return self.is_self_rental or (self.is_sandbox and not self.pays_by_card)
 
     def step_states(self) -> list[tuple[str, str, str]]:
         """Return (step value, label, "done" | "current" | "pending") for the progress list."""

@@ -11,6 +11,7 @@ urlpatterns = [
     path("rentals/<uuid:public_id>/", views.rental_detail, name="rental"),
     path("rentals/<uuid:public_id>/status/", views.rental_status, name="rental_status"),
     path("rentals/<uuid:public_id>/cancel/", views.rental_cancel, name="rental_cancel"),
+    path("rentals/<uuid:public_id>/pay/", views.rental_pay, name="rental_pay"),
     path("rentals/<uuid:public_id>/accept/", views.rental_accept, name="rental_accept"),
     path("rentals/<uuid:public_id>/reject/", views.rental_reject, name="rental_reject"),
     path("dashboard/", views.dashboard, name="dashboard"),

@@ -20,8 +20,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from billing.models import Payment, PaymentMethod
+from billing.models import CheckoutSession, Payment, PaymentMethod
 from billing.services import PaymentFailed, contract_refund_state, payment_method_check
+from billing.stripe_billing import CheckoutUnavailable, checkout_open
 from marketplace import selectors
 from marketplace.api import tokens as token_services
 from marketplace.filters import OfferingFilter
@@ -133,6 +134,16 @@ def catalog(request: HttpRequest) -> HttpResponse:
     return render(request, "marketplace/catalog.html", context)
 
 
+def _payment_method(offering: Offering, user) -> str:
+    """The payment method `user` would rent `offering` with, or "" when refused or signed out."""
+    if not user.is_authenticated:
+        return ""
+    try:
+        return payment_method_check(offering=offering, tenant=user)
+    except ValidationError:
+        return ""
+
+
 def _payment_refusal(offering: Offering, user) -> str:
     """Return why `user` cannot pay for `offering` with the payment methods set up, or "".
 
@@ -176,9 +187,9 @@ def rent(request: HttpRequest, slug: str) -> HttpResponse:
     elif request.method == "POST":
         form = RentForm(request.POST, user=request.user)
         if form.is_valid():
-            contract = _create_and_pay(request, form=form, offering=offering)
+            contract, next_url = _create_and_pay(request, form=form, offering=offering)
             if contract is not None:
-                return redirect(contract.get_absolute_url())
+                return redirect(next_url)
             # Show the current terms in the hidden fields, so the next submit confirms what the
             # page shows now (the error names the new price).
             form.data = form.data.copy()
@@ -206,12 +217,17 @@ def rent(request: HttpRequest, slug: str) -> HttpResponse:
             "is_sandbox": offering.cloud_account.backend == Backend.SANDBOX,
             "rentable": offering.is_rentable(),
             "payment_refusal": payment_refusal,
+            "payment_method": _payment_method(offering, request.user),
         },
     )
 
 
-def _create_and_pay(request: HttpRequest, *, form: RentForm, offering: Offering) -> Contract | None:
-    """Create (or find) the contract for this submit and pay it once; None after a form error."""
+def _create_and_pay(request: HttpRequest, *, form: RentForm, offering: Offering) -> tuple[Contract | None, str]:
+    """Create (or find) the contract for this submit and pay it once.
+
+    Returns (contract, where to go next): the rental page, or Stripe's checkout page for a card
+    rental; (None, "") after a form error.
+    """
     idempotency_key = form.cleaned_data["idempotency_key"]
     try:
         contract, created = contract_services.contract_create(
@@ -225,11 +241,14 @@ def _create_and_pay(request: HttpRequest, *, form: RentForm, offering: Offering)
     except ValidationError as exc:
         logger.info("Rent of offering %s by user %s rejected: %s", offering.pk, request.user.pk, exc.messages)
         form.add_error(None, exc)
-        return None
+        return None, ""
 
     if not created:
         logger.info("Rent resubmitted by user %s: contract %s already exists", request.user.pk, contract.pk)
 
+    _save_key_from_form(request, form=form, contract=contract, created=created)
+    if contract.status == ContractStatus.REQUESTED and contract.pays_by_card:
+        return contract, _checkout_redirect(request, contract)
     # Pay only a contract that still waits for payment, so a resubmit never pays twice.
     if contract.status == ContractStatus.REQUESTED:
         try:
@@ -240,8 +259,10 @@ def _create_and_pay(request: HttpRequest, *, form: RentForm, offering: Offering)
         except PaymentFailed as exc:
             logger.warning("Payment of contract %s failed: %s", contract.pk, exc)
             messages.error(request, "The payment failed, so the rental is waiting for payment. Try again or cancel it.")
-            return contract
+    return contract, contract.get_absolute_url()
 
+
+def _save_key_from_form(request: HttpRequest, *, form: RentForm, contract: Contract, created: bool) -> None:
     save_as = form.cleaned_data.get("save_as", "").strip()
     if created and save_as and form.parsed_key is not None:
         try:
@@ -251,7 +272,22 @@ def _create_and_pay(request: HttpRequest, *, form: RentForm, offering: Offering)
             messages.info(request, "The key was not saved: " + " ".join(exc.messages))
         else:
             messages.success(request, f"Saved the key as {save_as!r}.")
-    return contract
+
+
+def _checkout_redirect(request: HttpRequest, contract: Contract) -> str:
+    """Open (or reuse) the card checkout of a requested rental; return the URL to send the tenant to."""
+    rental_url = request.build_absolute_uri(contract.get_absolute_url())
+    try:
+        session = checkout_open(
+            contract=contract,
+            actor=request.user,
+            success_url=f"{rental_url}?checkout=success",
+            cancel_url=f"{rental_url}?checkout=cancelled",
+        )
+    except CheckoutUnavailable as exc:
+        messages.error(request, str(exc))
+        return contract.get_absolute_url()
+    return session.url
 
 
 # --- rentals --------------------------------------------------------------------------------
@@ -270,10 +306,23 @@ def _fingerprint(public_key: str) -> str:
         return ""
 
 
-def _live_context(contract: Contract) -> dict:
+def _card_payment_state(contract: Contract, *, returned_from_checkout: bool) -> str:
+    """For a card rental awaiting payment: "waiting" for Stripe's confirmation or "unpaid"."""
+    if contract.status != ContractStatus.REQUESTED or not contract.pays_by_card:
+        return ""
+    latest = contract.checkout_sessions.first()
+    if latest is not None and latest.status == CheckoutSession.Status.COMPLETE:
+        return "waiting"
+    if returned_from_checkout and latest is not None and latest.status == CheckoutSession.Status.OPEN:
+        return "waiting"
+    return "unpaid"
+
+
+def _live_context(contract: Contract, *, returned_from_checkout: bool = False) -> dict:
     """Context of the part of the rental page that polls: status, steps, connection, recipe log."""
     recipe_run = RecipeRun.objects.filter(contract=contract).order_by("-started_at", "-id").first()
-    polling = contract.status in POLLING_STATUSES or (
+    card_payment = _card_payment_state(contract, returned_from_checkout=returned_from_checkout)
+    polling = (contract.status in POLLING_STATUSES and card_payment != "unpaid") or (
         recipe_run is not None and recipe_run.status == RecipeRunStatus.RUNNING
     )
     # An ended rental that never reached provisioning (rejected, cancelled before acceptance)
@@ -286,6 +335,8 @@ def _live_context(contract: Contract) -> dict:
         "recipe_run": recipe_run,
         "recipe_output": recipe_run.output if recipe_run is not None else "",
         "host_key_fingerprint": _fingerprint(contract.host_public_key),
+        "card_payment": card_payment,
+        "returned_from_checkout": returned_from_checkout,
     }
 
 
@@ -346,14 +397,14 @@ def _render_rental_page(request: HttpRequest, contract: Contract, *, reject_form
     is_tenant = contract.tenant_id == request.user.pk
     is_provider = contract.provider.user_id == request.user.pk
     payments = list(Payment.objects.filter(contract=contract).order_by("created_at", "id"))
-    context = _live_context(contract)
+    context = _live_context(contract, returned_from_checkout=request.GET.get("checkout") == "success")
     context.update(
         {
             "is_tenant": is_tenant,
             "is_provider": is_provider,
             "can_decide": (is_provider or request.user.is_staff) and contract.can_accept(),
             "can_cancel": (is_tenant or request.user.is_staff) and contract.can_cancel(),
-            "ends_now": contract.status != ContractStatus.ACTIVE or contract.is_sandbox or contract.is_self_rental,
+            "ends_now": contract.status != ContractStatus.ACTIVE or contract.cancel_ends_now,
             "refund_state": contract_refund_state(contract),
             "payments": payments,
             "paid_with_sandbox": bool(payments) and all(payment.method == PaymentMethod.SANDBOX for payment in payments),
@@ -376,7 +427,8 @@ def rental_status(request: HttpRequest, public_id) -> HttpResponse:
     sets HX-Refresh so htmx reloads the whole page and actions, payments and history match.
     """
     contract = _get_contract(request, public_id)
-    response = render(request, "marketplace/partials/rental_status.html", _live_context(contract))
+    context = _live_context(contract, returned_from_checkout=request.GET.get("checkout") == "success")
+    response = render(request, "marketplace/partials/rental_status.html", context)
     shown = request.GET.get("shown", "")
     if shown and shown != contract.status and request.htmx:
         response["HX-Refresh"] = "true"
@@ -410,6 +462,19 @@ def rental_cancel(request: HttpRequest, public_id) -> HttpResponse:
         messages.error(request, "Tick the confirmation box to cancel the rental.")
         return redirect(contract.get_absolute_url())
     return _run_contract_action(request, contract, contract_services.contract_cancel, "The rental was cancelled.")
+
+
+@login_required
+@require_POST
+def rental_pay(request: HttpRequest, public_id) -> HttpResponse:
+    """Send the tenant to the card checkout of a rental that is not paid yet ("Retry payment")."""
+    contract = _get_contract(request, public_id)
+    if contract.tenant_id != request.user.pk:
+        return render(request, "403.html", status=403)
+    if contract.status != ContractStatus.REQUESTED or not contract.pays_by_card:
+        messages.error(request, f"Nothing to pay: the rental is {contract.get_status_display().lower()}.")
+        return redirect(contract.get_absolute_url())
+    return redirect(_checkout_redirect(request, contract))
 
 
 @login_required

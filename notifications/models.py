@@ -17,6 +17,9 @@ class Event(models.TextChoices):
     TERMINATION_FAILED = "termination_failed", "Termination failed"
     CREDENTIALS_INVALID = "credentials_invalid", "Cloud credentials invalid"
     SERVER_MISSING = "server_missing", "Server missing"
+    RENEWAL_PAYMENT_FAILED = "renewal_payment_failed", "Renewal payment failed"
+    REFUND_FAILED = "refund_failed", "Refund failed"
+    PAYMENT_DISPUTED = "payment_disputed", "Payment disputed"
 
 
 class Channel(models.TextChoices):

@@ -143,8 +143,35 @@ def session_hetzner_api(session_sshd):
         yield api
 
 
+STRIPE_TEST_SECRET_KEY = "sk_test_platform_loopback"
+STRIPE_TEST_WEBHOOK_SECRET = "whsec_platform_loopback"
+
+
 @pytest.fixture(scope="session")
-def worker_env(django_db_setup, django_db_blocker, session_sshd, session_hetzner_api, tmp_path_factory):
+def session_stripe_api():
+    from tests.peers.stripe_api import StripeApiServer
+
+    with StripeApiServer(secret_key=STRIPE_TEST_SECRET_KEY, webhook_secret=STRIPE_TEST_WEBHOOK_SECRET) as api:
+        yield api
+
+
+@pytest.fixture
+def stripe_api(session_stripe_api, settings):
+    """The fake Stripe API with card payments switched on in this process (workers always have them)."""
+    session_stripe_api.skip_pending_events()
+    session_stripe_api.now = None
+    settings.STRIPE_SECRET_KEY = STRIPE_TEST_SECRET_KEY
+    settings.STRIPE_WEBHOOK_SECRET = STRIPE_TEST_WEBHOOK_SECRET
+    settings.STRIPE_API_BASE = session_stripe_api.url
+    settings.STRIPE_MAX_NETWORK_RETRIES = 0
+    settings.STRIPE_FOR_SANDBOX_OFFERINGS = True
+    settings.SANDBOX_PAYMENTS_FOR_REAL_BACKENDS = False
+    yield session_stripe_api
+    session_stripe_api.now = None
+
+
+@pytest.fixture(scope="session")
+def worker_env(django_db_setup, django_db_blocker, session_sshd, session_hetzner_api, session_stripe_api, tmp_path_factory):
     """Environment for worker subprocesses: the test database, Redis, and the loopback peers."""
     import redis
     from django.conf import settings
@@ -172,6 +199,12 @@ def worker_env(django_db_setup, django_db_blocker, session_sshd, session_hetzner
         "RECIPE_TIMEOUT_SECONDS": "60",
         "PYTHONUNBUFFERED": "1",
         "SANDBOX_PAYMENTS_FOR_REAL_BACKENDS": "true",
+        # Card payments against the fake Stripe API; only rentals created as card-paid use them.
+        "STRIPE_SECRET_KEY": STRIPE_TEST_SECRET_KEY,
+        "STRIPE_WEBHOOK_SECRET": STRIPE_TEST_WEBHOOK_SECRET,
+        "STRIPE_API_BASE": session_stripe_api.url,
+        "STRIPE_MAX_NETWORK_RETRIES": "0",
+        "STRIPE_FOR_SANDBOX_OFFERINGS": "true",
     }
     return env
 

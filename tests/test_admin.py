@@ -74,6 +74,22 @@ def dataset():
     manual = make_provider(display_name="Careful Cloud", auto_accept=False)
     rejected = make_contract(tenant=tenant, offering=make_offering(provider=manual))
     contract_reject(contract=rejected, actor=manual.user, reason="No capacity.")
+    # Card-payment records, as the Stripe webhook handlers store them.
+    from billing.models import CheckoutSession, Dispute, StripeCustomer, Subscription, WebhookEvent
+
+    StripeCustomer.objects.create(user=tenant, customer_id="cus_example")
+    CheckoutSession.objects.create(
+        contract=provisioning, session_id="cs_test_example", url="https://checkout.example.com/cs_test_example",
+        expires_at=timezone.now(),
+    )
+    Subscription.objects.create(contract=provisioning, subscription_id="sub_example", customer_id="cus_example", status="active")
+    WebhookEvent.objects.create(
+        event_id="evt_example", type="invoice.paid", contract=provisioning, outcome="<b>recorded</b>",
+        payload={"id": "evt_example", "type": "invoice.paid"},
+    )
+    Dispute.objects.create(
+        payment=provisioning.payments.first(), dispute_id="du_example", amount_cents=574, currency="EUR", reason="fraudulent"
+    )
     return {"provisioning": provisioning, "rejected": rejected, "hetzner": hetzner, "run": run}
 
 

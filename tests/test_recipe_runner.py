@@ -165,7 +165,7 @@ def test_run_timeout_kills_script_ignoring_sigterm(sshd, client_key) -> None:
     pid_file = sshd.workdir / "pid"
     script = f"trap '' TERM\necho $$ > {pid_file}\nwhile true; do sleep 0.1; done\n"
 
-    result, _ = _run(sshd, client_key, script, timeout_seconds=1)
+    result, _ = _run(sshd, client_key, script, timeout_seconds=3)  # Long enough for a loaded machine to start the script.
 
     assert result.timed_out is True
     assert not _process_is_running(int(pid_file.read_text()))

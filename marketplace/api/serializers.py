@@ -281,6 +281,14 @@ class RentalListSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class RentalPaymentSerializer(serializers.Serializer):
+    method = serializers.CharField(allow_null=True, help_text="stripe, sandbox or free.")
+    state = serializers.ChoiceField(choices=["unpaid", "awaiting_confirmation", "paid"])
+    checkout_url = serializers.URLField(
+        allow_null=True, help_text="Stripe's payment page for an unpaid card rental; open it in a browser to pay."
+    )
+
+
 class RentalDetailSerializer(RentalListSerializer):
     """A rental with its progress, connection details, recipe run summary and history."""
 
@@ -291,11 +299,13 @@ class RentalDetailSerializer(RentalListSerializer):
     role = serializers.SerializerMethodField()
     can_cancel = serializers.BooleanField(read_only=True)
     can_accept = serializers.BooleanField(read_only=True)
+    payment = serializers.SerializerMethodField()
 
     class Meta(RentalListSerializer.Meta):
         fields = (
             *RentalListSerializer.Meta.fields,
             "role",
+            "payment",
             "status_reason",
             "steps",
             "vcpu",
@@ -318,6 +328,20 @@ class RentalDetailSerializer(RentalListSerializer):
             "events",
         )
         read_only_fields = fields
+
+    @extend_schema_field(RentalPaymentSerializer)
+    def get_payment(self, obj: Contract) -> dict:
+        """How the rental is paid and, for an unpaid card rental, where its tenant pays."""
+        checkout_url = None
+        state = "paid" if obj.paid_at else "unpaid"
+        if obj.pays_by_card and obj.status == "requested":
+            latest = obj.checkout_sessions.first()
+            if latest is not None and latest.status == "complete":
+                state = "awaiting_confirmation"
+            request = self.context.get("request")
+            if latest is not None and latest.is_usable and request is not None and request.user.pk == obj.tenant_id:
+                checkout_url = latest.url
+        return {"method": obj.payment_method or None, "state": state, "checkout_url": checkout_url}
 
     @extend_schema_field(StepStateSerializer(many=True))
     def get_steps(self, obj: Contract) -> list[dict]:

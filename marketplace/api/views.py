@@ -21,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
 
 from billing.services import PaymentFailed
+from billing.stripe_billing import CheckoutUnavailable, checkout_open
 from marketplace.api.serializers import (
     ErrorSerializer,
     OfferingSerializer,
@@ -66,6 +67,12 @@ ERROR_RESPONSES = {
     404: OpenApiResponse(ErrorSerializer, description="Not found, or not yours."),
 }
 CONFLICT_RESPONSE = {409: OpenApiResponse(ErrorSerializer, description="The rental is not in a state that allows this.")}
+
+
+class ServiceUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The payment processor did not answer; try again in a minute."
+    default_code = "payment_processor_unavailable"
 
 
 class PaymentRequired(APIException):
@@ -193,7 +200,9 @@ class RentalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
                 raise
             raise serializers.ValidationError(_changed_terms_fields(offering, data) or {"offering": exc.messages}) from exc
 
-        if contract.status == ContractStatus.REQUESTED:
+        if contract.status == ContractStatus.REQUESTED and contract.pays_by_card:
+            self._open_checkout(contract)
+        elif contract.status == ContractStatus.REQUESTED:
             try:
                 contract = contract_services.contract_pay(contract=contract, actor=request.user)
             except contract_services.InvalidTransition as exc:
@@ -238,6 +247,38 @@ class RentalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         contract = self.get_object()
         contract = contract_services.contract_cancel(contract=contract, actor=request.user)
         return self._detail_response(contract.pk)
+
+    @extend_schema(
+        summary="Pay an unpaid card rental",
+        description=(
+            "Opens (or reuses) a Stripe Checkout page for a rental that is waiting for card payment and "
+            "returns the rental with `payment.checkout_url`. The rental becomes paid when Stripe confirms "
+            "the payment. Only the tenant may pay."
+        ),
+        request=None,
+        responses={200: RentalDetailSerializer, **ERROR_RESPONSES, **CONFLICT_RESPONSE},
+    )
+    @action(detail=True, methods=["post"])
+    def pay(self, request, public_id=None):
+        contract = self.get_object()
+        if contract.tenant_id != request.user.pk:
+            raise PermissionError(f"User {request.user.pk} is not the tenant of contract {contract.pk}.")
+        if contract.status != ContractStatus.REQUESTED or not contract.pays_by_card:
+            raise contract_services.InvalidTransition(contract, "be paid by card")
+        self._open_checkout(contract)
+        return self._detail_response(contract.pk)
+
+    def _open_checkout(self, contract: Contract) -> None:
+        rental_url = self.request.build_absolute_uri(contract.get_absolute_url())
+        try:
+            checkout_open(
+                contract=contract,
+                actor=self.request.user,
+                success_url=f"{rental_url}?checkout=success",
+                cancel_url=f"{rental_url}?checkout=cancelled",
+            )
+        except CheckoutUnavailable as exc:
+            raise ServiceUnavailable(str(exc)) from exc
 
     def _detail_response(self, contract_id: int) -> Response:
         contract = rental_detail_queryset(contract_visible_to(user=self.request.user)).get(pk=contract_id)

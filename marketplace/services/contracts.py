@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -144,7 +144,7 @@ def contract_create(
         raise ValidationError("The recipe of this offering changed since you opened the page; review it and confirm again.")
     from billing.services import payment_method_check
 
-    payment_method_check(offering=offering, tenant=tenant)
+    payment_method = payment_method_check(offering=offering, tenant=tenant)
 
     version = offering.recipe_version
     contract = Contract(
@@ -163,6 +163,7 @@ def contract_create(
             else 0
         ),
         is_self_rental=is_self_rental,
+        payment_method=payment_method,
         vcpu=offering.vcpu,
         memory_mib=offering.memory_mib,
         disk_gb=offering.disk_gb,
@@ -199,8 +200,9 @@ def new_idempotency_key() -> str:
 
 @transaction.atomic
 def contract_pay(*, contract: Contract, actor: User) -> Contract:
-    """Collect the first period's payment and move the contract to `paid`.
+    """Collect the first period's payment (sandbox or free) and move the contract to `paid`.
 
+    Card-paid rentals are paid through Stripe Checkout instead (`contract_confirm_payment`).
     The provider's auto-accept (or a self-rental) accepts at once in the same transaction.
     """
     from billing.services import payment_collect
@@ -211,21 +213,81 @@ def contract_pay(*, contract: Contract, actor: User) -> Contract:
     now = timezone.now()
     period_end = add_months(now, 1)
     payment = payment_collect(contract=contract, period_start=now, period_end=period_end)
+    return _mark_paid(contract, actor=actor, actor_label="tenant", payment=payment)
+
+
+def contract_confirm_payment(*, contract: Contract, payment) -> Contract:
+    """Move a requested rental to `paid` after the processor confirmed its first payment.
+
+    The caller holds the contract's row lock (the webhook handler) and recorded `payment`.
+    """
+    return _mark_paid(contract, actor=None, actor_label="stripe", payment=payment)
+
+
+def _mark_paid(contract: Contract, *, actor: User | None, actor_label: str, payment) -> Contract:
     contract = _move(
         contract,
         allowed_from={ContractStatus.REQUESTED},
         to_status=ContractStatus.PAID,
         action="be paid",
         actor=actor,
-        actor_label="tenant",
+        actor_label=actor_label,
         reason=f"Paid with {payment.get_method_display()}.",
-        paid_at=now,
-        paid_until=period_end,
+        paid_at=payment.period_start,
+        paid_until=payment.period_end,
     )
     _notify(contract, "rental_paid", to_tenant=False)
     if contract.is_self_rental or contract.provider.auto_accept:
         contract = _accept(contract, actor=None, actor_label="system", reason="Accepted automatically.")
     return contract
+
+
+def contract_extend_paid_period(*, contract: Contract, period_end: datetime, reason: str) -> Contract:
+    """Extend the paid period of a locked, running rental to `period_end` (never shortens it)."""
+    if contract.paid_until is not None and contract.paid_until >= period_end:
+        return contract
+    Contract.objects.filter(pk=contract.pk).update(paid_until=period_end, updated_at=timezone.now())
+    _record(contract, to_status=contract.status, actor=None, actor_label="stripe", reason=reason)
+    contract.refresh_from_db()
+    logger.info("Contract %s: paid until %s (%s)", contract.pk, period_end.isoformat(), reason)
+    return contract
+
+
+def contract_note(*, contract_id: int, reason: str, actor: User | None = None, actor_label: str = "system") -> None:
+    """Add a history row that records something without changing the status."""
+    contract = Contract.objects.get(pk=contract_id)
+    _record(contract, to_status=contract.status, actor=actor, actor_label=actor_label, reason=reason)
+
+
+@transaction.atomic
+def contract_end_at_period_end(*, contract_id: int, reason: str, actor_label: str = "stripe") -> Contract:
+    """Mark a running rental to end when its paid period does (its billing stopped elsewhere)."""
+    contract = _lock(contract_id)
+    if contract.is_ended or contract.cancel_at_period_end:
+        return contract
+    Contract.objects.filter(pk=contract.pk).update(cancel_at_period_end=True, updated_at=timezone.now())
+    _record(contract, to_status=contract.status, actor=None, actor_label=actor_label, reason=reason)
+    contract.refresh_from_db()
+    return contract
+
+
+def _close_checkouts(contract: Contract) -> None:
+    """After commit, expire the open card checkouts of a rental that no longer wants payment."""
+    from billing.models import CheckoutSession
+    from billing.tasks import checkout_expire_task
+
+    for session_id in CheckoutSession.objects.filter(contract=contract, status=CheckoutSession.Status.OPEN).values_list("pk", flat=True):
+        transaction.on_commit(lambda pk=session_id: checkout_expire_task.delay(pk))
+
+
+def _stop_billing(contract: Contract) -> None:
+    """After commit, cancel the rental's card subscription so it never charges again."""
+    if not contract.pays_by_card:
+        return
+    from billing.tasks import subscription_cancel_task
+
+    contract_pk = contract.pk
+    transaction.on_commit(lambda: subscription_cancel_task.delay(contract_pk))
 
 
 # --- provider decisions ---------------------------------------------------------------------
@@ -274,6 +336,7 @@ def contract_reject(*, contract: Contract, actor: User, reason: str) -> Contract
         ended_at=timezone.now(),
     )
     payment_refund_contract(contract=contract, reason=f"Rejected by the provider: {reason}")
+    _stop_billing(contract)
     _notify(contract, "rental_rejected")
     return contract
 
@@ -378,6 +441,7 @@ def contract_fail(
         lease_expires_at=None,
     )
     payment_refund_contract(contract=contract, reason=f"Provisioning failed: {reason}")
+    _stop_billing(contract)
     contract_pk = contract.pk
     transaction.on_commit(lambda: cleanup_contract_servers_task.delay(contract_pk))
     _notify(contract, "rental_failed")
@@ -403,11 +467,13 @@ def contract_cancel(*, contract: Contract, actor: User) -> Contract:
     label = "tenant" if contract.tenant_id == actor.pk else "staff"
 
     if contract.status == ContractStatus.REQUESTED:
-        return _move(
+        contract = _move(
             contract, allowed_from={ContractStatus.REQUESTED}, to_status=ContractStatus.CANCELLED,
             action="be cancelled", actor=actor, actor_label=label, reason="Cancelled before payment.",
             ended_at=timezone.now(),
         )
+        _close_checkouts(contract)
+        return contract
     if contract.status == ContractStatus.PAID:
         contract = _move(
             contract, allowed_from={ContractStatus.PAID}, to_status=ContractStatus.CANCELLED,
@@ -415,6 +481,7 @@ def contract_cancel(*, contract: Contract, actor: User) -> Contract:
             reason="Cancelled before the provider accepted; refunded in full.", ended_at=timezone.now(),
         )
         payment_refund_contract(contract=contract, reason="Cancelled before acceptance.")
+        _stop_billing(contract)
         _notify(contract, "rental_cancelled")
         return contract
     if contract.status == ContractStatus.PROVISIONING:
@@ -422,11 +489,16 @@ def contract_cancel(*, contract: Contract, actor: User) -> Contract:
             contract=contract, actor=actor, actor_label=label, reason="Cancelled during provisioning; refunded in full."
         )
     if contract.status == ContractStatus.ACTIVE:
-        if contract.is_sandbox or contract.is_self_rental:
+        if contract.cancel_ends_now:
             return _begin_termination(contract, actor=actor, actor_label=label, reason="Cancelled by the tenant.")
         if contract.cancel_at_period_end:
             return contract
         Contract.objects.filter(pk=contract.pk).update(cancel_at_period_end=True, updated_at=timezone.now())
+        if contract.pays_by_card:
+            from billing.tasks import subscription_cancel_at_period_end_task
+
+            contract_pk = contract.pk
+            transaction.on_commit(lambda: subscription_cancel_at_period_end_task.delay(contract_pk))
         _record(
             contract, to_status=contract.status, actor=actor, actor_label=label,
             reason=f"Cancelled by the tenant; runs until the end of the paid period ({contract.paid_until:%Y-%m-%d %H:%M} UTC).",
@@ -450,6 +522,7 @@ def _begin_termination(contract: Contract, *, actor: User | None, actor_label: s
         reason=reason,
         attempts=0,
     )
+    _stop_billing(contract)
     contract_pk = contract.pk
     transaction.on_commit(lambda: terminate_contract_task.delay(contract_pk))
     return contract
@@ -482,6 +555,7 @@ def contract_cancel_provisioning(*, contract: Contract, actor: User | None, acto
         lease_expires_at=None,
     )
     payment_refund_contract(contract=contract, reason=f"Provisioning stopped: {reason}")
+    _stop_billing(contract)
     contract_pk = contract.pk
     transaction.on_commit(lambda: terminate_contract_task.delay(contract_pk))
     _notify(contract, "rental_cancelled")
@@ -553,6 +627,10 @@ def contracts_end_expired(*, now: datetime | None = None) -> list[int]:
                 _begin_termination(contract, actor=None, actor_label="system", reason="The paid period ended.")
                 ended.append(contract_id)
                 continue
+            if contract.pays_by_card:
+                # Stripe charges the renewal and its invoice.paid event extends the period;
+                # billing.tasks checks overdue card rentals against Stripe.
+                continue
             blocker = _renewal_blocker(contract)
             if blocker:
                 _begin_termination(contract, actor=None, actor_label="system", reason=f"Not renewed: {blocker}")
@@ -572,6 +650,32 @@ def contracts_end_expired(*, now: datetime | None = None) -> list[int]:
             _record(contract, to_status=contract.status, actor=None, actor_label="system",
                     reason=f"Renewed until {end:%Y-%m-%d %H:%M} UTC.")
     return ended
+
+
+def contracts_cancel_abandoned(*, now: datetime | None = None) -> list[int]:
+    """Cancel unpaid card rental requests whose checkout was never completed."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.CHECKOUT_ABANDONED_AFTER_SECONDS)
+    stale = Contract.objects.filter(status=ContractStatus.REQUESTED, created_at__lt=cutoff).values_list("pk", flat=True)
+    cancelled = []
+    for contract_id in list(stale[:500]):
+        with transaction.atomic():
+            contract = _lock(contract_id)
+            if contract.status != ContractStatus.REQUESTED:
+                continue
+            _move(
+                contract, allowed_from={ContractStatus.REQUESTED}, to_status=ContractStatus.CANCELLED,
+                action="be cancelled", actor=None, actor_label="system",
+                reason="Cancelled because the payment was not completed in time.", ended_at=now,
+            )
+            _close_checkouts(contract)
+            cancelled.append(contract_id)
+    return cancelled
+
+
+def renewal_blocker(contract: Contract) -> str:
+    """Return why the tenant must not be charged for another period, or ""."""
+    return _renewal_blocker(contract)
 
 
 def _renewal_blocker(contract: Contract) -> str:

@@ -326,6 +326,11 @@ class StripeApiServer:
         with self._lock:
             return copy.deepcopy(self._state.events)
 
+    def skip_pending_events(self) -> None:
+        """Mark every event recorded so far as delivered, so `deliver_to()` sends only newer ones."""
+        with self._lock:
+            self._state.delivered_event_ids.update(event["id"] for event in self._state.events)
+
     def events_of_type(self, event_type: str) -> list[dict[str, Any]]:
         """Return copies of the events of one type, oldest first."""
         return [event for event in self.events if event["type"] == event_type]
@@ -966,6 +971,43 @@ class StripeApiServer:
             self._emit("charge.dispute.created", dispute)
             return copy.deepcopy(dispute)
 
+    # -- customer portal and exhausted payment retries ----------------------------------------
+
+    def create_billing_portal_session(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Create a customer portal session for an existing customer."""
+        if not params.get("customer"):
+            raise StripeError(
+                400, "Missing required param: customer.", code="parameter_missing", param="customer"
+            )
+        self._lookup(params["customer"], "customer", param="customer")
+        session = self._base("bps", "billing_portal.session", None)
+        session.update(
+            {
+                "customer": params["customer"],
+                "return_url": params.get("return_url"),
+                "url": f"{self.url}/billing_portal/{session['id']}",
+                "configuration": "bpc_default",
+                "locale": None,
+                "on_behalf_of": None,
+            }
+        )
+        return self._store(session)
+
+    def exhaust_retries(self, subscription_id: str) -> dict[str, Any]:
+        """Fail the last try of a past-due subscription's open invoice, as Stripe's retry
+        schedule does at its end: `invoice.payment_failed` with no `next_payment_attempt`, then
+        the subscription is cancelled (`customer.subscription.deleted`). Returns the invoice."""
+        with self._lock:
+            subscription = self._lookup(subscription_id, "subscription")
+            invoice = self._state.objects.get(subscription.get("latest_invoice") or "")
+            if invoice is None or invoice["status"] != "open":
+                raise StripeError(400, f"Subscription {subscription_id} has no open invoice to retry.")
+            invoice["attempt_count"] += 1
+            invoice["next_payment_attempt"] = None
+            self._emit("invoice.payment_failed", invoice)
+            self._cancel_subscription(subscription)
+            return copy.deepcopy(invoice)
+
     # -- webhooks ----------------------------------------------------------------------------
 
     def signed_payload(
@@ -1126,6 +1168,9 @@ class _StripeHandler(BaseHTTPRequestHandler):
             if split.path.startswith("/checkout/"):
                 self._hosted_checkout(method, split.path, record)
                 return
+            if split.path.startswith("/billing_portal/"):
+                self._hosted_portal(split.path, record)
+                return
             if split.path.startswith("/_test/"):
                 status, body = self._test_control(method, split.path, record.params)
             elif split.path.startswith("/v1/"):
@@ -1245,8 +1290,18 @@ class _StripeHandler(BaseHTTPRequestHandler):
                 result = api._lookup(object_id, "payment_intent")
             case "GET", ["charges", object_id]:
                 result = api._lookup(object_id, "charge")
+            case "POST", ["billing_portal", "sessions"]:
+                result = api.create_billing_portal_session(params)
             case "POST", ["refunds"]:
                 result = api.create_refund(params)
+            case "GET", ["refunds"]:
+                refunds = [
+                    obj
+                    for obj in api._state.objects.values()
+                    if obj["object"] == "refund"
+                    and all(obj.get(name) == query[name] for name in ("payment_intent", "charge") if name in query)
+                ]
+                result = _list_response(refunds, url="/v1/refunds", query=query)
             case "GET", ["refunds", object_id]:
                 result = api._lookup(object_id, "refund")
             case "GET", ["disputes", object_id]:
@@ -1278,6 +1333,8 @@ class _StripeHandler(BaseHTTPRequestHandler):
                 case ["subscriptions", subscription_id, "renew"]:
                     invoice = api.renew(subscription_id, paid=params.get("paid", True))
                     return 200, {"invoice": invoice}
+                case ["subscriptions", subscription_id, "exhaust_retries"]:
+                    return 200, api.exhaust_retries(subscription_id)
                 case ["charges", charge_id, "dispute"]:
                     return 200, api.dispute(charge_id)
                 case ["refunds", "fail_next"]:
@@ -1314,6 +1371,26 @@ class _StripeHandler(BaseHTTPRequestHandler):
         self.send_header("Location", target)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+    def _hosted_portal(self, path: str, record: RecordedRequest) -> None:
+        """Serve a stand-in for the customer portal: the customer id and a link back."""
+        session_id = path.strip("/").split("/")[1] if path.count("/") >= 2 else ""
+        with self.api._lock:
+            session = copy.deepcopy(self.api._lookup(session_id, "billing_portal.session"))
+        back = html.escape(session["return_url"] or "")
+        page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Test customer portal</title></head>
+<body><h1>Test customer portal</h1>
+<p>Customer <code id="customer">{html.escape(session["customer"])}</code></p>
+<p><a id="return" href="{back}">Return</a></p></body></html>
+"""
+        body = page.encode()
+        record.status = 200
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _send_checkout_page(self, session: dict[str, Any]) -> None:
         amount = f"{session['amount_total'] / 100:.2f} {str(session['currency']).upper()}"

@@ -1,0 +1,512 @@
+"""Card payments through Stripe: Checkout, subscriptions, refunds and the customer portal.
+
+Every call to Stripe happens outside database transactions and row locks, with an idempotency
+key derived from our own rows, so a retried call (by a user, a worker or a periodic task)
+never creates a second object at Stripe. What Stripe reports back is applied by one function
+per change, under a row lock, after checking the current state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import stripe
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from billing.gateway import stripe_client
+from billing.models import (
+    CheckoutSession,
+    Payment,
+    PaymentMethod,
+    PaymentStatus,
+    Refund,
+    StripeCustomer,
+    Subscription,
+)
+
+logger = logging.getLogger(__name__)
+
+# Stripe subscription statuses after which it will never charge again.
+ENDED_SUBSCRIPTION_STATUSES = frozenset({"canceled", "unpaid", "incomplete_expired"})
+# Refund retry backoff: 1, 2, 4 ... minutes, at most six hours.
+REFUND_RETRY_BASE_SECONDS = 60
+REFUND_RETRY_MAX_SECONDS = 6 * 3600
+
+
+class CheckoutUnavailable(Exception):
+    """Stripe could not open a checkout; the message is safe to show the tenant."""
+
+
+def from_timestamp(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    return datetime.fromtimestamp(int(value), tz=UTC)
+
+
+def _key(*parts: object) -> str:
+    """An idempotency key scoped to this deployment, so two deployments sharing a Stripe account never collide."""
+    return "-".join([settings.DEPLOYMENT_NAME, *(str(part) for part in parts)])[:255]
+
+
+def _metadata(contract) -> dict[str, str]:
+    return {"contract_id": str(contract.public_id), "deployment": settings.DEPLOYMENT_NAME}
+
+
+def _error_text(exc: stripe.StripeError) -> str:
+    code = getattr(exc, "code", None) or type(exc).__name__
+    message = getattr(exc, "user_message", None) or str(exc) or "no message"
+    return f"{code}: {message}"[:2000]
+
+
+# --- customers and checkout -------------------------------------------------------------------
+
+
+def customer_for(user) -> str:
+    """Return the user's Stripe customer id, creating the customer on first use."""
+    existing = StripeCustomer.objects.filter(user=user).values_list("customer_id", flat=True).first()
+    if existing:
+        return existing
+    customer = stripe_client().v1.customers.create(
+        params={"email": user.email, "metadata": {"user_id": str(user.pk), "deployment": settings.DEPLOYMENT_NAME}},
+        options={"idempotency_key": _key("customer", user.pk)},
+    )
+    try:
+        with transaction.atomic():
+            StripeCustomer.objects.create(user=user, customer_id=customer.id)
+    except IntegrityError:
+        # A concurrent request stored it first; the idempotency key gave both the same customer.
+        pass
+    logger.info("Stripe customer %s for user %s", customer.id, user.pk)
+    return StripeCustomer.objects.get(user=user).customer_id
+
+
+def checkout_open(*, contract, actor, success_url: str, cancel_url: str) -> CheckoutSession:
+    """Return a usable Checkout Session for the first period of a requested card-paid rental.
+
+    An open session is reused (a double click or a "retry payment" after the tenant left the
+    checkout page goes back to it); otherwise a new one is created, with the contract id in the
+    metadata of the session and of the subscription (and so of its invoices).
+    """
+    from marketplace.models import ContractStatus
+    from marketplace.services.contracts import InvalidTransition, contract_note
+
+    if contract.tenant_id != actor.pk:
+        raise PermissionError(f"User {actor.pk} is not the tenant of contract {contract.pk}.")
+    if contract.status != ContractStatus.REQUESTED:
+        raise InvalidTransition(contract, "be paid")
+    if contract.payment_method != PaymentMethod.STRIPE:
+        raise CheckoutUnavailable("This rental is not paid by card.")
+    margin = timezone.now() + timedelta(minutes=5)
+    session = contract.checkout_sessions.filter(status=CheckoutSession.Status.OPEN, expires_at__gt=margin).first()
+    if session is not None and session.url:
+        return session
+
+    attempt = contract.checkout_sessions.count() + 1
+    metadata = _metadata(contract)
+    try:
+        customer_id = customer_for(contract.tenant)
+        client = stripe_client()
+        product = client.v1.products.create(
+            params={"name": contract.offering_name[:250], "metadata": metadata},
+            options={"idempotency_key": _key("contract", contract.public_id, "product")},
+        )
+        price = client.v1.prices.create(
+            params={
+                "product": product.id,
+                "currency": contract.currency.lower(),
+                "unit_amount": contract.price_cents,
+                "recurring": {"interval": "month"},
+                "metadata": metadata,
+            },
+            options={"idempotency_key": _key("contract", contract.public_id, "price")},
+        )
+        created = client.v1.checkout.sessions.create(
+            params={
+                "mode": "subscription",
+                "customer": customer_id,
+                "client_reference_id": str(contract.public_id),
+                "line_items": [{"price": price.id, "quantity": 1}],
+                "success_url": success_url,
+                "cancel_url": cancel_url,
+                "metadata": metadata,
+                "subscription_data": {"metadata": metadata},
+            },
+            options={"idempotency_key": _key("contract", contract.public_id, "checkout", attempt)},
+        )
+    except stripe.StripeError as exc:
+        logger.warning("Contract %s: opening a Stripe checkout failed: %s", contract.pk, _error_text(exc))
+        raise CheckoutUnavailable(
+            "The card payment page could not be opened because the payment processor did not answer. "
+            "Nothing was charged; try again in a minute."
+        ) from exc
+    session, was_created = CheckoutSession.objects.get_or_create(
+        session_id=created.id,
+        defaults={
+            "contract": contract,
+            "url": created.url or "",
+            "expires_at": from_timestamp(created.expires_at) or timezone.now() + timedelta(hours=23),
+        },
+    )
+    if was_created:
+        contract_note(contract_id=contract.pk, actor=actor, actor_label="tenant", reason="Card checkout opened.")
+        logger.info("Contract %s: Stripe checkout %s opened (attempt %s)", contract.pk, created.id, attempt)
+    return session
+
+
+def checkout_expire(*, session: CheckoutSession) -> None:
+    """Expire an open Checkout Session so nobody can pay a rental that no longer wants payment."""
+    try:
+        stripe_client().v1.checkout.sessions.expire(session.session_id)
+    except stripe.InvalidRequestError as exc:
+        # Already complete or expired: the webhook records which; a late payment is refunded.
+        logger.info("Checkout %s could not be expired: %s", session.session_id, _error_text(exc))
+        return
+    CheckoutSession.objects.filter(pk=session.pk, status=CheckoutSession.Status.OPEN).update(
+        status=CheckoutSession.Status.EXPIRED, updated_at=timezone.now()
+    )
+    logger.info("Checkout %s of contract %s expired", session.session_id, session.contract_id)
+
+
+def portal_url(*, user, return_url: str) -> str:
+    """Return a Stripe customer portal link where the user manages saved cards and sees receipts."""
+    customer_id = customer_for(user)
+    session = stripe_client().v1.billing_portal.sessions.create(params={"customer": customer_id, "return_url": return_url})
+    logger.info("Stripe customer portal opened for user %s", user.pk)
+    return session.url
+
+
+# --- payments from invoices --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InvoiceFacts:
+    """What the platform needs from a Stripe invoice, read tolerantly across API versions."""
+
+    invoice_id: str
+    subscription_id: str
+    customer_id: str
+    billing_reason: str
+    amount_paid: int
+    currency: str
+    period_start: datetime
+    period_end: datetime
+    payment_intent_id: str
+    charge_id: str
+    tax_cents: int | None
+    next_payment_attempt: datetime | None
+
+
+def invoice_facts(invoice: dict[str, Any]) -> InvoiceFacts:
+    lines = ((invoice.get("lines") or {}).get("data")) or []
+    period = (lines[0].get("period") if lines else None) or {}
+    start = from_timestamp(period.get("start") or invoice.get("period_start"))
+    end = from_timestamp(period.get("end") or invoice.get("period_end"))
+    parent = ((invoice.get("parent") or {}).get("subscription_details")) or {}
+    subscription_id = invoice.get("subscription") or parent.get("subscription") or ""
+    payment_intent = invoice.get("payment_intent") or ""
+    if not payment_intent:
+        # Newer API versions list payments instead of a top-level payment_intent.
+        for item in ((invoice.get("payments") or {}).get("data")) or []:
+            payment_intent = ((item.get("payment") or {}).get("payment_intent")) or ""
+            if payment_intent:
+                break
+    tax: int | None = None
+    if invoice.get("total_taxes"):
+        tax = sum(int(item.get("amount") or 0) for item in invoice["total_taxes"])
+    elif invoice.get("tax") is not None:
+        tax = int(invoice["tax"])
+    return InvoiceFacts(
+        invoice_id=invoice["id"],
+        subscription_id=subscription_id if isinstance(subscription_id, str) else subscription_id.get("id", ""),
+        customer_id=invoice.get("customer") or "",
+        billing_reason=invoice.get("billing_reason") or "",
+        amount_paid=int(invoice.get("amount_paid") or 0),
+        currency=(invoice.get("currency") or "").upper(),
+        period_start=start or timezone.now(),
+        period_end=end or timezone.now(),
+        payment_intent_id=payment_intent if isinstance(payment_intent, str) else payment_intent.get("id", ""),
+        charge_id=invoice.get("charge") or "",
+        tax_cents=tax,
+        next_payment_attempt=from_timestamp(invoice.get("next_payment_attempt")),
+    )
+
+
+def payment_record_invoice(*, contract, facts: InvoiceFacts) -> tuple[Payment, bool]:
+    """Record the payment of a paid Stripe invoice once; return (payment, created).
+
+    Runs inside the caller's transaction with the contract row locked; the unique invoice id
+    makes a replayed or concurrent event find the first payment.
+    """
+    from billing.services import _payment_succeeded
+
+    existing = Payment.objects.filter(stripe_invoice_id=facts.invoice_id).first()
+    if existing is not None:
+        return existing, False
+    payment = Payment.objects.create(
+        contract=contract,
+        method=PaymentMethod.STRIPE,
+        status=PaymentStatus.SUCCEEDED,
+        amount_cents=facts.amount_paid,
+        currency=facts.currency or contract.currency,
+        period_start=facts.period_start,
+        period_end=facts.period_end,
+        reference=facts.invoice_id,
+        stripe_invoice_id=facts.invoice_id,
+        stripe_payment_intent_id=facts.payment_intent_id,
+        stripe_charge_id=facts.charge_id,
+        processor_tax_cents=facts.tax_cents,
+    )
+    _payment_succeeded(payment)
+    logger.info(
+        "Payment %s recorded for contract %s from Stripe invoice %s: %s %s (%s)",
+        payment.pk, contract.pk, facts.invoice_id, facts.amount_paid, payment.currency, facts.billing_reason,
+    )
+    return payment, True
+
+
+def subscription_remember(*, contract, subscription_id: str, customer_id: str = "", status: str = "") -> Subscription | None:
+    """Store (or update) the subscription that bills `contract`."""
+    if not subscription_id:
+        return None
+    subscription, created = Subscription.objects.get_or_create(
+        contract=contract, defaults={"subscription_id": subscription_id, "customer_id": customer_id, "status": status}
+    )
+    if not created:
+        fields = {}
+        if customer_id and not subscription.customer_id:
+            fields["customer_id"] = customer_id
+        if status and subscription.status != status:
+            fields["status"] = status
+        if fields:
+            Subscription.objects.filter(pk=subscription.pk).update(updated_at=timezone.now(), **fields)
+            subscription.refresh_from_db()
+    return subscription
+
+
+# --- refunds -------------------------------------------------------------------------------------
+
+
+def refund_execute(*, refund_id: int) -> Refund:
+    """Ask Stripe to refund a pending or failed refund row, and record the answer.
+
+    The row's idempotency key goes with every call, so a retry after a timeout (when Stripe may
+    have refunded already) gets the same refund back instead of a second one.
+    """
+    refund = Refund.objects.select_related("payment").get(pk=refund_id)
+    if refund.status == Refund.Status.SUCCEEDED:
+        return refund
+    payment = refund.payment
+    params: dict[str, Any] = {
+        "amount": refund.amount_cents,
+        "metadata": {"refund_id": str(refund.pk), "contract_id": str(payment.contract.public_id)},
+    }
+    if payment.stripe_payment_intent_id:
+        params["payment_intent"] = payment.stripe_payment_intent_id
+    elif payment.stripe_charge_id:
+        params["charge"] = payment.stripe_charge_id
+    else:
+        return refund_mark_failed(refund_id=refund.pk, error="The payment has no Stripe payment intent or charge to refund.")
+    attempt = refund.attempts + 1
+    logger.info("Refund %s: calling Stripe (attempt %s) for payment %s", refund.pk, attempt, payment.pk)
+    try:
+        # Stripe stores the first answer to an idempotency key, errors included, so each try
+        # has its own key; a try after an unclear outcome (a timeout) first looks for a refund
+        # an earlier try created, so the money is never returned twice.
+        result = _earlier_refund(refund, params) if refund.attempts else None
+        if result is None:
+            result = stripe_client().v1.refunds.create(
+                params=params, options={"idempotency_key": _key("refund", refund.idempotency_key, attempt)}
+            )
+    except stripe.StripeError as exc:
+        logger.warning("Refund %s of payment %s failed at Stripe: %s", refund.pk, payment.pk, _error_text(exc))
+        return refund_mark_failed(refund_id=refund.pk, error=_error_text(exc))
+    if result.status == "succeeded":
+        return refund_mark_succeeded(refund_id=refund.pk, reference=result.id)
+    if result.status in ("failed", "canceled"):
+        reason = getattr(result, "failure_reason", None) or result.status
+        return refund_mark_failed(refund_id=refund.pk, error=f"Stripe refund {result.id} {result.status}: {reason}", reference=result.id)
+    # "pending" or "requires_action": Stripe finishes it later; check again in a while.
+    with transaction.atomic():
+        Refund.objects.filter(pk=refund.pk, status__in=[Refund.Status.PENDING, Refund.Status.FAILED]).update(
+            status=Refund.Status.PENDING,
+            reference=result.id,
+            next_attempt_at=timezone.now() + timedelta(minutes=10),
+            updated_at=timezone.now(),
+        )
+    logger.info("Refund %s is %s at Stripe (%s)", refund.pk, result.status, result.id)
+    return Refund.objects.get(pk=refund.pk)
+
+
+def _earlier_refund(refund: Refund, params: dict[str, Any]):
+    """Return a Stripe refund that an earlier try of this row created, or None."""
+    query = {key: params[key] for key in ("payment_intent", "charge") if key in params}
+    query["limit"] = 100
+    for candidate in stripe_client().v1.refunds.list(params=query).data:
+        metadata = candidate.metadata or {}
+        if metadata.get("refund_id") == str(refund.pk) and candidate.status not in ("failed", "canceled"):
+            logger.info("Refund %s: found the Stripe refund %s an earlier try created", refund.pk, candidate.id)
+            return candidate
+    return None
+
+
+def _sync_payment_refund_status(payment: Payment) -> None:
+    refunds = list(Refund.objects.filter(payment=payment))
+    refunded = sum(r.amount_cents for r in refunds if r.status == Refund.Status.SUCCEEDED)
+    if refunded >= payment.amount_cents and refunded > 0:
+        status = PaymentStatus.REFUNDED
+    elif any(r.status == Refund.Status.FAILED for r in refunds):
+        status = PaymentStatus.REFUND_FAILED
+    elif any(r.status == Refund.Status.PENDING for r in refunds):
+        status = PaymentStatus.REFUND_PENDING
+    else:
+        status = PaymentStatus.SUCCEEDED
+    if payment.status != status:
+        Payment.objects.filter(pk=payment.pk).update(status=status, updated_at=timezone.now())
+
+
+@transaction.atomic
+def refund_mark_succeeded(*, refund_id: int, reference: str) -> Refund:
+    from billing.services import _refund_succeeded
+
+    refund = Refund.objects.select_for_update().select_related("payment").get(pk=refund_id)
+    if refund.status == Refund.Status.SUCCEEDED:
+        return refund
+    payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
+    refund.status = Refund.Status.SUCCEEDED
+    refund.reference = reference
+    refund.error = ""
+    refund.next_attempt_at = None
+    refund.attempts += 1
+    refund.save(update_fields=["status", "reference", "error", "next_attempt_at", "attempts", "updated_at"])
+    _refund_succeeded(refund)
+    _sync_payment_refund_status(payment)
+    logger.info("Refund %s of payment %s succeeded at Stripe (%s)", refund.pk, payment.pk, reference)
+    return refund
+
+
+@transaction.atomic
+def refund_mark_failed(*, refund_id: int, error: str, reference: str = "") -> Refund:
+    """Record a failed refund call: retried with backoff, and staff are told."""
+    from notifications.services import notify_contract_event
+
+    refund = Refund.objects.select_for_update().select_related("payment__contract").get(pk=refund_id)
+    if refund.status == Refund.Status.SUCCEEDED:
+        return refund
+    payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
+    refund.attempts += 1
+    first_failure = refund.status != Refund.Status.FAILED
+    refund.status = Refund.Status.FAILED
+    refund.error = error[:2000]
+    if reference:
+        refund.reference = reference
+    if refund.attempts < settings.BILLING_REFUND_MAX_ATTEMPTS:
+        delay = min(REFUND_RETRY_BASE_SECONDS * 2 ** (refund.attempts - 1), REFUND_RETRY_MAX_SECONDS)
+        refund.next_attempt_at = timezone.now() + timedelta(seconds=delay)
+    else:
+        refund.next_attempt_at = None
+    refund.save(update_fields=["status", "error", "reference", "attempts", "next_attempt_at", "updated_at"])
+    _sync_payment_refund_status(payment)
+    gave_up = refund.next_attempt_at is None
+    logger.warning(
+        "Refund %s of payment %s failed (attempt %s, %s): %s",
+        refund.pk, payment.pk, refund.attempts, "no more retries" if gave_up else f"retry at {refund.next_attempt_at:%H:%M:%S}", error,
+    )
+    if first_failure or gave_up:
+        notify_contract_event(event="refund_failed", contract=payment.contract, to_tenant=False, to_provider=False, to_staff=True)
+    return refund
+
+
+def refunds_due() -> list[int]:
+    """Refund rows a retry sweep should execute now."""
+    now = timezone.now()
+    return list(
+        Refund.objects.filter(
+            status__in=[Refund.Status.PENDING, Refund.Status.FAILED],
+            next_attempt_at__lte=now,
+            attempts__lt=settings.BILLING_REFUND_MAX_ATTEMPTS,
+            payment__method=PaymentMethod.STRIPE,
+        ).values_list("pk", flat=True)[:500]
+    )
+
+
+def refund_record_external(*, payment: Payment, amount_refunded_total: int) -> Refund | None:
+    """Record a refund made outside the platform (the Stripe Dashboard), from `charge.refunded`.
+
+    Refunds the platform started (pending or succeeded) are not counted twice: only the part of
+    Stripe's refunded total that no refund row accounts for is recorded.
+    """
+    from billing.services import _refund_succeeded
+
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=payment.pk)
+        known = (
+            Refund.objects.filter(payment=payment, status__in=[Refund.Status.SUCCEEDED, Refund.Status.PENDING, Refund.Status.FAILED])
+            .aggregate(total=Sum("amount_cents"))["total"]
+            or 0
+        )
+        extra = min(amount_refunded_total, payment.amount_cents) - known
+        if extra <= 0:
+            return None
+        refund = Refund.objects.create(
+            payment=payment,
+            amount_cents=extra,
+            status=Refund.Status.SUCCEEDED,
+            reason="Refunded outside the platform (Stripe Dashboard).",
+            attempts=1,
+        )
+        _refund_succeeded(refund)
+        _sync_payment_refund_status(payment)
+    logger.info("Refund %s of payment %s recorded from Stripe: %s cents made outside the platform", refund.pk, payment.pk, extra)
+    return refund
+
+
+# --- subscriptions ---------------------------------------------------------------------------------
+
+
+def subscription_cancel(*, contract_id: int) -> str:
+    """Cancel a rental's subscription at Stripe now, so it never charges again; return its status."""
+    subscription = Subscription.objects.filter(contract_id=contract_id).first()
+    if subscription is None or subscription.status == "canceled":
+        return subscription.status if subscription else ""
+    Subscription.objects.filter(pk=subscription.pk, cancel_requested_at__isnull=True).update(cancel_requested_at=timezone.now())
+    try:
+        result = stripe_client().v1.subscriptions.cancel(subscription.subscription_id)
+        status = result.status
+    except stripe.InvalidRequestError as exc:
+        if getattr(exc, "code", None) != "resource_missing":
+            Subscription.objects.filter(pk=subscription.pk).update(cancel_error=_error_text(exc))
+            raise
+        status = "canceled"  # Already cancelled (Stripe answers 404 for a cancelled subscription).
+    Subscription.objects.filter(pk=subscription.pk).update(status=status, cancel_error="", updated_at=timezone.now())
+    logger.info("Subscription %s of contract %s cancelled at Stripe", subscription.subscription_id, contract_id)
+    return status
+
+
+def subscription_cancel_at_period_end(*, contract_id: int) -> None:
+    """Tell Stripe not to renew a rental's subscription."""
+    subscription = Subscription.objects.filter(contract_id=contract_id).first()
+    if subscription is None or subscription.status == "canceled" or subscription.cancel_at_period_end:
+        return
+    try:
+        stripe_client().v1.subscriptions.update(subscription.subscription_id, params={"cancel_at_period_end": True})
+    except stripe.StripeError as exc:
+        Subscription.objects.filter(pk=subscription.pk).update(cancel_error=_error_text(exc), cancel_requested_at=timezone.now())
+        raise
+    Subscription.objects.filter(pk=subscription.pk).update(cancel_at_period_end=True, cancel_error="", updated_at=timezone.now())
+    logger.info("Subscription %s of contract %s set to cancel at period end", subscription.subscription_id, contract_id)
+
+
+def subscription_fetch(*, contract_id: int) -> dict[str, Any] | None:
+    """Return the rental's subscription as Stripe has it now, with its latest invoice expanded."""
+    subscription = Subscription.objects.filter(contract_id=contract_id).first()
+    if subscription is None:
+        return None
+    result = stripe_client().v1.subscriptions.retrieve(subscription.subscription_id, params={"expand": ["latest_invoice"]})
+    Subscription.objects.filter(pk=subscription.pk).update(status=result.status, synced_at=timezone.now())
+    return result.to_dict()

@@ -1,0 +1,389 @@
+"""Stripe webhook events: verified, stored once, and applied after checking the current state.
+
+Stripe delivers events at least once and in any order. Each event id is stored in the same
+transaction as its effects, so a replay finds it and does nothing, and a handler that fails
+rolls back both (Stripe then delivers it again). Handlers look at the contract's status before
+they act, so `invoice.paid` before `checkout.session.completed`, or a renewal that arrives after
+the rental ended, are handled too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import stripe
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from billing import stripe_billing
+from billing.models import CheckoutSession, Dispute, Payment, Subscription, WebhookEvent
+
+logger = logging.getLogger(__name__)
+
+
+class WebhookRejected(Exception):
+    """The request is not a valid signed Stripe event; the message says why."""
+
+
+def webhook_receive(*, payload: bytes, signature: str) -> tuple[WebhookEvent | None, str]:
+    """Verify and apply one webhook delivery; return (stored event or None for a replay, outcome)."""
+    secret = settings.STRIPE_WEBHOOK_SECRET
+    if not secret:
+        raise WebhookRejected("Webhooks are not set up: STRIPE_WEBHOOK_SECRET is empty.")
+    if not signature:
+        raise WebhookRejected("Missing Stripe-Signature header.")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WebhookRejected("The body is not UTF-8 text.") from exc
+    try:
+        stripe.WebhookSignature.verify_header(text, signature, secret, tolerance=settings.STRIPE_WEBHOOK_TOLERANCE_SECONDS)
+    except stripe.SignatureVerificationError as exc:
+        raise WebhookRejected(f"Invalid signature: {exc.user_message or exc}") from exc
+    try:
+        event = json.loads(text)
+    except ValueError as exc:
+        raise WebhookRejected(f"The body is not a JSON Stripe event: {exc}") from exc
+    if not isinstance(event, dict) or not event.get("id") or not event.get("type"):
+        raise WebhookRejected("The event has no id or type.")
+    return event_apply(event)
+
+
+def event_apply(event: dict[str, Any]) -> tuple[WebhookEvent | None, str]:
+    """Store the event and run its handler in one transaction; a known event id does nothing."""
+    event_id = str(event["id"])[:120]
+    event_type = str(event["type"])[:80]
+    if WebhookEvent.objects.filter(event_id=event_id).exists():
+        logger.info("Stripe event %s (%s) was already processed; ignoring the replay", event_id, event_type)
+        return None, "duplicate"
+    try:
+        with transaction.atomic():
+            stored = WebhookEvent.objects.create(
+                event_id=event_id,
+                type=event_type,
+                livemode=bool(event.get("livemode")),
+                stripe_created_at=stripe_billing.from_timestamp(event.get("created")),
+                payload=event,
+            )
+            data = event.get("data")
+            obj = data.get("object") if isinstance(data, dict) else None
+            handler = HANDLERS.get(event_type)
+            if handler is None:
+                outcome, contract = "Not handled: this event type needs no action.", None
+            elif not isinstance(obj, dict):
+                outcome, contract = "Ignored: the event carries no object.", None
+            else:
+                outcome, contract = handler(obj)
+            WebhookEvent.objects.filter(pk=stored.pk).update(outcome=outcome[:2000], contract=contract)
+    except IntegrityError:
+        # A concurrent delivery of the same event committed first.
+        if WebhookEvent.objects.filter(event_id=event_id).exists():
+            logger.info("Stripe event %s (%s) was processed by a concurrent delivery", event_id, event_type)
+            return None, "duplicate"
+        raise
+    logger.info("Stripe event %s (%s): %s", event_id, event_type, outcome)
+    stored.refresh_from_db()
+    return stored, outcome
+
+
+# --- finding the contract ------------------------------------------------------------------------
+
+
+def _contract_public_id(obj: dict[str, Any]) -> str:
+    candidates = [
+        obj.get("metadata"),
+        (obj.get("subscription_details") or {}).get("metadata"),
+        ((obj.get("parent") or {}).get("subscription_details") or {}).get("metadata"),
+    ]
+    candidates += [line.get("metadata") for line in ((obj.get("lines") or {}).get("data") or [])]
+    for metadata in candidates:
+        if isinstance(metadata, dict) and metadata.get("contract_id"):
+            if metadata.get("deployment", settings.DEPLOYMENT_NAME) != settings.DEPLOYMENT_NAME:
+                return ""
+            return str(metadata["contract_id"])
+    return ""
+
+
+def _locked_contract(obj: dict[str, Any], *, subscription_id: str = ""):
+    """Return the contract an object is about, row-locked, or None when it is not ours."""
+    from marketplace.models import Contract
+
+    public_id = _contract_public_id(obj)
+    query = None
+    if public_id:
+        try:
+            query = Contract.objects.filter(public_id=uuid.UUID(public_id))
+        except ValueError:
+            return None
+    elif subscription_id:
+        contract_id = Subscription.objects.filter(subscription_id=subscription_id).values_list("contract_id", flat=True).first()
+        if contract_id is None:
+            return None
+        query = Contract.objects.filter(pk=contract_id)
+    if query is None:
+        return None
+    return query.select_for_update().select_related("offering", "provider__user", "tenant", "cloud_account").first()
+
+
+def _payment_for_charge(obj: dict[str, Any]) -> Payment | None:
+    charge_id = obj.get("charge") if obj.get("object") != "charge" else obj.get("id")
+    payment_intent = obj.get("payment_intent") or ""
+    payment = None
+    if charge_id:
+        payment = Payment.objects.filter(stripe_charge_id=charge_id).first()
+    if payment is None and payment_intent:
+        payment = Payment.objects.filter(stripe_payment_intent_id=payment_intent).first()
+    return payment
+
+
+# --- handlers --------------------------------------------------------------------------------------
+
+
+def _checkout_completed(obj: dict[str, Any]):
+    contract = _locked_contract(obj)
+    if contract is None:
+        return "Ignored: the session names no rental of this platform.", None
+    CheckoutSession.objects.filter(session_id=obj.get("id", "")).update(
+        status=CheckoutSession.Status.COMPLETE, updated_at=timezone.now()
+    )
+    stripe_billing.subscription_remember(
+        contract=contract, subscription_id=obj.get("subscription") or "", customer_id=obj.get("customer") or ""
+    )
+    if contract.status == "requested":
+        return "Checkout completed; the rental is paid when the invoice is confirmed.", contract
+    return f"Checkout completed; the rental is already {contract.status}.", contract
+
+
+def _checkout_expired(obj: dict[str, Any]):
+    from marketplace.models import Contract
+
+    CheckoutSession.objects.filter(session_id=obj.get("id", "")).update(
+        status=CheckoutSession.Status.EXPIRED, updated_at=timezone.now()
+    )
+    public_id = _contract_public_id(obj)
+    contract = Contract.objects.filter(public_id=public_id).first() if _is_uuid(public_id) else None
+    return "Checkout expired; the tenant can retry payment.", contract
+
+
+def _invoice_paid(obj: dict[str, Any]):
+    from marketplace.models import ContractStatus
+    from marketplace.services import contracts as contract_services
+
+    facts = stripe_billing.invoice_facts(obj)
+    contract = _locked_contract(obj, subscription_id=facts.subscription_id)
+    if contract is None:
+        return "Ignored: the invoice names no rental of this platform.", None
+    stripe_billing.subscription_remember(contract=contract, subscription_id=facts.subscription_id, customer_id=facts.customer_id)
+    payment, created = stripe_billing.payment_record_invoice(contract=contract, facts=facts)
+    if not created:
+        return f"Invoice {facts.invoice_id} was already recorded as payment {payment.pk}.", contract
+    period = f"{facts.period_start:%Y-%m-%d} to {facts.period_end:%Y-%m-%d}"
+
+    if contract.status == ContractStatus.REQUESTED:
+        contract_services.contract_confirm_payment(contract=contract, payment=payment)
+        return f"First payment confirmed ({period}); the rental is paid.", contract
+    if contract.is_ended or contract.status in (ContractStatus.TERMINATING, ContractStatus.TERMINATION_FAILED):
+        return _refund_unwanted(contract, payment, "The rental had already ended when this payment arrived."), contract
+    if contract.cancel_at_period_end and contract.paid_until and facts.period_start >= contract.paid_until:
+        return _refund_unwanted(contract, payment, "The tenant had cancelled the rental at the end of the paid period."), contract
+    blocker = contract_services.renewal_blocker(contract) if facts.period_start >= (contract.paid_until or facts.period_start) else ""
+    if blocker and contract.status == ContractStatus.ACTIVE:
+        _refund_unwanted(contract, payment, f"Not renewed: {blocker}")
+        contract_services.contract_terminate(contract=contract, actor=None, actor_label="system", reason=f"Not renewed: {blocker}")
+        return f"Renewal refunded and the rental ended: {blocker}", contract
+    contract_services.contract_extend_paid_period(
+        contract=contract, period_end=facts.period_end, reason=f"Renewed by card until {facts.period_end:%Y-%m-%d %H:%M} UTC."
+    )
+    return f"Payment for {period} recorded; paid until {facts.period_end:%Y-%m-%d}.", contract
+
+
+def _refund_unwanted(contract, payment: Payment, reason: str) -> str:
+    from billing.services import payment_refund
+    from marketplace.services import contracts as contract_services
+
+    payment_refund(payment=payment, reason=reason)
+    contract_services.contract_note(contract_id=contract.pk, reason=f"Payment {payment.pk} refunded: {reason}", actor_label="stripe")
+    contract_services._stop_billing(contract)
+    return f"Payment {payment.pk} refunded in full: {reason}"
+
+
+def _invoice_payment_failed(obj: dict[str, Any]):
+    from marketplace.models import ContractStatus
+    from marketplace.services import contracts as contract_services
+    from notifications.services import notify_contract_event
+
+    facts = stripe_billing.invoice_facts(obj)
+    contract = _locked_contract(obj, subscription_id=facts.subscription_id)
+    if contract is None:
+        return "Ignored: the invoice names no rental of this platform.", None
+    if Payment.objects.filter(stripe_invoice_id=facts.invoice_id).exists():
+        return "Ignored: this invoice was paid already (events arrived out of order).", contract
+    if contract.status != ContractStatus.ACTIVE:
+        return f"Noted: a payment failed while the rental is {contract.status}.", contract
+    if facts.next_payment_attempt is not None:
+        contract_services.contract_note(
+            contract_id=contract.pk, actor_label="stripe",
+            reason=f"Renewal payment failed; Stripe tries again on {facts.next_payment_attempt:%Y-%m-%d %H:%M} UTC.",
+        )
+        notify_contract_event(event="renewal_payment_failed", contract=contract, to_provider=False)
+        return f"Renewal payment failed; next try {facts.next_payment_attempt:%Y-%m-%d %H:%M} UTC; tenant notified.", contract
+    reason = "The renewal payment failed and Stripe's retries are exhausted."
+    notify_contract_event(event="renewal_payment_failed", contract=contract, to_provider=False)
+    if contract.paid_until is None or contract.paid_until <= timezone.now():
+        contract_services.contract_terminate(contract=contract, actor=None, actor_label="stripe", reason=reason)
+        return f"{reason} The rental ended.", contract
+    contract_services.contract_end_at_period_end(contract_id=contract.pk, reason=reason)
+    contract_services._stop_billing(contract)
+    return f"{reason} The rental ends with its paid period.", contract
+
+
+def _subscription_updated(obj: dict[str, Any]):
+    subscription = Subscription.objects.filter(subscription_id=obj.get("id", "")).first()
+    if subscription is None:
+        contract = _locked_contract(obj)
+        if contract is None:
+            return "Ignored: the subscription names no rental of this platform.", None
+        subscription = stripe_billing.subscription_remember(
+            contract=contract, subscription_id=obj.get("id", ""), customer_id=obj.get("customer") or ""
+        )
+    items = ((obj.get("items") or {}).get("data")) or []
+    period_end = obj.get("current_period_end") or (items[0].get("current_period_end") if items else None)
+    Subscription.objects.filter(pk=subscription.pk).update(
+        status=obj.get("status") or subscription.status,
+        cancel_at_period_end=bool(obj.get("cancel_at_period_end")),
+        current_period_end=stripe_billing.from_timestamp(period_end),
+        updated_at=timezone.now(),
+    )
+    return f"Subscription is {obj.get('status')}.", subscription.contract
+
+
+def _subscription_deleted(obj: dict[str, Any]):
+    from marketplace.models import ContractStatus
+    from marketplace.services import contracts as contract_services
+
+    contract = _locked_contract(obj, subscription_id=obj.get("id", ""))
+    if contract is None:
+        return "Ignored: the subscription names no rental of this platform.", None
+    stripe_billing.subscription_remember(contract=contract, subscription_id=obj.get("id", ""), status="canceled")
+    Subscription.objects.filter(contract=contract).update(status="canceled", updated_at=timezone.now())
+    if contract.status in (ContractStatus.PAID, ContractStatus.PROVISIONING):
+        contract_services.contract_end_at_period_end(contract_id=contract.pk, reason="The subscription was cancelled at Stripe.")
+        return "Subscription cancelled; the rental ends with its paid period.", contract
+    if contract.status != ContractStatus.ACTIVE:
+        return f"Subscription cancelled; the rental is already {contract.status}.", contract
+    if contract.paid_until is None or contract.paid_until <= timezone.now():
+        contract_services.contract_terminate(
+            contract=contract, actor=None, actor_label="stripe", reason="The subscription ended and the paid period is over."
+        )
+        return "Subscription ended after the paid period; the rental ended.", contract
+    contract_services.contract_end_at_period_end(contract_id=contract.pk, reason="The subscription was cancelled at Stripe.")
+    return "Subscription cancelled; the rental ends with its paid period.", contract
+
+
+def _charge_refunded(obj: dict[str, Any]):
+    payment = _payment_for_charge(obj)
+    if payment is None:
+        return "Ignored: the charge belongs to no payment of this platform.", None
+    refund = stripe_billing.refund_record_external(payment=payment, amount_refunded_total=int(obj.get("amount_refunded") or 0))
+    if refund is None:
+        return f"Refund of payment {payment.pk} confirmed; it was already recorded.", payment.contract
+    return f"Refund {refund.pk} of {refund.amount_cents} cents made outside the platform recorded.", payment.contract
+
+
+def _dispute_created(obj: dict[str, Any]):
+    from marketplace.services import contracts as contract_services
+    from notifications.services import notify_contract_event
+
+    payment = _payment_for_charge(obj)
+    if payment is None:
+        return "Ignored: the disputed charge belongs to no payment of this platform.", None
+    dispute, created = Dispute.objects.get_or_create(
+        dispute_id=obj.get("id", ""),
+        defaults={
+            "payment": payment,
+            "amount_cents": int(obj.get("amount") or 0),
+            "currency": (obj.get("currency") or payment.currency).upper(),
+            "reason": (obj.get("reason") or "")[:60],
+            "status": (obj.get("status") or "")[:32],
+        },
+    )
+    if not created:
+        return f"Dispute {dispute.dispute_id} was already recorded.", payment.contract
+    contract = payment.contract
+    contract_services.contract_note(
+        contract_id=contract.pk, actor_label="stripe",
+        reason=f"The card holder disputed payment {payment.pk} ({dispute.amount_cents / 100:.2f} {dispute.currency}, reason: {dispute.reason or 'not given'}).",
+    )
+    notify_contract_event(event="payment_disputed", contract=contract, to_tenant=False, to_provider=True, to_staff=True)
+    return f"Dispute {dispute.dispute_id} recorded on payment {payment.pk}; staff and provider notified.", contract
+
+
+def _dispute_updated(obj: dict[str, Any]):
+    updated = Dispute.objects.filter(dispute_id=obj.get("id", "")).update(
+        status=(obj.get("status") or "")[:32], updated_at=timezone.now()
+    )
+    dispute = Dispute.objects.filter(dispute_id=obj.get("id", "")).select_related("payment__contract").first()
+    if not updated or dispute is None:
+        return "Ignored: unknown dispute.", None
+    return f"Dispute {dispute.dispute_id} is {dispute.status}.", dispute.payment.contract
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+HANDLERS: dict[str, Callable[[dict[str, Any]], tuple[str, Any]]] = {
+    "checkout.session.completed": _checkout_completed,
+    "checkout.session.expired": _checkout_expired,
+    "invoice.paid": _invoice_paid,
+    "invoice.payment_failed": _invoice_payment_failed,
+    "customer.subscription.created": _subscription_updated,
+    "customer.subscription.updated": _subscription_updated,
+    "customer.subscription.deleted": _subscription_deleted,
+    "charge.refunded": _charge_refunded,
+    "charge.dispute.created": _dispute_created,
+    "charge.dispute.updated": _dispute_updated,
+    "charge.dispute.closed": _dispute_updated,
+}
+
+
+def sync_overdue_contract(*, contract_id: int) -> str:
+    """Apply what Stripe says about an active card rental whose renewal was not confirmed.
+
+    A paid latest invoice that was never recorded is applied as if its `invoice.paid` event had
+    arrived; an ended subscription ends the rental. A subscription still retrying is left alone.
+    """
+    from marketplace.models import Contract, ContractStatus
+    from marketplace.services import contracts as contract_services
+
+    subscription = stripe_billing.subscription_fetch(contract_id=contract_id)
+    if subscription is None:
+        return "no subscription"
+    invoice = subscription.get("latest_invoice")
+    if isinstance(invoice, dict) and invoice.get("status") == "paid":
+        if not Payment.objects.filter(stripe_invoice_id=invoice.get("id")).exists():
+            with transaction.atomic():
+                outcome, _ = _invoice_paid(invoice)
+            logger.info("Contract %s: applied a missed paid invoice %s: %s", contract_id, invoice.get("id"), outcome)
+            return outcome
+    if subscription.get("status") in stripe_billing.ENDED_SUBSCRIPTION_STATUSES:
+        with transaction.atomic():
+            contract = Contract.objects.select_for_update().get(pk=contract_id)
+            if contract.status == ContractStatus.ACTIVE:
+                contract_services.contract_terminate(
+                    contract=contract, actor=None, actor_label="stripe",
+                    reason=f"The subscription is {subscription.get('status')} at Stripe and the paid period is over.",
+                )
+                return "ended"
+    return f"subscription {subscription.get('status')}"
+
+

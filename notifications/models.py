@@ -17,6 +17,8 @@ class Event(models.TextChoices):
     TERMINATION_FAILED = "termination_failed", "Termination failed"
     CREDENTIALS_INVALID = "credentials_invalid", "Cloud credentials invalid"
     SERVER_MISSING = "server_missing", "Server missing"
+    PAYOUT_SENT = "payout_sent", "Payout sent"
+    PAYOUT_FAILED = "payout_failed", "Payout failed"
 
 
 class Channel(models.TextChoices):

@@ -1,15 +1,27 @@
-"""Admin for payments and refunds: a read-only ledger that only the billing services write."""
+"""Admin for payments, refunds, the ledger and payouts; only the billing services write them.
+
+Payout rows change only through the actions "Mark paid out" and "Retry transfer", which call the
+payout services.
+"""
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.template.response import TemplateResponse
 
+from billing import payouts
+from billing.forms import MarkPaidOutForm
 from billing.models import (
     CheckoutSession,
     Dispute,
     LedgerEntry,
     Payment,
     PaymentMethod,
+    Payout,
+    PayoutAccount,
+    PayoutEvent,
     Refund,
     StripeCustomer,
     Subscription,
@@ -120,8 +132,125 @@ class DisputeAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 class LedgerEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Commission ledger: each party's share of each payment and refund; append-only."""
 
-    list_display = ("created_at", "contract", "payment", "refund", "party", "beneficiary", "amount_cents", "currency")
+    list_display = ("created_at", "contract", "payment", "refund", "party", "beneficiary", "amount_cents", "currency", "payout")
     list_filter = ("party", "currency")
-    list_select_related = ("contract", "payment", "refund", "beneficiary")
+    list_select_related = ("contract", "payment", "refund", "beneficiary", "payout")
     search_fields = ("contract__public_id", "beneficiary__email")
+    date_hierarchy = "created_at"
+
+
+class PayoutEventInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = PayoutEvent
+    fields = ("created_at", "from_status", "to_status", "actor", "reason")
+    readonly_fields = fields
+    extra = 0
+
+
+@admin.register(Payout)
+class PayoutAdmin(admin.ModelAdmin):
+    """Payouts, read-only. Staff record manual payments and retry failed Stripe transfers with the actions."""
+
+    list_display = (
+        "id", "beneficiary", "month_display", "amount_display", "method", "status_badge", "transfer_attempt",
+        "paid_at", "stripe_transfer_id",
+    )
+    list_filter = ("status", "method", "currency")
+    list_select_related = ("beneficiary",)
+    search_fields = ("beneficiary__email", "stripe_transfer_id", "note")
+    date_hierarchy = "period_start"
+    inlines = (PayoutEventInline,)
+    actions = ("mark_paid_out", "retry_transfer")
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in Payout._meta.fields] + ["status_badge"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Without an object, this permission gates the actions. Every change page is view-only.
+        return obj is None and super().has_change_permission(request)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj: Payout):
+        return status_badge(obj.get_status_display(), obj.status_colour)
+
+    @admin.display(description="Month", ordering="period_start")
+    def month_display(self, obj: Payout) -> str:
+        return f"{obj.period_start:%Y-%m}"
+
+    @admin.display(description="Amount", ordering="amount_cents")
+    def amount_display(self, obj: Payout) -> str:
+        return f"{obj.amount_cents / 100:.2f} {obj.currency}"
+
+    @admin.action(description="Mark paid out (paid outside Stripe)", permissions=["change"])
+    def mark_paid_out(self, request, queryset):
+        """Ask for a note on an intermediate page, then record each selected payout as paid."""
+        form = MarkPaidOutForm(request.POST if "apply" in request.POST else None)
+        if not form.is_bound or not form.is_valid():
+            return TemplateResponse(
+                request,
+                "admin/billing/payout/mark_paid_out.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": "Mark payouts paid out",
+                    "opts": self.model._meta,
+                    "payouts": queryset.select_related("beneficiary").order_by("pk"),
+                    "form": form,
+                    "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+                },
+            )
+        done: list[int] = []
+        for payout in queryset.order_by("pk"):
+            try:
+                payouts.payout_mark_paid(payout=payout, staff_user=request.user, note=form.cleaned_data["note"])
+            except (payouts.InvalidPayoutTransition, PermissionDenied, ValidationError) as exc:
+                self.message_user(request, _error_text(exc), messages.WARNING)
+            else:
+                done.append(payout.pk)
+        if done:
+            self.message_user(request, f"Marked paid out: payout(s) {', '.join(map(str, done))}.", messages.SUCCESS)
+        return None
+
+    @admin.action(description="Retry transfer (failed Stripe payouts)", permissions=["change"])
+    def retry_transfer(self, request, queryset) -> None:
+        done: list[int] = []
+        for payout in queryset.order_by("pk"):
+            try:
+                payouts.payout_transfer_retry(payout=payout, staff_user=request.user)
+            except (payouts.InvalidPayoutTransition, payouts.PayoutsUnavailable, PermissionDenied) as exc:
+                self.message_user(request, _error_text(exc), messages.WARNING)
+            else:
+                done.append(payout.pk)
+        if done:
+            self.message_user(request, f"Transfer queued again: payout(s) {', '.join(map(str, done))}.", messages.SUCCESS)
+
+
+def _error_text(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return " ".join(exc.messages)
+    return str(exc)
+
+
+@admin.register(PayoutAccount)
+class PayoutAccountAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Stripe Express accounts of beneficiaries, with the onboarding state last read from Stripe."""
+
+    list_display = ("user", "stripe_account_id", "details_submitted", "payouts_enabled", "updated_at")
+    list_filter = ("details_submitted", "payouts_enabled")
+    list_select_related = ("user",)
+    search_fields = ("user__email", "stripe_account_id")
+
+
+@admin.register(PayoutEvent)
+class PayoutEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """History of payout status changes, append-only."""
+
+    list_display = ("created_at", "payout", "from_status", "to_status", "actor", "reason")
+    list_filter = ("to_status",)
+    list_select_related = ("payout", "actor")
+    search_fields = ("payout__beneficiary__email", "reason")
     date_hierarchy = "created_at"

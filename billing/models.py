@@ -228,6 +228,10 @@ class LedgerEntry(models.Model):
     currency = models.CharField(max_length=3)
     period_start = models.DateTimeField()
     period_end = models.DateTimeField()
+    # The payout that paid this entry to its beneficiary; set once, so no entry is paid twice.
+    payout = models.ForeignKey(
+        "billing.Payout", null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entries"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -236,3 +240,126 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_party_display()}: {self.amount_cents} {self.currency} (payment {self.payment_id})"
+
+
+class PayoutAccount(models.Model):
+    """A beneficiary's Stripe Connect Express account, with the state last read from Stripe."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="payout_account")
+    stripe_account_id = models.CharField(max_length=64, blank=True)
+    details_submitted = models.BooleanField(default=False, help_text="The user finished Stripe's onboarding form.")
+    payouts_enabled = models.BooleanField(default=False, help_text="Stripe accepts transfers to this account.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["stripe_account_id"], condition=~models.Q(stripe_account_id=""), name="payout_account_unique_stripe_id"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Payout account of {self.user} ({self.stripe_account_id or 'not created'})"
+
+    @property
+    def setup_label(self) -> str:
+        """The onboarding state in words, for pages and admin."""
+        if self.payouts_enabled:
+            return "Ready for payouts"
+        if self.details_submitted:
+            return "Details submitted; Stripe is reviewing them"
+        if self.stripe_account_id:
+            return "Setup not finished"
+        return "Not set up"
+
+
+class PayoutMethod(models.TextChoices):
+    STRIPE_TRANSFER = "stripe_transfer", "Stripe transfer"
+    MANUAL = "manual", "Paid out by staff"
+
+
+class PayoutStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PAID = "paid", "Paid"
+    FAILED = "failed", "Failed"
+
+
+PAYOUT_STATUS_COLOURS = {
+    PayoutStatus.PENDING: "orange",
+    PayoutStatus.PAID: "green",
+    PayoutStatus.FAILED: "red",
+}
+
+
+class Payout(models.Model):
+    """Money owed to one beneficiary in one currency for one closed calendar month (UTC).
+
+    Its ledger entries (`ledger_entries`) sum to `amount_cents`. They include entries of earlier
+    months that were not paid out yet, such as refund reversals after an earlier payout or a month
+    whose total was zero or less.
+    """
+
+    beneficiary = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="payouts")
+    currency = models.CharField(max_length=3)
+    period_start = models.DateTimeField(help_text="First instant of the calendar month (UTC).")
+    period_end = models.DateTimeField(help_text="First instant of the next month (UTC), exclusive.")
+    amount_cents = models.BigIntegerField()
+    method = models.CharField(max_length=16, choices=PayoutMethod.choices)
+    status = models.CharField(max_length=16, choices=PayoutStatus.choices, default=PayoutStatus.PENDING)
+    # Attempt number of the current Stripe transfer, part of its idempotency key. Each staff retry
+    # raises it, so Stripe treats the retry as a new request instead of replaying the failure.
+    transfer_attempt = models.PositiveIntegerField(default=1)
+    stripe_transfer_id = models.CharField(max_length=64, blank=True)
+    paid_at = models.DateTimeField(null=True, blank=True)
+    marked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="payouts_marked",
+        help_text="The staff user who marked a manual payout as paid.",
+    )
+    note = models.TextField(blank=True)
+    error = models.TextField(blank=True, help_text="Why the last Stripe transfer failed.")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-period_start", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["beneficiary", "currency", "period_start"], name="payout_unique_month"),
+            models.CheckConstraint(condition=models.Q(amount_cents__gt=0), name="payout_amount_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Payout {self.pk}: {self.amount_cents / 100:.2f} {self.currency} to {self.beneficiary} ({self.status})"
+
+    @property
+    def status_colour(self) -> str:
+        return PAYOUT_STATUS_COLOURS.get(self.status, "grey")
+
+    def can_mark_paid(self) -> bool:
+        # A pending Stripe payout may have a transfer in flight, so only its failure frees it.
+        if self.status == PayoutStatus.PENDING:
+            return self.method == PayoutMethod.MANUAL
+        return self.status == PayoutStatus.FAILED
+
+    def can_retry_transfer(self) -> bool:
+        return self.status == PayoutStatus.FAILED and self.method == PayoutMethod.STRIPE_TRANSFER
+
+
+class PayoutEvent(models.Model):
+    """One status change of a payout, with who or what made it and why. Rows are only added."""
+
+    payout = models.ForeignKey(Payout, on_delete=models.PROTECT, related_name="events")
+    from_status = models.CharField(max_length=16, choices=PayoutStatus.choices, blank=True)
+    to_status = models.CharField(max_length=16, choices=PayoutStatus.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="The staff user; empty when the system acted.",
+    )
+    reason = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"Payout {self.payout_id}: {self.from_status or 'new'} -> {self.to_status}"

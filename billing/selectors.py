@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.db.models import Count, Prefetch, Q, QuerySet, Sum
 from django.db.models.functions import TruncMonth
 
-from billing.models import LedgerEntry, Payment, Refund
+from billing.models import LedgerEntry, Payment, Payout, PayoutAccount, Refund
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,18 @@ def tenant_payments(*, user) -> QuerySet[Payment]:
         .prefetch_related(Prefetch("refunds", queryset=Refund.objects.order_by("-created_at", "-id")))
         .order_by("-created_at", "-id")
     )
+
+
+def beneficiary_payouts(*, user) -> QuerySet[Payout]:
+    """Return the payouts to `user`, newest month first."""
+    return Payout.objects.filter(beneficiary=user).order_by("-period_start", "currency", "-id")
+
+
+def payouts_by_month(payouts) -> dict[tuple[dt.date, str], Payout]:
+    """Index payouts by (first day of their month, currency), the key of a `Statement`."""
+    return {(payout.period_start.astimezone(dt.UTC).date(), payout.currency): payout for payout in payouts}
+
+
+def payout_account_of(*, user) -> PayoutAccount | None:
+    """Return the user's Stripe payout account row, or None before payout setup started."""
+    return PayoutAccount.objects.filter(user=user).first()

@@ -1,4 +1,4 @@
-"""Billing pages (earnings, payments, the Stripe customer portal) and the Stripe webhook endpoint."""
+"""Billing pages (earnings and payouts, payments, the Stripe customer portal) and the Stripe webhook endpoint."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
-from billing import selectors
+from billing import payouts, selectors
 from billing.gateway import stripe_enabled
 from billing.stripe_billing import portal_url
 from billing.webhooks import WebhookRejected, webhook_receive
@@ -32,18 +33,91 @@ def _parse_month(value: str) -> dt.date:
 
 @login_required
 def earnings(request: HttpRequest) -> HttpResponse:
-    """Render the monthly earnings statements and, with `?month=YYYY-MM`, that month's entries."""
+    """Render the monthly statements with their payouts and, with `?month=YYYY-MM`, that month's entries."""
     statements = selectors.earnings_statements(user=request.user)
+    payout_list = list(selectors.beneficiary_payouts(user=request.user))
+    by_month = selectors.payouts_by_month(payout_list)
+    today = timezone.now().astimezone(dt.UTC).date()
+    current_month = today.replace(day=1)
+    rows = [
+        {
+            "statement": statement,
+            "payout": by_month.get((statement.month, statement.currency)),
+            "month_open": statement.month >= current_month,
+        }
+        for statement in statements
+    ]
     month = None
     entries = None
     if request.GET.get("month"):
         month = _parse_month(request.GET["month"])
         entries = list(selectors.earnings_entries(user=request.user, month=month))
+    connect_enabled = payouts.connect_enabled()
     return render(
         request,
         "billing/earnings.html",
-        {"statements": statements, "month": month, "entries": entries},
+        {
+            "rows": rows,
+            "statements": statements,
+            "payouts": payout_list,
+            "connect_enabled": connect_enabled,
+            "payout_account": selectors.payout_account_of(user=request.user) if connect_enabled else None,
+            "month": month,
+            "entries": entries,
+        },
     )
+
+
+def _redirect_to_onboarding(request: HttpRequest) -> HttpResponse:
+    try:
+        url = payouts.payout_account_onboarding_link(
+            user=request.user,
+            return_url=request.build_absolute_uri(reverse("billing:payouts_return")),
+            refresh_url=request.build_absolute_uri(reverse("billing:payouts_refresh")),
+        )
+    except (payouts.PayoutsUnavailable, payouts.PayoutStripeError) as exc:
+        messages.error(request, str(exc))
+        return redirect("billing:earnings")
+    return redirect(url)
+
+
+@login_required
+@require_POST
+def payouts_setup(request: HttpRequest) -> HttpResponse:
+    """Send the user to Stripe's onboarding form, creating their Express account the first time."""
+    return _redirect_to_onboarding(request)
+
+
+@login_required
+@require_GET
+def payouts_refresh(request: HttpRequest) -> HttpResponse:
+    """Redirect to a new onboarding link after Stripe reports the previous one expired or used.
+
+    This is a GET because Stripe redirects the browser here. So it only creates a link for an
+    existing Stripe account and never creates an account.
+    """
+    account = selectors.payout_account_of(user=request.user)
+    if account is None or not account.stripe_account_id:
+        return redirect("billing:earnings")
+    return _redirect_to_onboarding(request)
+
+
+@login_required
+@require_GET
+def payouts_return(request: HttpRequest) -> HttpResponse:
+    """Read the user's account state from Stripe after they leave the form, then show it."""
+    try:
+        account = payouts.payout_account_refresh(user=request.user)
+    except (payouts.PayoutsUnavailable, payouts.PayoutStripeError) as exc:
+        messages.error(request, str(exc))
+        return redirect("billing:earnings")
+    if account is None:
+        messages.warning(request, "Payout setup has not started yet.")
+    elif account.payouts_enabled:
+        messages.success(request, "Payout setup is complete: your next payouts are sent to your Stripe account.")
+    else:
+        messages.warning(request, f"Payout setup: {account.setup_label.lower()}. Continue setup to finish it.")
+    return redirect("billing:earnings")
 
 
 @login_required

@@ -333,6 +333,23 @@ def _dispute_updated(obj: dict[str, Any]):
     return f"Dispute {dispute.dispute_id} is {dispute.status}.", dispute.payment.contract
 
 
+def _account_updated(obj: dict[str, Any]):
+    from billing.payouts import payout_account_update_from_stripe
+
+    if not obj.get("id"):
+        return "Ignored: the account has no id.", None
+    account = payout_account_update_from_stripe(
+        stripe_account={
+            "id": obj["id"],
+            "details_submitted": bool(obj.get("details_submitted")),
+            "payouts_enabled": bool(obj.get("payouts_enabled")),
+        }
+    )
+    if account is None:
+        return "Ignored: no payout account of this platform has this id.", None
+    return f"Payout account of user {account.user_id}: payouts {'enabled' if account.payouts_enabled else 'not enabled yet'}.", None
+
+
 def _is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)
@@ -353,6 +370,7 @@ HANDLERS: dict[str, Callable[[dict[str, Any]], tuple[str, Any]]] = {
     "charge.dispute.created": _dispute_created,
     "charge.dispute.updated": _dispute_updated,
     "charge.dispute.closed": _dispute_updated,
+    "account.updated": _account_updated,
 }
 
 

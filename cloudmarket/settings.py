@@ -194,6 +194,7 @@ CELERY_TASK_ROUTES = {
     "billing.tasks.*": {"queue": "periodic"},
     "provisioning.tasks.resume_stalled_provisioning_task": {"queue": "periodic"},
     "provisioning.tasks.reconcile_cloud_accounts_task": {"queue": "periodic"},
+    "billing.tasks.payouts_create_monthly_task": {"queue": "periodic"},
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
@@ -206,6 +207,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "provisioning.tasks.resume_stalled_provisioning_task",
         "schedule": 60.0,
         "options": {"expires": 55},
+    },
+    "create-monthly-payouts": {
+        "task": "billing.tasks.payouts_create_monthly_task",
+        # Early on the 1st, once the previous month (UTC) is closed.
+        "schedule": crontab(minute=30, hour=1, day_of_month=1),
+        "options": {"expires": 6 * 3600},
     },
     "reconcile-cloud-accounts": {
         "task": "provisioning.tasks.reconcile_cloud_accounts_task",
@@ -317,6 +324,14 @@ BILLING_REFUND_MAX_ATTEMPTS = env.int("BILLING_REFUND_MAX_ATTEMPTS", default=8)
 STRIPE_RENEWAL_SYNC_AFTER_SECONDS = env.int("STRIPE_RENEWAL_SYNC_AFTER_SECONDS", default=3600)
 # An unpaid rental request whose checkout never completed is cancelled after this long.
 CHECKOUT_ABANDONED_AFTER_SECONDS = env.int("CHECKOUT_ABANDONED_AFTER_SECONDS", default=2 * 24 * 3600)
+# Pay providers and recipe authors by Stripe Connect transfers to Express accounts. Off: staff
+# pay each payout outside the platform and mark it paid out in the admin.
+STRIPE_CONNECT_ENABLED = env.bool("STRIPE_CONNECT_ENABLED", default=False)
+if STRIPE_CONNECT_ENABLED and not STRIPE_SECRET_KEY:
+    raise ImproperlyConfigured(
+        "STRIPE_CONNECT_ENABLED is true but STRIPE_SECRET_KEY is empty: set the platform's Stripe secret key "
+        "or turn STRIPE_CONNECT_ENABLED off."
+    )
 # Let sandbox payments (no money moves) pay for offerings on real clouds. Only for development
 # against a fake cloud API: with it on, anyone can make a provider's real cloud create servers.
 SANDBOX_PAYMENTS_FOR_REAL_BACKENDS = env.bool("SANDBOX_PAYMENTS_FOR_REAL_BACKENDS", default=False)

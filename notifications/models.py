@@ -20,6 +20,8 @@ class Event(models.TextChoices):
     RENEWAL_PAYMENT_FAILED = "renewal_payment_failed", "Renewal payment failed"
     REFUND_FAILED = "refund_failed", "Refund failed"
     PAYMENT_DISPUTED = "payment_disputed", "Payment disputed"
+    PAYOUT_SENT = "payout_sent", "Payout sent"
+    PAYOUT_FAILED = "payout_failed", "Payout failed"
 
 
 class Channel(models.TextChoices):

@@ -10,6 +10,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from billing.ledger import ledger_record_payment
+from billing.models import Payment, PaymentMethod, PaymentStatus, PayoutAccount
+from billing.payouts import payouts_create_for_period, previous_month_bounds
 from marketplace.models import Contract, ContractEvent, ContractStatus
 from marketplace.services.contracts import contract_activate, contract_reject
 from marketplace.services.ssh_keys import ssh_key_create
@@ -90,6 +93,16 @@ def dataset():
     Dispute.objects.create(
         payment=provisioning.payments.first(), dispute_id="du_example", amount_cents=574, currency="EUR", reason="fraudulent"
     )
+
+    # A card payment last month, paid out; the provider has a Stripe payout account row.
+    last_month_start, last_month_end = previous_month_bounds(timezone.now())
+    card = Payment.objects.create(
+        contract=provisioning, method=PaymentMethod.STRIPE, status=PaymentStatus.SUCCEEDED, amount_cents=500,
+        currency="EUR", period_start=last_month_start, period_end=last_month_end, reference="in_admin_test",
+    )
+    ledger_record_payment(payment=card)
+    payouts_create_for_period(period_start=last_month_start, period_end=last_month_end)
+    PayoutAccount.objects.create(user=provider.user, stripe_account_id="acct_admin_test")
     return {"provisioning": provisioning, "rejected": rejected, "hetzner": hetzner, "run": run}
 
 

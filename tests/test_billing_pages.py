@@ -96,8 +96,8 @@ def test_earnings_page_query_count(client, billing_data, django_assert_num_queri
     client.force_login(billing_data["provider"])
     client.get(reverse("billing:earnings"))
 
-    # Session, user, statements aggregate, month entries.
-    with django_assert_num_queries(4):
+    # Session, user, statements aggregate, payouts, month entries.
+    with django_assert_num_queries(5):
         response = client.get(reverse("billing:earnings"), {"month": "2025-03"})
 
     assert response.status_code == 200

@@ -425,3 +425,193 @@ def test_http_test_controls(client: stripe.StripeClient, stripe_api: StripeApiSe
 
     assert completed["status"] == "complete"
     assert stripe_api.requests[-1].path.startswith("/_test/")
+
+
+# -- Connect: accounts, account links, transfers --
+
+
+def _express_account(client: stripe.StripeClient, *, email: str = "seller@example.test") -> Any:
+    return client.v1.accounts.create(
+        params={
+            "type": "express",
+            "email": email,
+            "capabilities": {"transfers": {"requested": True}},
+            "metadata": {"user_id": "7"},
+        }
+    )
+
+
+def test_express_account_starts_not_onboarded(client: stripe.StripeClient) -> None:
+    account = _express_account(client)
+
+    fetched = client.v1.accounts.retrieve(account.id)
+
+    assert account.id.startswith("acct_")
+    assert account.object == "account"
+    assert account.type == "express"
+    assert account.email == "seller@example.test"
+    assert account.metadata["user_id"] == "7"
+    assert account.capabilities["transfers"] == "inactive"
+    assert fetched.details_submitted is False
+    assert fetched.payouts_enabled is False
+    assert fetched.charges_enabled is False
+    assert "external_account" in fetched.requirements.currently_due
+
+
+def test_account_create_rejects_other_types(client: stripe.StripeClient) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.accounts.create(params={"type": "custom", "email": "x@example.test"})
+
+    assert raised.value.param == "type"
+
+
+def test_account_create_idempotency_key(client: stripe.StripeClient, stripe_api: StripeApiServer) -> None:
+    params = {"type": "express", "email": "same@example.test", "metadata": {"user_id": "9"}}
+
+    first = client.v1.accounts.create(params=params, options={"idempotency_key": "account-9"})
+    second = client.v1.accounts.create(params=params, options={"idempotency_key": "account-9"})
+
+    assert second.id == first.id
+    assert len(stripe_api.objects("account")) == 1
+
+
+def test_complete_onboarding_enables_payouts(
+    client: stripe.StripeClient, stripe_api: StripeApiServer
+) -> None:
+    account = _express_account(client)
+
+    stripe_api.complete_onboarding(account.id)
+    fetched = client.v1.accounts.retrieve(account.id)
+
+    assert fetched.details_submitted is True
+    assert fetched.charges_enabled is True
+    assert fetched.payouts_enabled is True
+    assert fetched.capabilities["transfers"] == "active"
+    assert fetched.requirements.currently_due == []
+    event = stripe_api.events_of_type("account.updated")[-1]
+    assert event["data"]["object"]["id"] == account.id
+    assert event["data"]["previous_attributes"]["payouts_enabled"] is False
+
+
+def test_account_link_for_onboarding(client: stripe.StripeClient, stripe_api: StripeApiServer) -> None:
+    account = _express_account(client)
+
+    link = client.v1.account_links.create(
+        params={
+            "account": account.id,
+            "type": "account_onboarding",
+            "return_url": "http://127.0.0.1:9/payouts/return",
+            "refresh_url": "http://127.0.0.1:9/payouts/refresh",
+        }
+    )
+
+    assert link.object == "account_link"
+    assert link.url.startswith(f"{stripe_api.url}/connect/onboarding/{account.id}/")
+    assert link.expires_at > link.created
+
+
+def test_account_link_rejects_bad_requests(client: stripe.StripeClient) -> None:
+    account = _express_account(client)
+    urls = {"return_url": "http://127.0.0.1:9/r", "refresh_url": "http://127.0.0.1:9/f"}
+
+    with pytest.raises(stripe.InvalidRequestError) as missing_account:
+        client.v1.account_links.create(params={"account": "acct_missing", "type": "account_onboarding", **urls})
+    with pytest.raises(stripe.InvalidRequestError) as update_express:
+        client.v1.account_links.create(params={"account": account.id, "type": "account_update", **urls})
+    with pytest.raises(stripe.InvalidRequestError) as missing_url:
+        client.v1.account_links.create(
+            params={"account": account.id, "type": "account_onboarding", "return_url": urls["return_url"]}
+        )
+
+    assert missing_account.value.http_status == 404
+    assert missing_account.value.param == "account"
+    assert update_express.value.param == "type"
+    assert missing_url.value.param == "refresh_url"
+
+
+def test_transfer_to_onboarded_account(client: stripe.StripeClient, stripe_api: StripeApiServer) -> None:
+    account = _express_account(client)
+    stripe_api.complete_onboarding(account.id)
+
+    transfer = client.v1.transfers.create(
+        params={
+            "amount": 4321,
+            "currency": "EUR",
+            "destination": account.id,
+            "transfer_group": "payout-5",
+            "metadata": {"payout_id": "5"},
+        }
+    )
+    fetched = client.v1.transfers.retrieve(transfer.id)
+    grouped = client.v1.transfers.list(params={"transfer_group": "payout-5"})
+    other_group = client.v1.transfers.list(params={"transfer_group": "payout-6"})
+
+    assert transfer.id.startswith("tr_")
+    assert fetched.amount == 4321
+    assert fetched.currency == "eur"
+    assert fetched.destination == account.id
+    assert fetched.metadata["payout_id"] == "5"
+    assert fetched.reversed is False
+    assert [item.id for item in grouped.data] == [transfer.id]
+    assert other_group.data == []
+    assert stripe_api.events_of_type("transfer.created")[0]["data"]["object"]["id"] == transfer.id
+
+
+def test_http_onboard_control(client: stripe.StripeClient, stripe_api: StripeApiServer) -> None:
+    account = _express_account(client)
+
+    request = urllib.request.Request(
+        f"{stripe_api.url}/_test/accounts/{account.id}/onboard", data=b"", method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        onboarded = json.loads(response.read())
+
+    assert onboarded["id"] == account.id
+    assert onboarded["payouts_enabled"] is True
+    assert client.v1.accounts.retrieve(account.id).details_submitted is True
+
+
+def test_transfer_rejects_invalid_requests(
+    client: stripe.StripeClient, stripe_api: StripeApiServer
+) -> None:
+    ready = _express_account(client, email="ready@example.test")
+    stripe_api.complete_onboarding(ready.id)
+    not_onboarded = _express_account(client, email="new@example.test")
+
+    cases = [
+        ({"amount": 0, "currency": "eur", "destination": ready.id}, "amount"),
+        ({"amount": 100, "destination": ready.id}, "currency"),
+        ({"amount": 100, "currency": "euro", "destination": ready.id}, "currency"),
+        ({"amount": 100, "currency": "eur", "destination": "acct_missing"}, "destination"),
+        ({"amount": 100, "currency": "eur", "destination": not_onboarded.id}, "destination"),
+    ]
+    for params, param in cases:
+        with pytest.raises(stripe.InvalidRequestError) as raised:
+            client.v1.transfers.create(params=params)
+        assert raised.value.param == param, params
+
+
+def test_scripted_transfer_failures(client: stripe.StripeClient, stripe_api: StripeApiServer) -> None:
+    account = _express_account(client)
+    stripe_api.complete_onboarding(account.id)
+    params = {"amount": 100, "currency": "eur", "destination": account.id}
+
+    stripe_api.fail_next_transfer()
+    with pytest.raises(stripe.InvalidRequestError) as insufficient:
+        client.v1.transfers.create(params=params, options={"idempotency_key": "transfer-1"})
+    with pytest.raises(stripe.InvalidRequestError) as replayed:
+        client.v1.transfers.create(params=params, options={"idempotency_key": "transfer-1"})
+    request = urllib.request.Request(
+        f"{stripe_api.url}/_test/transfers/fail_next", data=b"code=api_error", method="POST"
+    )
+    urllib.request.urlopen(request, timeout=5).close()
+    with pytest.raises(stripe.APIError) as server_error:
+        client.v1.transfers.create(params=params)
+    transfer = client.v1.transfers.create(params=params, options={"idempotency_key": "transfer-2"})
+
+    assert insufficient.value.code == "balance_insufficient"
+    assert insufficient.value.http_status == 400
+    assert replayed.value.code == "balance_insufficient"
+    assert server_error.value.http_status == 500
+    assert transfer.amount == 100
+    assert len(stripe_api.objects("transfer")) == 1

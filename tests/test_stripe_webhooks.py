@@ -242,3 +242,19 @@ def test_customer_portal_without_stripe_explains(client, settings):
     response = client.post("/billing/payment-methods/", follow=True)
 
     assert "Card payments are not set up" in response.content.decode()
+
+
+def test_account_updated_event_enables_payouts(hook, stripe_api):
+    from billing.models import PayoutAccount
+
+    provider = make_user(email="provider@example.com")
+    account = stripe_api.create_account({"type": "express", "email": provider.email})
+    PayoutAccount.objects.create(user=provider, stripe_account_id=account["id"])
+    stripe_api.skip_pending_events()
+
+    stripe_api.complete_onboarding(account["id"])
+    stripe_api.deliver_to(hook)
+
+    payout_account = PayoutAccount.objects.get(user=provider)
+    assert payout_account.details_submitted is True
+    assert payout_account.payouts_enabled is True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from billing.models import Payment, PaymentStatus
+from billing.models import Payment, PaymentStatus, Payout, PayoutMethod, PayoutStatus
 
 
 class StatementSerializer(serializers.Serializer):
@@ -38,3 +38,32 @@ class PaymentSerializer(serializers.ModelSerializer):
 
     def get_moves_real_money(self, payment: Payment) -> bool:
         return payment.method == "stripe"
+
+
+class PayoutSerializer(serializers.ModelSerializer):
+    """A payout of your earnings in one currency for one calendar month (UTC), with the amount in cents."""
+
+    month = serializers.SerializerMethodField(help_text="Calendar month (UTC) the payout closes, YYYY-MM.")
+    # Plain strings, because drf-spectacular would name these enums MethodEnum and StatusEnum,
+    # which other serializers' enums already use.
+    method = serializers.CharField(read_only=True, help_text="One of: " + ", ".join(PayoutMethod.values) + ".")
+    status = serializers.CharField(read_only=True, help_text="One of: " + ", ".join(PayoutStatus.values) + ".")
+
+    class Meta:
+        model = Payout
+        fields = (
+            "id", "month", "currency", "amount_cents", "method", "status", "period_start", "period_end",
+            "stripe_transfer_id", "paid_at", "note", "created_at",
+        )
+        read_only_fields = fields
+
+    def get_month(self, payout: Payout) -> str:
+        return f"{payout.period_start:%Y-%m}"
+
+
+class OnboardingLinkSerializer(serializers.Serializer):
+    """A single-use link to Stripe's payout setup form, and the account state stored so far."""
+
+    url = serializers.URLField(help_text="Open this in the user's browser; it expires after a few minutes.")
+    details_submitted = serializers.BooleanField()
+    payouts_enabled = serializers.BooleanField()

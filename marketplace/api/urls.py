@@ -3,7 +3,13 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from billing.api.views import EarningsView, PaymentListView
+from billing.api.views import (
+    EarningsView,
+    PaymentListView,
+    PayoutDetailView,
+    PayoutListView,
+    PayoutOnboardingLinkView,
+)
 from marketplace.api import views
 from provisioning.api.views import CloudAccountViewSet
 from recipes.api.views import RecipeViewSet
@@ -25,4 +31,7 @@ urlpatterns = [
 urlpatterns += [
     path("billing/earnings/", EarningsView.as_view(), name="api-billing-earnings"),
     path("billing/payments/", PaymentListView.as_view(), name="api-billing-payments"),
+    path("billing/payouts/", PayoutListView.as_view(), name="api-billing-payouts"),
+    path("billing/payouts/<int:pk>/", PayoutDetailView.as_view(), name="api-billing-payout"),
+    path("billing/payouts/onboarding-link/", PayoutOnboardingLinkView.as_view(), name="api-billing-payout-onboarding"),
 ]

@@ -1007,6 +1007,233 @@ class StripeApiServer:
             self._emit("invoice.payment_failed", invoice)
             self._cancel_subscription(subscription)
             return copy.deepcopy(invoice)
+    # -- Connect: accounts, account links, transfers --------------------------------------------
+    #
+    # Express connected accounts start with details_submitted, charges_enabled and
+    # payouts_enabled false. `complete_onboarding` (or `POST /_test/accounts/<id>/onboard`)
+    # simulates the user finishing Stripe's hosted form. It turns all three true and records
+    # `account.updated`. Account links return a URL on this server that nothing serves.
+    # Transfers move no money and do not check the platform balance; `fail_next_transfer` (or
+    # `POST /_test/transfers/fail_next` with form fields `code` and optional `http_status`)
+    # scripts the next create request to fail.
+
+    # Stripe's error type and HTTP status for each scripted transfer failure code.
+    TRANSFER_FAILURES = {
+        "balance_insufficient": ("invalid_request_error", 400),
+        "account_invalid": ("invalid_request_error", 400),
+        "api_error": ("api_error", 500),
+        "rate_limit": ("invalid_request_error", 429),
+    }
+    # The example Account Link in Stripe's API reference (docs.stripe.com/api/account_links)
+    # expires 300 seconds after it was created.
+    ACCOUNT_LINK_LIFETIME_SECONDS = 300
+
+    def _scripted_transfer_failures(self) -> list[_RefundFailure]:
+        # Kept out of _State so this section stays self-contained.
+        return self.__dict__.setdefault("_transfer_failure_queue", [])
+
+    def create_account(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Create an Express connected account from API parameters."""
+        account_type = params.get("type")
+        if account_type != "express":
+            # NOTE: only Express accounts are implemented, so standard and custom are rejected.
+            raise StripeError(400, f"Unsupported account type for this fake: {account_type!r}.", param="type")
+        requested = {
+            name: str(options.get("requested")).lower() == "true"
+            for name, options in (params.get("capabilities") or {}).items()
+            if isinstance(options, dict)
+        }
+        account = self._base("acct", "account", params.get("metadata"))
+        account.update(
+            {
+                "type": "express",
+                "email": params.get("email"),
+                "country": params.get("country", "DE"),
+                "default_currency": "eur",
+                "business_type": params.get("business_type"),
+                "business_profile": {"name": None, "url": None, "mcc": None, "support_email": None},
+                "capabilities": {name: "inactive" for name, wanted in requested.items() if wanted},
+                "charges_enabled": False,
+                "payouts_enabled": False,
+                "details_submitted": False,
+                "controller": {
+                    "type": "application",
+                    "is_controller": True,
+                    "requirement_collection": "stripe",
+                    "stripe_dashboard": {"type": "express"},
+                },
+                "requirements": {
+                    "currently_due": ["business_type", "external_account", "tos_acceptance.date"],
+                    "eventually_due": ["business_type", "external_account", "tos_acceptance.date"],
+                    "past_due": ["business_type", "external_account", "tos_acceptance.date"],
+                    "pending_verification": [],
+                    "current_deadline": None,
+                    "disabled_reason": "requirements.past_due",
+                    "errors": [],
+                },
+                "external_accounts": {
+                    "object": "list",
+                    "data": [],
+                    "has_more": False,
+                    "total_count": 0,
+                    "url": f"/v1/accounts/{account['id']}/external_accounts",
+                },
+                "tos_acceptance": {"date": None},
+            }
+        )
+        self._store(account)
+        return account
+
+    def complete_onboarding(self, account_id: str) -> dict[str, Any]:
+        """Finish onboarding of an account as its owner would on Stripe's form.
+
+        Sets details_submitted, charges_enabled and payouts_enabled, activates the requested
+        capabilities, clears the requirements, records `account.updated` and returns the account.
+        """
+        with self._lock:
+            account = self._lookup(account_id, "account")
+            previous = {
+                "charges_enabled": account["charges_enabled"],
+                "payouts_enabled": account["payouts_enabled"],
+                "details_submitted": account["details_submitted"],
+                "capabilities": dict(account["capabilities"]),
+                "requirements": copy.deepcopy(account["requirements"]),
+            }
+            account.update(
+                {
+                    "charges_enabled": True,
+                    "payouts_enabled": True,
+                    "details_submitted": True,
+                    "capabilities": {name: "active" for name in account["capabilities"]},
+                    "tos_acceptance": {"date": self._timestamp()},
+                }
+            )
+            account["requirements"].update(
+                {"currently_due": [], "eventually_due": [], "past_due": [], "disabled_reason": None}
+            )
+            self._emit("account.updated", account, previous=previous)
+            return copy.deepcopy(account)
+
+    def create_account_link(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Create an onboarding link for an account."""
+        for name in ("account", "type", "return_url", "refresh_url"):
+            if not params.get(name):
+                raise StripeError(
+                    400, f"Missing required param: {name}.", code="parameter_missing", param=name
+                )
+        account = self._lookup(params["account"], "account", param="account")
+        if params["type"] not in ("account_onboarding", "account_update"):
+            raise StripeError(
+                400,
+                f"Invalid type: must be one of account_onboarding or account_update, not {params['type']!r}.",
+                param="type",
+            )
+        if params["type"] == "account_update" and account["type"] == "express":
+            raise StripeError(
+                400,
+                "You cannot create `account_update` type Account Links for Express accounts.",
+                param="type",
+            )
+        created = self._timestamp()
+        return {
+            "object": "account_link",
+            "created": created,
+            "expires_at": created + self.ACCOUNT_LINK_LIFETIME_SECONDS,
+            "url": f"{self.url}/connect/onboarding/{account['id']}/{secrets.token_urlsafe(12)}",
+        }
+
+    def fail_next_transfer(
+        self, *, code: str = "balance_insufficient", http_status: int | None = None
+    ) -> None:
+        """Make the next transfer create request fail with Stripe error `code`.
+
+        `balance_insufficient` returns 400 (`stripe.InvalidRequestError` in the client),
+        `api_error` returns 500 (`stripe.APIError`). `http_status` overrides the status.
+        """
+        error_type, default_status = self.TRANSFER_FAILURES.get(code, ("invalid_request_error", 400))
+        with self._lock:
+            self._scripted_transfer_failures().append(
+                _RefundFailure(
+                    code=code, error_type=error_type, http_status=http_status or default_status
+                )
+            )
+
+    def create_transfer(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Transfer an amount to a connected account whose payouts are enabled."""
+        failures = self._scripted_transfer_failures()
+        if failures:
+            failure = failures.pop(0)
+            raise StripeError(
+                failure.http_status,
+                f"Scripted transfer failure: {failure.code}.",
+                error_type=failure.error_type,
+                code=failure.code,
+            )
+
+        for name in ("amount", "currency", "destination"):
+            if name not in params or params[name] in ("", None):
+                raise StripeError(
+                    400, f"Missing required param: {name}.", code="parameter_missing", param=name
+                )
+        if params["amount"] <= 0:
+            raise StripeError(400, "Amount must be at least 1 cent.", param="amount")
+        currency = str(params["currency"]).lower()
+        if not re.fullmatch(r"[a-z]{3}", currency):
+            raise StripeError(400, f"Invalid currency: {params['currency']}.", param="currency")
+
+        destination = self._state.objects.get(params["destination"])
+        if destination is None or destination["object"] != "account":
+            raise StripeError(
+                400,
+                f"No such destination: '{params['destination']}'",
+                code="resource_missing",
+                param="destination",
+            )
+        if not destination["payouts_enabled"]:
+            raise StripeError(
+                400,
+                "Your destination account needs to have at least one of the following capabilities "
+                "enabled: transfers, crypto_transfers, legacy_payments",
+                code="insufficient_capabilities_for_transfer",
+                param="destination",
+            )
+
+        transfer = self._base("tr", "transfer", params.get("metadata"))
+        transfer.update(
+            {
+                "amount": params["amount"],
+                "amount_reversed": 0,
+                "balance_transaction": self._new_id("txn"),
+                "currency": currency,
+                "description": params.get("description"),
+                "destination": destination["id"],
+                "destination_payment": self._new_id("py"),
+                "reversals": {
+                    "object": "list",
+                    "data": [],
+                    "has_more": False,
+                    "total_count": 0,
+                    "url": f"/v1/transfers/{transfer['id']}/reversals",
+                },
+                "reversed": False,
+                "source_transaction": params.get("source_transaction"),
+                "source_type": "card",
+                "transfer_group": params.get("transfer_group"),
+            }
+        )
+        self._store(transfer)
+        self._emit("transfer.created", transfer)
+        return transfer
+
+    def list_transfers(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List transfers, optionally filtered by `destination` and `transfer_group`."""
+        transfers = [
+            obj
+            for obj in self._state.objects.values()
+            if obj["object"] == "transfer"
+            and all(obj.get(name) == query[name] for name in ("destination", "transfer_group") if name in query)
+        ]
+        return _list_response(transfers, url="/v1/transfers", query=query)
 
     # -- webhooks ----------------------------------------------------------------------------
 
@@ -1306,6 +1533,18 @@ class _StripeHandler(BaseHTTPRequestHandler):
                 result = api._lookup(object_id, "refund")
             case "GET", ["disputes", object_id]:
                 result = api._lookup(object_id, "dispute")
+            case "POST", ["accounts"]:
+                result = api.create_account(params)
+            case "GET", ["accounts", object_id]:
+                result = api._lookup(object_id, "account")
+            case "POST", ["account_links"]:
+                result = api.create_account_link(params)
+            case "POST", ["transfers"]:
+                result = api.create_transfer(params)
+            case "GET", ["transfers"]:
+                result = api.list_transfers(query)
+            case "GET", ["transfers", object_id]:
+                result = api._lookup(object_id, "transfer")
             case "GET", ["events"]:
                 events = [
                     e
@@ -1341,6 +1580,15 @@ class _StripeHandler(BaseHTTPRequestHandler):
                     status = params.get("http_status")
                     api.fail_next_refund(
                         code=params.get("code", "card_declined"),
+                        http_status=int(status) if status else None,
+                    )
+                    return 200, {"ok": True}
+                case ["accounts", account_id, "onboard"]:
+                    return 200, api.complete_onboarding(account_id)
+                case ["transfers", "fail_next"]:
+                    status = params.get("http_status")
+                    api.fail_next_transfer(
+                        code=params.get("code", "balance_insufficient"),
                         http_status=int(status) if status else None,
                     )
                     return 200, {"ok": True}

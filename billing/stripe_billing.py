@@ -348,7 +348,7 @@ def _earlier_refund(refund: Refund, params: dict[str, Any]):
     query = {key: params[key] for key in ("payment_intent", "charge") if key in params}
     query["limit"] = 100
     for candidate in stripe_client().v1.refunds.list(params=query).data:
-        metadata = candidate.metadata or {}
+        metadata = candidate.to_dict().get("metadata") or {}
         if metadata.get("refund_id") == str(refund.pk) and candidate.status not in ("failed", "canceled"):
             logger.info("Refund %s: found the Stripe refund %s an earlier try created", refund.pk, candidate.id)
             return candidate

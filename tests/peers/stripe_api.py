@@ -1679,6 +1679,19 @@ class _StripeHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def _forward_events(server: StripeApiServer, url: str) -> None:
+    """Post each new event to `url` about once a second; a failed delivery is not retried."""
+    while True:
+        time.sleep(1.0)
+        try:
+            statuses = server.deliver_to(url)
+        except Exception:  # noqa: BLE001 - keep forwarding whatever one delivery raised
+            logger.exception("Forwarding events to %s failed", url)
+            continue
+        if statuses:
+            logger.info("Delivered %s events to %s: %s", len(statuses), url, statuses)
+
+
 def main() -> None:
     """Run the fake Stripe API in the foreground until interrupted."""
     parser = argparse.ArgumentParser(description="Run a fake Stripe API on 127.0.0.1.")
@@ -1691,6 +1704,12 @@ def main() -> None:
     parser.add_argument(
         "--webhook-secret", default="whsec_local", help="secret for Stripe-Signature headers"
     )
+    parser.add_argument(
+        "--webhook-url",
+        default="",
+        help="loopback URL to post every new event to, once a second (for example "
+        "http://127.0.0.1:8000/billing/stripe/webhook/)",
+    )
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     server = StripeApiServer(
@@ -1700,6 +1719,11 @@ def main() -> None:
     )
     with server:
         logger.info("Fake Stripe API listening on %s, press Ctrl+C to stop", server.url)
+        if arguments.webhook_url:
+            _require_loopback(arguments.webhook_url)
+            threading.Thread(
+                target=_forward_events, args=(server, arguments.webhook_url), name="stripe-webhooks", daemon=True
+            ).start()
         try:
             threading.Event().wait()
         except KeyboardInterrupt:

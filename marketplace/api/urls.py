@@ -3,7 +3,13 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from billing.api.views import EarningsView, PaymentListView
+from billing.api.views import (
+    BillingProfileView,
+    CreditNoteViewSet,
+    EarningsView,
+    InvoiceViewSet,
+    PaymentListView,
+)
 from marketplace.api import views
 from provisioning.api.views import CloudAccountViewSet
 from recipes.api.views import RecipeViewSet
@@ -16,6 +22,8 @@ router.register("provider/offerings", views.ProviderOfferingViewSet, basename="a
 router.register("cloud-accounts", CloudAccountViewSet, basename="api-cloud-account")
 router.register("ssh-keys", views.SshKeyViewSet, basename="api-ssh-key")
 router.register("recipes", RecipeViewSet, basename="api-recipe")
+router.register("billing/invoices", InvoiceViewSet, basename="api-billing-invoice")
+router.register("billing/credit-notes", CreditNoteViewSet, basename="api-billing-credit-note")
 
 urlpatterns = [
     path("provider/profile/", views.ProviderProfileView.as_view(), name="api-provider-profile"),
@@ -25,4 +33,5 @@ urlpatterns = [
 urlpatterns += [
     path("billing/earnings/", EarningsView.as_view(), name="api-billing-earnings"),
     path("billing/payments/", PaymentListView.as_view(), name="api-billing-payments"),
+    path("billing/profile/", BillingProfileView.as_view(), name="api-billing-profile"),
 ]

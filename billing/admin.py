@@ -1,7 +1,7 @@
-"""Admin for payments, refunds, the ledger and payouts; only the billing services write them.
+"""Admin for payments, refunds, the ledger, payouts, invoices and credit notes.
 
-Payout rows change only through the actions "Mark paid out" and "Retry transfer", which call the
-payout services.
+Only the billing services write these rows. Payout rows change only through the actions "Mark
+paid out" and "Retry transfer"; failed card refunds can be retried with "Retry refund".
 """
 
 from __future__ import annotations
@@ -10,12 +10,17 @@ from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.template.response import TemplateResponse
+from django.utils.html import format_html
 
 from billing import payouts
 from billing.forms import MarkPaidOutForm
 from billing.models import (
+    BillingProfile,
     CheckoutSession,
+    CreditNote,
     Dispute,
+    DocumentCounter,
+    Invoice,
     LedgerEntry,
     Payment,
     PaymentMethod,
@@ -28,6 +33,7 @@ from billing.models import (
     WebhookEvent,
 )
 from marketplace.admin import ReadOnlyAdminMixin, status_badge
+from marketplace.templatetags.money import money
 
 
 class RefundInline(ReadOnlyAdminMixin, admin.TabularInline):
@@ -254,3 +260,50 @@ class PayoutEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_select_related = ("payout", "actor")
     search_fields = ("payout__beneficiary__email", "reason")
     date_hierarchy = "created_at"
+@admin.register(BillingProfile)
+class BillingProfileAdmin(admin.ModelAdmin):
+    """Users' billing details; editable, because issued invoices keep their own copy."""
+
+    list_display = ("legal_name", "user", "country", "is_business", "vat_id", "updated_at")
+    list_filter = ("is_business", "country")
+    list_select_related = ("user",)
+    search_fields = ("legal_name", "user__email", "vat_id")
+    raw_id_fields = ("user",)
+
+
+class _DocumentAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Issued invoices and credit notes: view only, with a link to the PDF."""
+
+    list_display = ("number", "issued_at", "buyer_name", "buyer", "gross_display", "is_sandbox", "pdf_link")
+    list_filter = ("series", "is_sandbox", "reverse_charge", "tax_source", "currency")
+    list_select_related = ("buyer",)
+    search_fields = ("number", "buyer_name", "buyer_email", "buyer__email", "buyer_vat_id")
+    date_hierarchy = "issued_at"
+    readonly_fields = ("pdf_link",)
+
+    @admin.display(description="Total", ordering="gross_cents")
+    def gross_display(self, obj) -> str:
+        return money(obj.gross_cents, obj.currency)
+
+    @admin.display(description="PDF")
+    def pdf_link(self, obj):
+        return format_html('<a href="{}">Download PDF</a>', obj.get_pdf_url())
+
+
+@admin.register(Invoice)
+class InvoiceAdmin(_DocumentAdmin):
+    list_select_related = ("buyer", "payment")
+
+
+@admin.register(CreditNote)
+class CreditNoteAdmin(_DocumentAdmin):
+    list_display = (*_DocumentAdmin.list_display[:4], "invoice", *_DocumentAdmin.list_display[4:])
+    list_select_related = ("buyer", "invoice")
+
+
+@admin.register(DocumentCounter)
+class DocumentCounterAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """The last number issued per series and year; only the invoicing service writes it."""
+
+    list_display = ("series", "year", "last_sequence")
+    list_filter = ("series", "year")

@@ -1,8 +1,11 @@
-"""Forms of the billing admin actions."""
+"""Forms of the billing pages (billing details for invoices) and of the billing admin actions."""
 
 from __future__ import annotations
 
 from django import forms
+
+from billing.models import BillingProfile
+from billing.profiles import PROFILE_FIELDS
 
 
 class MarkPaidOutForm(forms.Form):
@@ -13,3 +16,23 @@ class MarkPaidOutForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
         help_text="How the money was paid, for example the bank transfer reference. The beneficiary sees this note.",
     )
+
+
+class BillingProfileForm(forms.ModelForm):
+    """Billing details; the model's clean() checks the VAT id format, business flag and country."""
+
+    class Meta:
+        model = BillingProfile
+        fields = PROFILE_FIELDS
+        widgets = {
+            "country": forms.TextInput(attrs={"size": 2, "autocomplete": "country", "placeholder": "DE"}),
+            "legal_name": forms.TextInput(attrs={"autocomplete": "organization"}),
+            "address_line1": forms.TextInput(attrs={"autocomplete": "address-line1"}),
+            "address_line2": forms.TextInput(attrs={"autocomplete": "address-line2"}),
+            "postal_code": forms.TextInput(attrs={"autocomplete": "postal-code"}),
+            "city": forms.TextInput(attrs={"autocomplete": "address-level2"}),
+            "vat_id": forms.TextInput(attrs={"spellcheck": "false", "placeholder": "DE123456789"}),
+        }
+
+    def clean_country(self) -> str:
+        return (self.cleaned_data.get("country") or "").strip().upper()

@@ -1,12 +1,17 @@
-"""Payments and refunds recorded through the payment abstraction."""
+"""Payments and refunds recorded through the payment abstraction, and the invoices and credit notes issued for them."""
 
 from __future__ import annotations
 
 import secrets
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
+from django.urls import reverse
 from django.utils import timezone
+
+from billing.vat import normalize_vat_id
+from marketplace.validators import validate_country_code, validate_visible_text
 
 
 def _new_key() -> str:
@@ -363,3 +368,205 @@ class PayoutEvent(models.Model):
 
     def __str__(self) -> str:
         return f"Payout {self.payout_id}: {self.from_status or 'new'} -> {self.to_status}"
+class BillingProfile(models.Model):
+    """The legal name, address and optional EU VAT id a user's invoices are made out to."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="billing_profile")
+    legal_name = models.CharField(
+        max_length=200, validators=[validate_visible_text],
+        help_text="Your full name, or your company's registered name when you buy as a business.",
+    )
+    address_line1 = models.CharField("address", max_length=200, validators=[validate_visible_text])
+    address_line2 = models.CharField("address line 2", max_length=200, blank=True, validators=[validate_visible_text])
+    postal_code = models.CharField(max_length=20, blank=True, validators=[validate_visible_text])
+    city = models.CharField(max_length=100, validators=[validate_visible_text])
+    country = models.CharField(
+        max_length=2, validators=[validate_country_code], help_text="ISO 3166-1 code in capitals, for example DE or FR."
+    )
+    is_business = models.BooleanField(
+        "buying as a business", default=False,
+        help_text="Tick when you rent for a company; an EU VAT id then applies the reverse charge where the law allows.",
+    )
+    vat_id = models.CharField(
+        "EU VAT id", max_length=20, blank=True,
+        help_text="For businesses only: the prefix and the number, for example DE123456789 (EL for Greece).",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Billing profile of {self.legal_name} (user {self.user_id})"
+
+    def clean(self) -> None:
+        from billing.profiles import billing_profile_errors
+
+        errors = billing_profile_errors(
+            country=self.country, is_business=self.is_business, vat_id=self.vat_id, vat_id_label="vat_id"
+        )
+        if errors:
+            raise ValidationError(errors)
+        if self.vat_id:
+            self.vat_id = normalize_vat_id(self.vat_id)
+
+
+class ImmutableDocumentError(Exception):
+    """An issued invoice or credit note cannot be changed or deleted."""
+
+
+class ImmutableQuerySet(models.QuerySet):
+    """Rejects bulk updates and deletes, which would bypass the model's save() and delete()."""
+
+    def update(self, **kwargs):
+        raise ImmutableDocumentError(f"{self.model.__name__} rows are immutable once issued; update() is not allowed.")
+
+    def delete(self):
+        raise ImmutableDocumentError(f"{self.model.__name__} rows are immutable once issued; delete() is not allowed.")
+
+
+class DocumentSeries(models.TextChoices):
+    INVOICE = "invoice", "Invoice"
+    CREDIT_NOTE = "credit_note", "Credit note"
+    SANDBOX_INVOICE = "sandbox_invoice", "Sandbox invoice"
+    SANDBOX_CREDIT_NOTE = "sandbox_credit_note", "Sandbox credit note"
+
+
+#: Number prefix of each series; a number is the prefix, the year and a 6-digit sequence.
+SERIES_PREFIXES = {
+    DocumentSeries.INVOICE: "",
+    DocumentSeries.CREDIT_NOTE: "CN-",
+    DocumentSeries.SANDBOX_INVOICE: "TEST-",
+    DocumentSeries.SANDBOX_CREDIT_NOTE: "TEST-CN-",
+}
+
+
+class TaxSource(models.TextChoices):
+    PROCESSOR = "processor", "Computed by the payment processor"
+    CONFIGURED_RATE = "configured_rate", "Configured rate"
+    REVERSE_CHARGE = "reverse_charge", "Reverse charge"
+
+
+class DocumentCounter(models.Model):
+    """The last number issued in one series and calendar year (UTC).
+
+    Issuing locks this row with SELECT ... FOR UPDATE and inserts the document in the same
+    transaction, so a rolled-back issue also rolls back its number and the series has no gaps.
+    """
+
+    series = models.CharField(max_length=32, choices=DocumentSeries.choices)
+    year = models.PositiveSmallIntegerField()
+    last_sequence = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["series", "year"], name="document_counter_series_year")]
+
+    def __str__(self) -> str:
+        return f"{self.get_series_display()} {self.year}: {self.last_sequence}"
+
+
+class BillingDocument(models.Model):
+    """Fields shared by invoices and credit notes: number, parties and amounts, frozen at issue."""
+
+    number = models.CharField(max_length=32, unique=True)
+    series = models.CharField(max_length=32, choices=DocumentSeries.choices)
+    year = models.PositiveSmallIntegerField()
+    sequence = models.PositiveIntegerField()
+    issued_at = models.DateTimeField()
+    is_sandbox = models.BooleanField(default=False, help_text="Issued for a sandbox payment: no money was charged.")
+    buyer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+
+    seller_name = models.CharField(max_length=200)
+    seller_address = models.TextField(blank=True)
+    seller_country = models.CharField(max_length=2, blank=True)
+    seller_vat_id = models.CharField(max_length=20, blank=True)
+    seller_email = models.CharField(max_length=254, blank=True)
+
+    buyer_name = models.CharField(max_length=200)
+    buyer_email = models.CharField(max_length=254)
+    buyer_address_line1 = models.CharField(max_length=200, blank=True)
+    buyer_address_line2 = models.CharField(max_length=200, blank=True)
+    buyer_postal_code = models.CharField(max_length=20, blank=True)
+    buyer_city = models.CharField(max_length=100, blank=True)
+    buyer_country = models.CharField(max_length=2, blank=True)
+    buyer_vat_id = models.CharField(max_length=20, blank=True)
+    buyer_is_business = models.BooleanField(default=False)
+
+    currency = models.CharField(max_length=3)
+    # Totals in cents; net + tax == gross. Credit notes carry negative amounts.
+    net_cents = models.BigIntegerField()
+    tax_cents = models.BigIntegerField()
+    gross_cents = models.BigIntegerField()
+    tax_rate_bps = models.PositiveBigIntegerField(
+        help_text="Tax rate in basis points; for tax computed by the processor, the effective rate rounded."
+    )
+    tax_source = models.CharField(max_length=16, choices=TaxSource.choices)
+    reverse_charge = models.BooleanField(default=False)
+    notes = models.TextField(blank=True, help_text="Printed on the document: reverse charge and sandbox notes.")
+    # [{"description", "period_start", "period_end", "net_cents", "tax_cents", "gross_cents"}];
+    # the periods are ISO 8601 strings and the amounts of all lines sum to the totals.
+    lines = models.JSONField(default=list)
+
+    objects = ImmutableQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+        ordering = ["-issued_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.number
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise ImmutableDocumentError(f"{type(self).__name__} {self.number} is issued and cannot be changed.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise ImmutableDocumentError(f"{type(self).__name__} {self.number} is issued and cannot be deleted.")
+
+    @property
+    def buyer_address_lines(self) -> list[str]:
+        """The buyer's address as printed: street lines, postal code and city, country code."""
+        city_line = " ".join(part for part in (self.buyer_postal_code, self.buyer_city) if part)
+        lines = [self.buyer_address_line1, self.buyer_address_line2, city_line, self.buyer_country]
+        return [line for line in lines if line]
+
+    @property
+    def seller_address_lines(self) -> list[str]:
+        lines = [*self.seller_address.splitlines(), self.seller_country]
+        return [line.strip() for line in lines if line.strip()]
+
+
+class Invoice(BillingDocument):
+    """The invoice for one succeeded payment of more than 0 cents; immutable once issued."""
+
+    payment = models.OneToOneField(Payment, on_delete=models.PROTECT, related_name="invoice")
+
+    class Meta(BillingDocument.Meta):
+        constraints = [
+            models.UniqueConstraint(fields=["series", "year", "sequence"], name="invoice_series_year_sequence"),
+        ]
+        indexes = [models.Index(fields=["buyer", "-issued_at"], name="invoice_buyer_issued")]
+
+    def get_absolute_url(self) -> str:
+        return reverse("billing:invoice", args=[self.number])
+
+    def get_pdf_url(self) -> str:
+        return reverse("billing:invoice_pdf", args=[self.number])
+
+
+class CreditNote(BillingDocument):
+    """The credit note for one succeeded refund, crediting part or all of an invoice; immutable once issued."""
+
+    refund = models.OneToOneField(Refund, on_delete=models.PROTECT, related_name="credit_note")
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
+
+    class Meta(BillingDocument.Meta):
+        constraints = [
+            models.UniqueConstraint(fields=["series", "year", "sequence"], name="credit_note_series_year_sequence"),
+        ]
+        indexes = [models.Index(fields=["buyer", "-issued_at"], name="credit_note_buyer_issued")]
+
+    def get_absolute_url(self) -> str:
+        return reverse("billing:credit_note", args=[self.number])
+
+    def get_pdf_url(self) -> str:
+        return reverse("billing:credit_note_pdf", args=[self.number])

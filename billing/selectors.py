@@ -1,4 +1,4 @@
-"""Read-only queries over payments and the earnings ledger, for pages and the API."""
+"""Read-only queries over payments, the earnings ledger, invoices and credit notes, for pages and the API."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from django.db.models import Count, Prefetch, Q, QuerySet, Sum
 from django.db.models.functions import TruncMonth
 
-from billing.models import LedgerEntry, Payment, Payout, PayoutAccount, Refund
+from billing.models import CreditNote, Invoice, LedgerEntry, Payment, Payout, PayoutAccount, Refund
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def tenant_payments(*, user) -> QuerySet[Payment]:
     """Return the payments for `user`'s rentals as tenant, newest first, with contract and refunds loaded."""
     return (
         Payment.objects.filter(contract__tenant=user)
-        .select_related("contract")
+        .select_related("contract", "invoice")
         .prefetch_related(Prefetch("refunds", queryset=Refund.objects.order_by("-created_at", "-id")))
         .order_by("-created_at", "-id")
     )
@@ -94,3 +94,23 @@ def payouts_by_month(payouts) -> dict[tuple[dt.date, str], Payout]:
 def payout_account_of(*, user) -> PayoutAccount | None:
     """Return the user's Stripe payout account row, or None before payout setup started."""
     return PayoutAccount.objects.filter(user=user).first()
+def tenant_invoices(*, user) -> QuerySet[Invoice]:
+    """Return the invoices made out to `user`, newest first."""
+    return Invoice.objects.filter(buyer=user).order_by("-issued_at", "-id")
+
+
+def tenant_credit_notes(*, user) -> QuerySet[CreditNote]:
+    """Return the credit notes made out to `user`, newest first, with the invoice each one credits."""
+    return CreditNote.objects.filter(buyer=user).select_related("invoice").order_by("-issued_at", "-id")
+
+
+def invoices_visible_to(*, user) -> QuerySet[Invoice]:
+    """Return the invoices `user` may open: their own, or every invoice for staff."""
+    queryset = Invoice.objects.select_related("payment__contract")
+    return queryset if user.is_staff else queryset.filter(buyer=user)
+
+
+def credit_notes_visible_to(*, user) -> QuerySet[CreditNote]:
+    """Return the credit notes `user` may open: their own, or every credit note for staff."""
+    queryset = CreditNote.objects.select_related("invoice", "refund")
+    return queryset if user.is_staff else queryset.filter(buyer=user)

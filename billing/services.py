@@ -16,6 +16,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.gateway import stripe_enabled
+from billing.invoicing import credit_note_issue_for_refund, invoice_issue_for_payment
 from billing.ledger import ledger_record_payment, ledger_record_refund
 from billing.models import Payment, PaymentMethod, PaymentStatus, Refund
 
@@ -124,13 +125,15 @@ def payment_refund(*, payment: Payment, reason: str) -> Refund:
 
 
 def _payment_succeeded(payment: Payment) -> None:
-    """Book a payment that succeeded: its ledger split (and, with invoicing, its invoice)."""
+    """Book a payment that succeeded: its ledger split and its invoice (none for 0 cents)."""
     ledger_record_payment(payment=payment)
+    invoice_issue_for_payment(payment=payment)
 
 
 def _refund_succeeded(refund: Refund) -> None:
-    """Book a refund that succeeded: the ledger reversal (and, with invoicing, its credit note)."""
+    """Book a refund that succeeded: the ledger reversal and its credit note (none for 0 cents)."""
     ledger_record_refund(refund=refund)
+    credit_note_issue_for_refund(refund=refund)
 
 
 def contract_refund_state(contract) -> str:

@@ -370,14 +370,21 @@ def _sync_payment_refund_status(payment: Payment) -> None:
         Payment.objects.filter(pk=payment.pk).update(status=status, updated_at=timezone.now())
 
 
+def _lock_refund(refund_id: int) -> tuple[Payment, Refund]:
+    """Lock a refund's payment, then the refund: the order every billing writer uses."""
+    payment_id = Refund.objects.filter(pk=refund_id).values_list("payment_id", flat=True).get()
+    payment = Payment.objects.select_for_update().select_related("contract").get(pk=payment_id)
+    refund = Refund.objects.select_for_update().get(pk=refund_id)
+    return payment, refund
+
+
 @transaction.atomic
 def refund_mark_succeeded(*, refund_id: int, reference: str) -> Refund:
     from billing.services import _refund_succeeded
 
-    refund = Refund.objects.select_for_update().select_related("payment").get(pk=refund_id)
+    payment, refund = _lock_refund(refund_id)
     if refund.status == Refund.Status.SUCCEEDED:
         return refund
-    payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
     refund.status = Refund.Status.SUCCEEDED
     refund.reference = reference
     refund.error = ""
@@ -395,10 +402,9 @@ def refund_mark_failed(*, refund_id: int, error: str, reference: str = "") -> Re
     """Record a failed refund call: retried with backoff, and staff are told."""
     from notifications.services import notify_contract_event
 
-    refund = Refund.objects.select_for_update().select_related("payment__contract").get(pk=refund_id)
+    payment, refund = _lock_refund(refund_id)
     if refund.status == Refund.Status.SUCCEEDED:
         return refund
-    payment = Payment.objects.select_for_update().get(pk=refund.payment_id)
     refund.attempts += 1
     first_failure = refund.status != Refund.Status.FAILED
     refund.status = Refund.Status.FAILED

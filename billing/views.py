@@ -1,4 +1,5 @@
-"""Billing pages (earnings and payouts, payments, the Stripe customer portal) and the Stripe webhook endpoint."""
+"""Billing pages: earnings and payouts, payments, billing details, invoices and credit notes with
+their PDFs, the Stripe customer portal, and the Stripe webhook endpoint."""
 
 from __future__ import annotations
 
@@ -6,18 +7,23 @@ import datetime as dt
 import logging
 
 import stripe
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from billing import payouts, selectors
+from billing.forms import BillingProfileForm
 from billing.gateway import stripe_enabled
+from billing.models import BillingDocument, BillingProfile
+from billing.pdf import format_rate, render_document_pdf
+from billing.profiles import billing_profile_save
 from billing.stripe_billing import portal_url
 from billing.webhooks import WebhookRejected, webhook_receive
 
@@ -165,3 +171,81 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
         logger.warning("Stripe webhook refused from %s: %s", request.META.get("REMOTE_ADDR"), exc)
         return JsonResponse({"error": str(exc)}, status=400)
     return JsonResponse({"received": True, "duplicate": event is None, "outcome": outcome})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def overview(request: HttpRequest) -> HttpResponse:
+    """Render the tenant billing page: billing details form, invoices and credit notes; save the form on POST."""
+    profile = BillingProfile.objects.filter(user=request.user).first()
+    form = BillingProfileForm(request.POST or None, instance=profile)
+    if request.method == "POST" and form.is_valid():
+        try:
+            billing_profile_save(user=request.user, actor=request.user, **form.cleaned_data)
+        except ValidationError as error:
+            form.add_error(None, error)
+        else:
+            messages.success(request, "Billing details saved. New invoices use them; issued invoices stay as they are.")
+            return redirect("billing:overview")
+    return render(
+        request,
+        "billing/overview.html",
+        {
+            "form": form,
+            "has_profile": profile is not None,
+            "invoices": selectors.tenant_invoices(user=request.user),
+            "credit_notes": selectors.tenant_credit_notes(user=request.user),
+            "stripe_enabled": bool(settings.STRIPE_SECRET_KEY),
+        },
+    )
+
+
+def _document_page(request: HttpRequest, document: BillingDocument, *, kind: str) -> HttpResponse:
+    return render(
+        request,
+        "billing/document_detail.html",
+        {"document": document, "kind": kind, "tax_rate": format_rate(document.tax_rate_bps)},
+    )
+
+
+def _pdf_response(document: BillingDocument, *, filename_prefix: str) -> HttpResponse:
+    response = HttpResponse(render_document_pdf(document), content_type="application/pdf")
+    response["Content-Disposition"] = f'attachment; filename="{filename_prefix}-{document.number}.pdf"'
+    response["Cache-Control"] = "private"
+    return response
+
+
+# Only the buyer and staff can open an invoice or credit note; for everyone else the selectors
+# find nothing, so the pages and PDFs return 404 without revealing that the number exists.
+
+
+@login_required
+@require_GET
+def invoice_detail(request: HttpRequest, number: str) -> HttpResponse:
+    """Render one invoice."""
+    invoice = get_object_or_404(selectors.invoices_visible_to(user=request.user), number=number)
+    return _document_page(request, invoice, kind="Invoice")
+
+
+@login_required
+@require_GET
+def invoice_pdf(request: HttpRequest, number: str) -> HttpResponse:
+    """Send one invoice as PDF."""
+    invoice = get_object_or_404(selectors.invoices_visible_to(user=request.user), number=number)
+    return _pdf_response(invoice, filename_prefix="invoice")
+
+
+@login_required
+@require_GET
+def credit_note_detail(request: HttpRequest, number: str) -> HttpResponse:
+    """Render one credit note."""
+    credit_note = get_object_or_404(selectors.credit_notes_visible_to(user=request.user), number=number)
+    return _document_page(request, credit_note, kind="Credit note")
+
+
+@login_required
+@require_GET
+def credit_note_pdf(request: HttpRequest, number: str) -> HttpResponse:
+    """Send one credit note as PDF."""
+    credit_note = get_object_or_404(selectors.credit_notes_visible_to(user=request.user), number=number)
+    return _pdf_response(credit_note, filename_prefix="credit-note")

@@ -336,6 +336,35 @@ if STRIPE_CONNECT_ENABLED and not STRIPE_SECRET_KEY:
 # against a fake cloud API: with it on, anyone can make a provider's real cloud create servers.
 SANDBOX_PAYMENTS_FOR_REAL_BACKENDS = env.bool("SANDBOX_PAYMENTS_FOR_REAL_BACKENDS", default=False)
 
+# Invoices. The seller's details are copied onto every invoice and credit note when it is
+# issued; BILLING_SELLER_ADDRESS may span lines (a literal \n in the variable starts a new line).
+BILLING_SELLER_NAME = env.str("BILLING_SELLER_NAME", default="Cloudmarket")
+BILLING_SELLER_ADDRESS = env.str("BILLING_SELLER_ADDRESS", default="", multiline=True)
+# ISO 3166-1 code; the reverse charge applies to EU business buyers in another member state.
+BILLING_SELLER_COUNTRY = env.str("BILLING_SELLER_COUNTRY", default="DE")
+if not (len(BILLING_SELLER_COUNTRY) == 2 and BILLING_SELLER_COUNTRY.isascii() and BILLING_SELLER_COUNTRY.isupper()):
+    raise ImproperlyConfigured(
+        f"BILLING_SELLER_COUNTRY is {BILLING_SELLER_COUNTRY!r}: set it to an ISO 3166-1 code in capitals, for example DE."
+    )
+BILLING_SELLER_VAT_ID = env.str("BILLING_SELLER_VAT_ID", default="")
+BILLING_SELLER_EMAIL = env.str("BILLING_SELLER_EMAIL", default="billing@cloudmarket.local")
+# Tax included in prices when the payment processor computed none, in basis points (1900 = 19 %).
+BILLING_TAX_RATE_BPS = env.int("BILLING_TAX_RATE_BPS", default=0)
+if not 0 <= BILLING_TAX_RATE_BPS <= 10_000:
+    raise ImproperlyConfigured(
+        f"BILLING_TAX_RATE_BPS is {BILLING_TAX_RATE_BPS}: set it to 0 to 10000 basis points (1900 = 19 %)."
+    )
+# Fonts of invoice PDFs: the folder of DejaVuSans.ttf and DejaVuSans-Bold.ttf (Debian package
+# fonts-dejavu-core) and a font for CJK characters (fonts-droid-fallback).
+BILLING_PDF_FONT_DIR = env.str("BILLING_PDF_FONT_DIR", default="/usr/share/fonts/truetype/dejavu")
+BILLING_PDF_CJK_FONT = env.str(
+    "BILLING_PDF_CJK_FONT", default="/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf"
+)
+if STRIPE_SECRET_KEY and not DEBUG and not BILLING_SELLER_ADDRESS:
+    raise ImproperlyConfigured(
+        "BILLING_SELLER_ADDRESS is missing: invoices for card payments need the seller's postal address."
+    )
+
 # Provisioning.
 # Written into the labels of every cloud object, so two deployments sharing a cloud account
 # never touch each other's servers.

@@ -396,7 +396,7 @@ def rental_detail(request: HttpRequest, public_id) -> HttpResponse:
 def _render_rental_page(request: HttpRequest, contract: Contract, *, reject_form: RejectForm | None = None) -> HttpResponse:
     is_tenant = contract.tenant_id == request.user.pk
     is_provider = contract.provider.user_id == request.user.pk
-    payments = list(Payment.objects.filter(contract=contract).order_by("created_at", "id"))
+    payments = list(Payment.objects.filter(contract=contract).select_related("invoice").order_by("created_at", "id"))
     context = _live_context(contract, returned_from_checkout=request.GET.get("checkout") == "success")
     context.update(
         {

@@ -13,6 +13,7 @@ from django.utils import timezone
 from billing.ledger import ledger_record_payment
 from billing.models import Payment, PaymentMethod, PaymentStatus, PayoutAccount
 from billing.payouts import payouts_create_for_period, previous_month_bounds
+from billing.profiles import billing_profile_save
 from marketplace.models import Contract, ContractEvent, ContractStatus
 from marketplace.services.contracts import contract_activate, contract_reject
 from marketplace.services.ssh_keys import ssh_key_create
@@ -60,6 +61,10 @@ def dataset():
     offering = make_offering(provider=provider, cloud_account=sandbox, slug="acme-nginx", recipe_version=recipe)
     tenant = make_user(email="tenant@example.com")
     ssh_key_create(user=tenant, name="laptop", public_key=ssh_public_key())
+    billing_profile_save(
+        user=tenant, actor=tenant, legal_name="Example Tenant GmbH", address_line1="Hauptstraße 1", city="Berlin",
+        country="DE",
+    )
 
     provisioning = make_contract(tenant=tenant, offering=offering)
     run = RecipeRun.objects.create(contract=provisioning, status=RecipeRunStatus.RUNNING, timeout_seconds=60)

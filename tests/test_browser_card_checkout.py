@@ -31,7 +31,7 @@ from tests.test_browser_journeys import (  # noqa: F401  (fixtures used by name)
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_card_checkout_abandon_retry_and_pay(page: Page, live_server, stripe_api, celery_worker_process, demo_data):
+def test_card_checkout_abandon_retry_and_pay(page: Page, live_server, stripe_api, celery_worker_process, demo_data):  # noqa: F811
     page.clock.install()
     offering = Offering.objects.filter(recipe_version__isnull=True, price_cents__gt=0).order_by("price_cents").first()
     page.goto(reverse("marketplace:rent", kwargs={"slug": offering.slug}))

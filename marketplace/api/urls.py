@@ -4,7 +4,10 @@ from django.urls import path
 from rest_framework.routers import SimpleRouter
 
 from billing.api.views import (
+    BillingProfileView,
+    CreditNoteViewSet,
     EarningsView,
+    InvoiceViewSet,
     PaymentListView,
     PayoutDetailView,
     PayoutListView,
@@ -22,6 +25,8 @@ router.register("provider/offerings", views.ProviderOfferingViewSet, basename="a
 router.register("cloud-accounts", CloudAccountViewSet, basename="api-cloud-account")
 router.register("ssh-keys", views.SshKeyViewSet, basename="api-ssh-key")
 router.register("recipes", RecipeViewSet, basename="api-recipe")
+router.register("billing/invoices", InvoiceViewSet, basename="api-billing-invoice")
+router.register("billing/credit-notes", CreditNoteViewSet, basename="api-billing-credit-note")
 
 urlpatterns = [
     path("provider/profile/", views.ProviderProfileView.as_view(), name="api-provider-profile"),
@@ -34,4 +39,5 @@ urlpatterns += [
     path("billing/payouts/", PayoutListView.as_view(), name="api-billing-payouts"),
     path("billing/payouts/<int:pk>/", PayoutDetailView.as_view(), name="api-billing-payout"),
     path("billing/payouts/onboarding-link/", PayoutOnboardingLinkView.as_view(), name="api-billing-payout-onboarding"),
+    path("billing/profile/", BillingProfileView.as_view(), name="api-billing-profile"),
 ]

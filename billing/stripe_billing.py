@@ -50,7 +50,7 @@ def from_timestamp(value: Any) -> datetime | None:
 
 
 def _key(*parts: object) -> str:
-    """An idempotency key scoped to this deployment, so two deployments sharing a Stripe account never collide."""
+    """Build an idempotency key scoped to this deployment, so deployments sharing a Stripe account never collide."""
     return "-".join([settings.DEPLOYMENT_NAME, *(str(part) for part in parts)])[:255]
 
 
@@ -89,9 +89,9 @@ def customer_for(user) -> str:
 def checkout_open(*, contract, actor, success_url: str, cancel_url: str) -> CheckoutSession:
     """Return a usable Checkout Session for the first period of a requested card-paid rental.
 
-    An open session is reused (a double click or a "retry payment" after the tenant left the
-    checkout page goes back to it); otherwise a new one is created, with the contract id in the
-    metadata of the session and of the subscription (and so of its invoices).
+    An open session is reused, so a double click or a "retry payment" after the tenant left the
+    checkout page goes back to it. Otherwise a new one is created, with the contract id in the
+    metadata of the session and of the subscription, and so of its invoices.
     """
     from marketplace.models import ContractStatus
     from marketplace.services.contracts import InvalidTransition, contract_note
@@ -160,7 +160,7 @@ def checkout_open(*, contract, actor, success_url: str, cancel_url: str) -> Chec
 
 
 def checkout_expire(*, session: CheckoutSession) -> None:
-    """Expire an open Checkout Session so nobody can pay a rental that no longer wants payment."""
+    """Expire an open Checkout Session so that a cancelled rental can no longer be paid."""
     try:
         stripe_client().v1.checkout.sessions.expire(session.session_id)
     except stripe.InvalidRequestError as exc:
@@ -174,7 +174,7 @@ def checkout_expire(*, session: CheckoutSession) -> None:
 
 
 def portal_url(*, user, return_url: str) -> str:
-    """Return a Stripe customer portal link where the user manages saved cards and sees receipts."""
+    """Return a link to Stripe's customer portal, where the user manages saved cards and receipts."""
     customer_id = customer_for(user)
     session = stripe_client().v1.billing_portal.sessions.create(params={"customer": customer_id, "return_url": return_url})
     logger.info("Stripe customer portal opened for user %s", user.pk)
@@ -186,7 +186,7 @@ def portal_url(*, user, return_url: str) -> str:
 
 @dataclass(frozen=True)
 class InvoiceFacts:
-    """What the platform needs from a Stripe invoice, read tolerantly across API versions."""
+    """Fields of a Stripe invoice that billing uses, read tolerantly across API versions."""
 
     invoice_id: str
     subscription_id: str
@@ -293,7 +293,7 @@ def subscription_remember(*, contract, subscription_id: str, customer_id: str = 
 
 
 def refund_execute(*, refund_id: int) -> Refund:
-    """Ask Stripe to refund a pending or failed refund row, and record the answer.
+    """Ask Stripe to refund a pending or failed refund row, and record the result.
 
     The row's idempotency key goes with every call, so a retry after a timeout (when Stripe may
     have refunded already) gets the same refund back instead of a second one.
@@ -315,7 +315,7 @@ def refund_execute(*, refund_id: int) -> Refund:
     attempt = refund.attempts + 1
     logger.info("Refund %s: calling Stripe (attempt %s) for payment %s", refund.pk, attempt, payment.pk)
     try:
-        # Stripe stores the first answer to an idempotency key, errors included, so each try
+        # Stripe stores the first response to an idempotency key, errors included, so each try
         # has its own key; a try after an unclear outcome (a timeout) first looks for a refund
         # an earlier try created, so the money is never returned twice.
         result = _earlier_refund(refund, params) if refund.attempts else None
@@ -399,7 +399,7 @@ def refund_mark_succeeded(*, refund_id: int, reference: str) -> Refund:
 
 @transaction.atomic
 def refund_mark_failed(*, refund_id: int, error: str, reference: str = "") -> Refund:
-    """Record a failed refund call: retried with backoff, and staff are told."""
+    """Record a failed refund call: it is retried with backoff, and staff are notified."""
     from notifications.services import notify_contract_event
 
     payment, refund = _lock_refund(refund_id)
@@ -488,7 +488,7 @@ def subscription_cancel(*, contract_id: int) -> str:
         if getattr(exc, "code", None) != "resource_missing":
             Subscription.objects.filter(pk=subscription.pk).update(cancel_error=_error_text(exc))
             raise
-        status = "canceled"  # Already cancelled (Stripe answers 404 for a cancelled subscription).
+        status = "canceled"  # Already cancelled (Stripe returns 404 for a cancelled subscription).
     Subscription.objects.filter(pk=subscription.pk).update(status=status, cancel_error="", updated_at=timezone.now())
     logger.info("Subscription %s of contract %s cancelled at Stripe", subscription.subscription_id, contract_id)
     return status

@@ -158,7 +158,7 @@ def payment_methods_portal(request: HttpRequest) -> HttpResponse:
 def stripe_webhook(request: HttpRequest) -> HttpResponse:
     """Receive a Stripe event: 200 once applied (or already applied), 400 when not genuine.
 
-    An unexpected error answers 500 with nothing stored, so Stripe delivers the event again.
+    An unexpected error returns 500 with nothing stored, so Stripe delivers the event again.
     """
     try:
         payload = request.body

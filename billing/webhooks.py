@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 class WebhookRejected(Exception):
-    """The request is not a valid signed Stripe event; the message says why."""
+    """The request is not a valid signed Stripe event; the message gives the reason."""
 
 
 def webhook_receive(*, payload: bytes, signature: str) -> tuple[WebhookEvent | None, str]:
@@ -225,6 +225,9 @@ def _invoice_payment_failed(obj: dict[str, Any]):
         return "Ignored: this invoice was paid already (events arrived out of order).", contract
     if contract.status != ContractStatus.ACTIVE:
         return f"Noted: a payment failed while the rental is {contract.status}.", contract
+    if contract.paid_until is not None and facts.period_end <= contract.paid_until:
+        # A late copy of a failure for a period that a later payment already covers.
+        return f"Ignored: the failed invoice's period ends {facts.period_end:%Y-%m-%d}, which is already paid.", contract
     if facts.next_payment_attempt is not None:
         contract_services.contract_note(
             contract_id=contract.pk, actor_label="stripe",
@@ -375,7 +378,7 @@ HANDLERS: dict[str, Callable[[dict[str, Any]], tuple[str, Any]]] = {
 
 
 def sync_overdue_contract(*, contract_id: int) -> str:
-    """Apply what Stripe says about an active card rental whose renewal was not confirmed.
+    """Apply Stripe's current state of an active card rental whose renewal was not confirmed.
 
     A paid latest invoice that was never recorded is applied as if its `invoice.paid` event had
     arrived; an ended subscription ends the rental. A subscription still retrying is left alone.

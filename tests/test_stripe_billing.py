@@ -119,11 +119,12 @@ def test_abandoned_checkout_then_retry(client, stripe_api, live_server, card_off
     tenant, key = make_tenant()
     contract, first_session = rent_by_card(client, card_offering, tenant, key)
 
-    # The tenant leaves Stripe's page; the session expires and Stripe says so.
+    # The tenant leaves Stripe's page; the session expires and Stripe sends checkout.session.expired.
     stripe_api.expire_checkout_session(first_session)
     deliver(stripe_api, live_server)
     page = client.get(f"{contract.get_absolute_url()}?checkout=cancelled").content.decode()
-    assert "Not paid yet" in page and "Retry payment" in page
+    assert "Not paid yet" in page
+    assert "Retry payment" in page
 
     response = client.post(f"{contract.get_absolute_url()}pay/")
     assert response.status_code == 302
@@ -233,7 +234,8 @@ def test_tenant_cancels_at_period_end(client, stripe_api, live_server, card_offe
     subscription = Subscription.objects.get(contract=contract)
 
     contract = contract_services.contract_cancel(contract=contract, actor=contract.tenant)
-    assert contract.status == ContractStatus.ACTIVE and contract.cancel_at_period_end
+    assert contract.status == ContractStatus.ACTIVE
+    assert contract.cancel_at_period_end
     wait_until(lambda: stripe_api.get(subscription.subscription_id)["cancel_at_period_end"], message="cancel_at_period_end at Stripe")
 
     # At period end Stripe cancels instead of renewing.
@@ -265,7 +267,8 @@ def test_provider_reject_refunds_in_full(client, stripe_api, live_server, card_o
     refund = payment.refunds.get()
     assert payment.status == PaymentStatus.REFUNDED
     stripe_refund = stripe_api.get(refund.reference)
-    assert stripe_refund["amount"] == 1299 and stripe_refund["payment_intent"] == payment.stripe_payment_intent_id
+    assert stripe_refund["amount"] == 1299
+    assert stripe_refund["payment_intent"] == payment.stripe_payment_intent_id
     subscription = Subscription.objects.get(contract=contract)
     wait_until(lambda: stripe_api.get(subscription.subscription_id)["status"] == "canceled", message="subscription cancelled")
     # Stripe's charge.refunded for our own refund records nothing more.
@@ -313,7 +316,8 @@ def test_failed_refund_is_retried_until_it_succeeds(client, stripe_api, live_ser
     assert Notification.objects.filter(event="refund_failed", contract=contract, recipient__email="staff@example.com").count() == 1
     client.force_login(tenant)
     page = client.get(contract.get_absolute_url()).content.decode()
-    assert "Refund failed" in page and ">Refunded<" not in page
+    assert "Refund failed" in page
+    assert ">Refunded<" not in page
     assert not LedgerEntry.objects.filter(refund=refund).exists()
 
     # The retry sweep runs once the backoff has passed.

@@ -53,7 +53,7 @@ def _paid_rental(stripe_api, hook, offering, *, email="tenant@example.com") -> C
 def test_refund_after_unclear_outcome_is_not_sent_twice(stripe_api, hook, card_offering):
     contract = _paid_rental(stripe_api, hook, card_offering)
     payment = contract.payments.get()
-    # Stripe refunded on the first try, but the answer never arrived (a timeout), so the row
+    # Stripe refunded on the first try, but the response never arrived (a timeout), so the row
     # is recorded as failed and retried later.
     refund = Refund.objects.create(payment=payment, amount_cents=payment.amount_cents, reason="Rejected.")
     stripe_api.create_refund({"payment_intent": payment.stripe_payment_intent_id, "metadata": {"refund_id": str(refund.pk)}})

@@ -259,3 +259,33 @@ def test_account_updated_event_enables_payouts(hook, stripe_api):
     payout_account = PayoutAccount.objects.get(user=provider)
     assert payout_account.details_submitted is True
     assert payout_account.payouts_enabled is True
+
+
+def test_stale_final_failure_after_renewal_ignored(hook, stripe_api, card_offering):
+    from marketplace.models import Contract
+
+    tenant = make_user(email="tenant@example.com")
+    client = APIClient()
+    client.force_authenticate(tenant)
+    rental = _api_rent(client, card_offering).json()
+    stripe_api.complete_checkout(CheckoutSession.objects.get().session_id)
+    stripe_api.deliver_to(hook)
+    contract = Contract.objects.get(public_id=rental["public_id"])
+    Contract.objects.filter(pk=contract.pk).update(status=ContractStatus.ACTIVE)
+    subscription_id = stripe_api.events_of_type("checkout.session.completed")[-1]["data"]["object"]["subscription"]
+    stripe_api.skip_pending_events()
+    stripe_api.renew(subscription_id, paid=False)
+    failed = stripe_api.events_of_type("invoice.payment_failed")[-1]
+    stripe_api.renew(subscription_id, paid=True)
+    paid = stripe_api.events_of_type("invoice.paid")[-1]
+    # The failure arrives last, marked final as if Stripe had given up on that invoice.
+    failed["data"]["object"]["next_payment_attempt"] = None
+
+    statuses = stripe_api.deliver_to(hook, events=[paid, failed])
+
+    contract.refresh_from_db()
+    assert statuses == [200, 200]
+    assert contract.status == ContractStatus.ACTIVE
+    assert contract.cancel_at_period_end is False
+    assert contract.paid_until.timestamp() == paid["data"]["object"]["lines"]["data"][0]["period"]["end"]
+    assert WebhookEvent.objects.get(event_id=failed["id"]).outcome.startswith("Ignored")

@@ -26,6 +26,7 @@ from marketplace.models import ContractStatus
 from marketplace.services import contracts as contract_services
 from notifications.models import Notification
 from provisioning.models import Backend
+from tests.conftest import TEST_HCLOUD_TOKEN
 from tests.journeys import make_offering, make_provider, make_tenant, wait_for_status, wait_until
 
 pytestmark = [pytest.mark.journey, pytest.mark.django_db(transaction=True)]
@@ -61,7 +62,7 @@ def rent_by_card(client, offering, tenant, key, *, idempotency_key="card-rental-
             "public_key": key,
             "idempotency_key": idempotency_key,
             "expected_price_cents": offering.price_cents,
-            "expected_recipe_version_id": 0,
+            "expected_recipe_version_id": offering.recipe_version_id or 0,
         },
     )
     assert response.status_code == 302, response.context["form"].errors if response.context else response.status_code
@@ -278,19 +279,27 @@ def test_provider_reject_refunds_in_full(client, stripe_api, live_server, card_o
     assert LedgerEntry.objects.filter(contract=contract).aggregate(total=Sum("amount_cents"))["total"] == 0
 
 
-def test_provisioning_failure_refunds_in_full(client, stripe_api, live_server, card_offering, celery_worker_process):
-    card_offering.provider.auto_accept = False
-    card_offering.provider.save(update_fields=["auto_accept"])
+def test_provisioning_failure_refunds_in_full(client, stripe_api, live_server, celery_worker_process, hetzner_api, session_sshd):
+    # A real cloud (the loopback Hetzner API and sshd) whose recipe exits 3.
+    _, account = make_provider(email="hetzner-provider@example.com", token=TEST_HCLOUD_TOKEN)
+    offering = make_offering(account=account, script="echo 'starting'\nexit 3\n", slug="card-hetzner")
     tenant, key = make_tenant()
-    contract, session_id = rent_by_card(client, card_offering, tenant, key)
-    pay(stripe_api, live_server, session_id)
+    contract, session_id = rent_by_card(client, offering, tenant, key)
+    assert contract.payment_method == PaymentMethod.STRIPE
 
-    contract_services.contract_fail(contract_id=contract.pk, reason="Image not available in this location.")
+    pay(stripe_api, live_server, session_id)
+    contract = wait_for_status(contract, {ContractStatus.ACTIVE, ContractStatus.FAILED}, timeout=90)
+
+    assert contract.status == ContractStatus.FAILED
+    assert "exit code 3" in contract.status_reason
     payment = contract.payments.get()
     wait_until(lambda: Refund.objects.get(payment=payment).status == Refund.Status.SUCCEEDED, message="refund succeeded")
     payment.refresh_from_db()
     assert payment.status == PaymentStatus.REFUNDED
     assert len([r for r in stripe_api.objects("refund") if r["payment_intent"] == payment.stripe_payment_intent_id]) == 1
+    subscription = Subscription.objects.get(contract=contract)
+    wait_until(lambda: stripe_api.get(subscription.subscription_id)["status"] == "canceled", message="subscription cancelled")
+    wait_until(lambda: not hetzner_api.servers, message="the failed contract's server to be deleted")
     assert_ledger_balanced(contract)
 
 

@@ -34,5 +34,12 @@ class BillingProfileForm(forms.ModelForm):
             "vat_id": forms.TextInput(attrs={"spellcheck": "false", "placeholder": "DE123456789"}),
         }
 
+    def _post_clean(self) -> None:
+        if "country" in self.errors:
+            # The model's VAT check compares the VAT id with the country; with the submitted
+            # country invalid, the stored one must not be used in that message.
+            self.instance.country = ""
+        super()._post_clean()
+
     def clean_country(self) -> str:
         return (self.cleaned_data.get("country") or "").strip().upper()

@@ -122,7 +122,8 @@ def invoice_issue_for_payment(*, payment: Payment, issued_at: dt.datetime | None
         contract = payment.contract
         issued_at = issued_at or timezone.now()
         year = issued_at.astimezone(dt.UTC).year
-        is_sandbox = payment.method == PaymentMethod.SANDBOX
+        # Sandbox payments and Stripe test-mode payments move no real money.
+        is_sandbox = payment.method == PaymentMethod.SANDBOX or not payment.livemode
         series = DocumentSeries.SANDBOX_INVOICE if is_sandbox else DocumentSeries.INVOICE
         seller = _seller_snapshot()
         buyer = _buyer_snapshot(contract.tenant)

@@ -61,6 +61,8 @@ class Payment(models.Model):
     # Tax that the processor computed for this payment (Stripe Tax), included in amount_cents;
     # None when the processor computed none and the configured rate applies.
     processor_tax_cents = models.IntegerField(null=True, blank=True)
+    # False for payments in Stripe's test mode, where no real money moves.
+    livemode = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -241,6 +243,7 @@ class LedgerEntry(models.Model):
 
     class Meta:
         ordering = ["created_at", "id"]
+        verbose_name_plural = "ledger entries"
         indexes = [models.Index(fields=["beneficiary", "period_start"], name="ledger_beneficiary_period")]
 
     def __str__(self) -> str:
@@ -281,7 +284,7 @@ class PayoutAccount(models.Model):
 
 class PayoutMethod(models.TextChoices):
     STRIPE_TRANSFER = "stripe_transfer", "Stripe transfer"
-    MANUAL = "manual", "Paid out by staff"
+    MANUAL = "manual", "Manual (by staff)"
 
 
 class PayoutStatus(models.TextChoices):

@@ -21,6 +21,8 @@ class Statement:
     reversed_cents: int
     net_cents: int
     entry_count: int
+    # The part of net_cents from sandbox payments: simulated money that is never paid out.
+    sandbox_cents: int = 0
 
     @property
     def month_key(self) -> str:
@@ -43,6 +45,7 @@ def earnings_statements(*, user) -> list[Statement]:
             gross=Sum("amount_cents", filter=Q(amount_cents__gt=0), default=0),
             reversed=Sum("amount_cents", filter=Q(amount_cents__lt=0), default=0),
             net=Sum("amount_cents", default=0),
+            sandbox=Sum("amount_cents", filter=Q(payment__method="sandbox"), default=0),
             entry_count=Count("id"),
         )
         .order_by("-month", "currency")
@@ -55,6 +58,7 @@ def earnings_statements(*, user) -> list[Statement]:
             reversed_cents=row["reversed"],
             net_cents=row["net"],
             entry_count=row["entry_count"],
+            sandbox_cents=row["sandbox"],
         )
         for row in rows
     ]

@@ -16,7 +16,6 @@ from typing import Any
 import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
 from django.utils import timezone
 
 from billing.gateway import stripe_client
@@ -106,6 +105,20 @@ def checkout_open(*, contract, actor, success_url: str, cancel_url: str) -> Chec
     session = contract.checkout_sessions.filter(status=CheckoutSession.Status.OPEN, expires_at__gt=margin).first()
     if session is not None and session.url:
         return session
+    # An older session that is about to expire can still be paid; expire it at Stripe before a
+    # new one opens, so the tenant can never pay twice. If it was paid meanwhile, open nothing.
+    for stale in contract.checkout_sessions.filter(status=CheckoutSession.Status.OPEN):
+        try:
+            if checkout_expire(session=stale) == "complete":
+                raise CheckoutUnavailable(
+                    "This rental was paid a moment ago; the page updates as soon as the payment is confirmed."
+                )
+        except stripe.StripeError as exc:
+            logger.warning("Contract %s: expiring checkout %s failed: %s", contract.pk, stale.session_id, _error_text(exc))
+            raise CheckoutUnavailable(
+                "The card payment page could not be opened because the payment processor did not answer. "
+                "Nothing was charged; try again in a minute."
+            ) from exc
 
     attempt = contract.checkout_sessions.count() + 1
     metadata = _metadata(contract)
@@ -159,18 +172,20 @@ def checkout_open(*, contract, actor, success_url: str, cancel_url: str) -> Chec
     return session
 
 
-def checkout_expire(*, session: CheckoutSession) -> None:
-    """Expire an open Checkout Session so that a cancelled rental can no longer be paid."""
+def checkout_expire(*, session: CheckoutSession) -> str:
+    """Expire an open Checkout Session so that it can no longer be paid; return its status at Stripe."""
+    client = stripe_client()
     try:
-        stripe_client().v1.checkout.sessions.expire(session.session_id)
+        client.v1.checkout.sessions.expire(session.session_id)
+        status = CheckoutSession.Status.EXPIRED
     except stripe.InvalidRequestError as exc:
-        # Already complete or expired: the webhook records which; a late payment is refunded.
-        logger.info("Checkout %s could not be expired: %s", session.session_id, _error_text(exc))
-        return
-    CheckoutSession.objects.filter(pk=session.pk, status=CheckoutSession.Status.OPEN).update(
-        status=CheckoutSession.Status.EXPIRED, updated_at=timezone.now()
-    )
-    logger.info("Checkout %s of contract %s expired", session.session_id, session.contract_id)
+        # Already complete or expired; Stripe's copy tells which. A late payment is refunded.
+        status = client.v1.checkout.sessions.retrieve(session.session_id).status
+        logger.info("Checkout %s could not be expired (%s): it is %s", session.session_id, _error_text(exc), status)
+    if status in (CheckoutSession.Status.EXPIRED, CheckoutSession.Status.COMPLETE):
+        CheckoutSession.objects.filter(pk=session.pk, status=CheckoutSession.Status.OPEN).update(status=status, updated_at=timezone.now())
+    logger.info("Checkout %s of contract %s is %s", session.session_id, session.contract_id, status)
+    return status
 
 
 def portal_url(*, user, return_url: str) -> str:
@@ -200,6 +215,7 @@ class InvoiceFacts:
     charge_id: str
     tax_cents: int | None
     next_payment_attempt: datetime | None
+    livemode: bool
 
 
 def invoice_facts(invoice: dict[str, Any]) -> InvoiceFacts:
@@ -234,6 +250,7 @@ def invoice_facts(invoice: dict[str, Any]) -> InvoiceFacts:
         charge_id=invoice.get("charge") or "",
         tax_cents=tax,
         next_payment_attempt=from_timestamp(invoice.get("next_payment_attempt")),
+        livemode=bool(invoice.get("livemode")),
     )
 
 
@@ -261,6 +278,7 @@ def payment_record_invoice(*, contract, facts: InvoiceFacts) -> tuple[Payment, b
         stripe_payment_intent_id=facts.payment_intent_id,
         stripe_charge_id=facts.charge_id,
         processor_tax_cents=facts.tax_cents,
+        livemode=facts.livemode,
     )
     _payment_succeeded(payment)
     logger.info(
@@ -324,6 +342,11 @@ def refund_execute(*, refund_id: int) -> Refund:
                 params=params, options={"idempotency_key": _key("refund", refund.idempotency_key, attempt)}
             )
     except stripe.StripeError as exc:
+        if getattr(exc, "code", None) == "charge_already_refunded":
+            # Someone refunded the charge at Stripe already; settle the row from the charge.
+            settled = _settle_from_stripe_charge(refund, payment)
+            if settled is not None:
+                return settled
         logger.warning("Refund %s of payment %s failed at Stripe: %s", refund.pk, payment.pk, _error_text(exc))
         return refund_mark_failed(refund_id=refund.pk, error=_error_text(exc))
     if result.status == "succeeded":
@@ -341,6 +364,20 @@ def refund_execute(*, refund_id: int) -> Refund:
         )
     logger.info("Refund %s is %s at Stripe (%s)", refund.pk, result.status, result.id)
     return Refund.objects.get(pk=refund.pk)
+
+
+def _settle_from_stripe_charge(refund: Refund, payment: Payment) -> Refund | None:
+    """Settle a refund row from the charge's refunded total at Stripe; None if that does not cover it."""
+    charge_id = payment.stripe_charge_id
+    if not charge_id and payment.stripe_payment_intent_id:
+        intent = stripe_client().v1.payment_intents.retrieve(payment.stripe_payment_intent_id)
+        charge_id = intent.latest_charge if isinstance(intent.latest_charge, str) else getattr(intent.latest_charge, "id", "")
+    if not charge_id:
+        return None
+    charge = stripe_client().v1.charges.retrieve(charge_id)
+    refund_settle_from_charge(payment=payment, amount_refunded_total=int(charge.amount_refunded or 0))
+    refund = Refund.objects.get(pk=refund.pk)
+    return refund if refund.status == Refund.Status.SUCCEEDED else None
 
 
 def _earlier_refund(refund: Refund, params: dict[str, Any]):
@@ -393,6 +430,7 @@ def refund_mark_succeeded(*, refund_id: int, reference: str) -> Refund:
     refund.save(update_fields=["status", "reference", "error", "next_attempt_at", "attempts", "updated_at"])
     _refund_succeeded(refund)
     _sync_payment_refund_status(payment)
+    _notify_refund(refund, "refund_completed")
     logger.info("Refund %s of payment %s succeeded at Stripe (%s)", refund.pk, payment.pk, reference)
     return refund
 
@@ -425,6 +463,8 @@ def refund_mark_failed(*, refund_id: int, error: str, reference: str = "") -> Re
     )
     if first_failure or gave_up:
         notify_contract_event(event="refund_failed", contract=payment.contract, to_tenant=False, to_provider=False, to_staff=True)
+    if gave_up:
+        _notify_refund(refund, "refund_delayed")
     return refund
 
 
@@ -441,35 +481,62 @@ def refunds_due() -> list[int]:
     )
 
 
-def refund_record_external(*, payment: Payment, amount_refunded_total: int) -> Refund | None:
-    """Record a refund made outside the platform (the Stripe Dashboard), from `charge.refunded`.
+def refund_settle_from_charge(*, payment: Payment, amount_refunded_total: int, reference: str = "") -> list[Refund]:
+    """Apply Stripe's refunded total of a payment's charge (from `charge.refunded` or the API).
 
-    Refunds the platform started (pending or succeeded) are not counted twice: only the part of
-    Stripe's refunded total that no refund row accounts for is recorded.
+    Only succeeded refund rows count as done. When Stripe's total covers pending or failed rows
+    (a refund made in the Stripe Dashboard after the platform's call failed, or an event that
+    arrives before the worker recorded the API's response), those rows are settled as succeeded.
+    What no row accounts for is recorded as a refund made outside the platform. Returns the
+    rows that changed.
     """
     from billing.services import _refund_succeeded
 
+    changed: list[Refund] = []
     with transaction.atomic():
         payment = Payment.objects.select_for_update().get(pk=payment.pk)
-        known = (
-            Refund.objects.filter(payment=payment, status__in=[Refund.Status.SUCCEEDED, Refund.Status.PENDING, Refund.Status.FAILED])
-            .aggregate(total=Sum("amount_cents"))["total"]
-            or 0
-        )
-        extra = min(amount_refunded_total, payment.amount_cents) - known
-        if extra <= 0:
-            return None
-        refund = Refund.objects.create(
-            payment=payment,
-            amount_cents=extra,
-            status=Refund.Status.SUCCEEDED,
-            reason="Refunded outside the platform (Stripe Dashboard).",
-            attempts=1,
-        )
-        _refund_succeeded(refund)
+        rows = list(Refund.objects.select_for_update().filter(payment=payment).order_by("pk"))
+        done = sum(row.amount_cents for row in rows if row.status == Refund.Status.SUCCEEDED)
+        extra = min(amount_refunded_total, payment.amount_cents) - done
+        for row in rows:
+            if row.status == Refund.Status.SUCCEEDED or row.amount_cents > extra:
+                continue
+            row.status = Refund.Status.SUCCEEDED
+            row.reference = row.reference or reference or f"charge {payment.stripe_charge_id}"
+            row.error = ""
+            row.next_attempt_at = None
+            row.save(update_fields=["status", "reference", "error", "next_attempt_at", "updated_at"])
+            _refund_succeeded(row)
+            extra -= row.amount_cents
+            changed.append(row)
+        if extra > 0:
+            row = Refund.objects.create(
+                payment=payment,
+                amount_cents=extra,
+                status=Refund.Status.SUCCEEDED,
+                reason="Refunded outside the platform (Stripe Dashboard).",
+                reference=reference,
+                attempts=1,
+            )
+            _refund_succeeded(row)
+            changed.append(row)
         _sync_payment_refund_status(payment)
-    logger.info("Refund %s of payment %s recorded from Stripe: %s cents made outside the platform", refund.pk, payment.pk, extra)
-    return refund
+    for row in changed:
+        logger.info("Refund %s of payment %s settled from Stripe's refunded total (%s cents)", row.pk, payment.pk, row.amount_cents)
+        if row.status == Refund.Status.SUCCEEDED:
+            _notify_refund(row, "refund_completed")
+    return changed
+
+
+def _notify_refund(refund: Refund, event: str) -> None:
+    from notifications.services import notify_contract_event
+
+    contract = refund.payment.contract
+    if transaction.get_connection().in_atomic_block:
+        notify_contract_event(event=event, contract=contract, to_tenant=True, to_provider=False)
+    else:
+        with transaction.atomic():
+            notify_contract_event(event=event, contract=contract, to_tenant=True, to_provider=False)
 
 
 # --- subscriptions ---------------------------------------------------------------------------------
@@ -492,6 +559,23 @@ def subscription_cancel(*, contract_id: int) -> str:
     Subscription.objects.filter(pk=subscription.pk).update(status=status, cancel_error="", updated_at=timezone.now())
     logger.info("Subscription %s of contract %s cancelled at Stripe", subscription.subscription_id, contract_id)
     return status
+
+
+def subscription_cancel_by_id_later(subscription_id: str) -> None:
+    """Queue the cancellation of a subscription that no rental keeps (a duplicate)."""
+    from billing.tasks import subscription_cancel_by_id_task
+
+    subscription_cancel_by_id_task.delay(subscription_id)
+
+
+def subscription_cancel_by_id(*, subscription_id: str) -> None:
+    """Cancel a subscription at Stripe by its id; an already cancelled one is fine."""
+    try:
+        stripe_client().v1.subscriptions.cancel(subscription_id)
+    except stripe.InvalidRequestError as exc:
+        if getattr(exc, "code", None) != "resource_missing":
+            raise
+    logger.info("Subscription %s cancelled at Stripe", subscription_id)
 
 
 def subscription_cancel_at_period_end(*, contract_id: int) -> None:

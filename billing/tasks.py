@@ -55,6 +55,16 @@ def subscription_cancel_task(self, contract_id: int) -> None:
 
 
 @shared_task(bind=True, acks_late=True, max_retries=8)
+def subscription_cancel_by_id_task(self, subscription_id: str) -> None:
+    """Cancel a duplicate subscription that no rental keeps; retried with backoff when Stripe fails."""
+    try:
+        stripe_billing.subscription_cancel_by_id(subscription_id=subscription_id)
+    except stripe.StripeError as exc:
+        logger.warning("Cancelling subscription %s failed (try %s): %s", subscription_id, self.request.retries + 1, exc)
+        raise self.retry(exc=exc, countdown=min(30 * 2**self.request.retries, 3600)) from exc
+
+
+@shared_task(bind=True, acks_late=True, max_retries=8)
 def subscription_cancel_at_period_end_task(self, contract_id: int) -> None:
     """Tell Stripe not to renew a rental the tenant cancelled; retried when Stripe fails."""
     try:

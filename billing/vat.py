@@ -24,7 +24,8 @@ class VatFormat:
 
 
 def _format(pattern: str, description: str, example: str) -> VatFormat:
-    return VatFormat(re.compile(rf"(?:{pattern})"), description, example)
+    # ASCII: \d must not match other scripts' digits (full-width, Arabic-Indic ...).
+    return VatFormat(re.compile(rf"(?:{pattern})", re.ASCII), description, example)
 
 
 #: VAT id formats of the 27 EU member states, keyed by VAT prefix.

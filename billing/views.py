@@ -21,7 +21,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from billing import payouts, selectors
 from billing.forms import BillingProfileForm
 from billing.gateway import stripe_enabled
-from billing.models import BillingDocument, BillingProfile
+from billing.models import BillingDocument, BillingProfile, StripeCustomer
 from billing.pdf import format_rate, render_document_pdf
 from billing.profiles import billing_profile_save
 from billing.stripe_billing import portal_url
@@ -32,9 +32,12 @@ logger = logging.getLogger(__name__)
 
 def _parse_month(value: str) -> dt.date:
     try:
-        return dt.datetime.strptime(value, "%Y-%m").replace(tzinfo=dt.UTC).date()
+        month = dt.datetime.strptime(value, "%Y-%m").replace(tzinfo=dt.UTC).date()
     except ValueError:
         raise Http404(f"Invalid month {value!r}; expected YYYY-MM, for example 2026-01.") from None
+    if month.year >= dt.MAXYEAR:
+        raise Http404(f"Invalid month {value!r}: the year must be before {dt.MAXYEAR}.")
+    return month
 
 
 @login_required
@@ -65,6 +68,7 @@ def earnings(request: HttpRequest) -> HttpResponse:
         {
             "rows": rows,
             "statements": statements,
+            "has_sandbox_earnings": any(statement.sandbox_cents for statement in statements),
             "payouts": payout_list,
             "connect_enabled": connect_enabled,
             "payout_account": selectors.payout_account_of(user=request.user) if connect_enabled else None,
@@ -143,6 +147,9 @@ def payment_methods_portal(request: HttpRequest) -> HttpResponse:
     back = request.build_absolute_uri(reverse("billing:payments"))
     if not stripe_enabled():
         messages.error(request, "Card payments are not set up on this installation, so there are no saved cards.")
+        return redirect(back)
+    if not StripeCustomer.objects.filter(user=request.user).exists():
+        messages.info(request, "You have no saved cards yet: Stripe saves your card when you first pay for a rental by card.")
         return redirect(back)
     try:
         url = portal_url(user=request.user, return_url=back)

@@ -178,10 +178,17 @@ def _invoice_paid(obj: dict[str, Any]):
     contract = _locked_contract(obj, subscription_id=facts.subscription_id)
     if contract is None:
         return "Ignored: the invoice names no rental of this platform.", None
+    known = Subscription.objects.filter(contract=contract).first()
     stripe_billing.subscription_remember(contract=contract, subscription_id=facts.subscription_id, customer_id=facts.customer_id)
     payment, created = stripe_billing.payment_record_invoice(contract=contract, facts=facts)
     if not created:
         return f"Invoice {facts.invoice_id} was already recorded as payment {payment.pk}.", contract
+    if known is not None and facts.subscription_id and facts.subscription_id != known.subscription_id:
+        # A second subscription for one rental (two checkouts paid): refund it and cancel it.
+        _refund_unwanted(contract, payment, f"The rental is already billed by subscription {known.subscription_id}.")
+        subscription_id = facts.subscription_id
+        transaction.on_commit(lambda: stripe_billing.subscription_cancel_by_id_later(subscription_id))
+        return f"Second subscription {subscription_id} refunded and cancelled.", contract
     period = f"{facts.period_start:%Y-%m-%d} to {facts.period_end:%Y-%m-%d}"
 
     if contract.status == ContractStatus.REQUESTED:
@@ -209,7 +216,7 @@ def _refund_unwanted(contract, payment: Payment, reason: str) -> str:
     payment_refund(payment=payment, reason=reason)
     contract_services.contract_note(contract_id=contract.pk, reason=f"Payment {payment.pk} refunded: {reason}", actor_label="stripe")
     contract_services._stop_billing(contract)
-    return f"Payment {payment.pk} refunded in full: {reason}"
+    return f"Full refund of payment {payment.pk} started: {reason}"
 
 
 def _invoice_payment_failed(obj: dict[str, Any]):
@@ -251,6 +258,8 @@ def _subscription_updated(obj: dict[str, Any]):
         contract = _locked_contract(obj)
         if contract is None:
             return "Ignored: the subscription names no rental of this platform.", None
+        if Subscription.objects.filter(contract=contract).exists():
+            return "Ignored: the rental is billed by another subscription.", contract
         subscription = stripe_billing.subscription_remember(
             contract=contract, subscription_id=obj.get("id", ""), customer_id=obj.get("customer") or ""
         )
@@ -272,6 +281,9 @@ def _subscription_deleted(obj: dict[str, Any]):
     contract = _locked_contract(obj, subscription_id=obj.get("id", ""))
     if contract is None:
         return "Ignored: the subscription names no rental of this platform.", None
+    known = Subscription.objects.filter(contract=contract).first()
+    if known is not None and known.subscription_id != obj.get("id"):
+        return f"Ignored: the rental is billed by subscription {known.subscription_id}.", contract
     stripe_billing.subscription_remember(contract=contract, subscription_id=obj.get("id", ""), status="canceled")
     Subscription.objects.filter(contract=contract).update(status="canceled", updated_at=timezone.now())
     if contract.status in (ContractStatus.PAID, ContractStatus.PROVISIONING):
@@ -292,10 +304,11 @@ def _charge_refunded(obj: dict[str, Any]):
     payment = _payment_for_charge(obj)
     if payment is None:
         return "Ignored: the charge belongs to no payment of this platform.", None
-    refund = stripe_billing.refund_record_external(payment=payment, amount_refunded_total=int(obj.get("amount_refunded") or 0))
-    if refund is None:
+    changed = stripe_billing.refund_settle_from_charge(payment=payment, amount_refunded_total=int(obj.get("amount_refunded") or 0))
+    if not changed:
         return f"Refund of payment {payment.pk} confirmed; it was already recorded.", payment.contract
-    return f"Refund {refund.pk} of {refund.amount_cents} cents made outside the platform recorded.", payment.contract
+    summary = ", ".join(f"refund {row.pk} ({row.amount_cents} cents)" for row in changed)
+    return f"Settled from Stripe's refunded total: {summary}.", payment.contract
 
 
 def _dispute_created(obj: dict[str, Any]):

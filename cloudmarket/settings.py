@@ -317,6 +317,11 @@ STRIPE_MAX_NETWORK_RETRIES = env.int("STRIPE_MAX_NETWORK_RETRIES", default=2)
 PAYMENT_METHOD = "stripe" if STRIPE_SECRET_KEY else "sandbox"
 # Pay Sandbox offerings by card too: a Stripe test-mode demo where no machine is created.
 STRIPE_FOR_SANDBOX_OFFERINGS = env.bool("STRIPE_FOR_SANDBOX_OFFERINGS", default=False)
+if STRIPE_FOR_SANDBOX_OFFERINGS and STRIPE_SECRET_KEY.startswith(("sk_live_", "rk_live_")):
+    raise ImproperlyConfigured(
+        "STRIPE_FOR_SANDBOX_OFFERINGS is true with a live Stripe key: real cards would pay for simulated "
+        "machines. Use a test key (sk_test_...) or turn STRIPE_FOR_SANDBOX_OFFERINGS off."
+    )
 # Failed Stripe refunds are retried with backoff, this many times in all, then left to staff.
 BILLING_REFUND_MAX_ATTEMPTS = env.int("BILLING_REFUND_MAX_ATTEMPTS", default=8)
 # A card-paid rental whose renewal has not been confirmed this long after its paid period ended
@@ -404,6 +409,8 @@ LOGGING = {
         # twice. This replaces that handler with ours and stops propagation.
         "django": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO"), "propagate": False},
         "django.db.backends": {"level": "WARNING"},
+        # fpdf2's font subsetting logs dozens of INFO lines per PDF.
+        "fontTools": {"level": "WARNING"},
     },
 }
 

@@ -151,7 +151,7 @@ class RejectForm(forms.Form):
             attrs={"rows": 2, "maxlength": REJECT_REASON_MAX_LENGTH, "placeholder": "Why you reject this rental"}
         ),
         validators=[validate_multiline_text],
-        help_text="The tenant sees this message and is refunded in full.",
+        help_text="The tenant sees this message and gets a full refund.",
     )
 
     def clean_reason(self) -> str:

@@ -501,7 +501,7 @@ def rental_reject(request: HttpRequest, public_id) -> HttpResponse:
         request,
         contract,
         contract_services.contract_reject,
-        "Rejected: the tenant is refunded in full.",
+        "Rejected: a full refund to the tenant was started.",
         reason=form.cleaned_data["reason"],
     )
 

@@ -19,6 +19,8 @@ class Event(models.TextChoices):
     SERVER_MISSING = "server_missing", "Server missing"
     RENEWAL_PAYMENT_FAILED = "renewal_payment_failed", "Renewal payment failed"
     REFUND_FAILED = "refund_failed", "Refund failed"
+    REFUND_COMPLETED = "refund_completed", "Refund completed"
+    REFUND_DELAYED = "refund_delayed", "Refund delayed"
     PAYMENT_DISPUTED = "payment_disputed", "Payment disputed"
     PAYOUT_SENT = "payout_sent", "Payout sent"
     PAYOUT_FAILED = "payout_failed", "Payout failed"

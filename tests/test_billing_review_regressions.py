@@ -226,3 +226,24 @@ def test_earnings_far_future_month_is_not_500(client):
     response = client.get(reverse("billing:earnings"), {"month": "9999-12"})
 
     assert response.status_code in (200, 400, 404)
+
+
+def test_live_key_with_sandbox_card_payments_refused(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "STRIPE_SECRET_KEY": "sk_live_example",
+        "STRIPE_FOR_SANDBOX_OFFERINGS": "true",
+        "VAR_DIR": str(tmp_path),
+        "DATABASE_URL": "sqlite:///" + str(tmp_path / "db.sqlite3"),
+    }
+
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert result.returncode != 0
+    assert "STRIPE_FOR_SANDBOX_OFFERINGS is true with a live Stripe key" in result.stderr

@@ -733,7 +733,7 @@ def test_earnings_page_shows_payouts(client, rental):
     assert "Payouts" in page
     assert TWO_MONTHS_AGO[0].strftime("%B %Y") in page
     assert "SEPA ref 77" in page
-    assert "Paid out by staff" in page
+    assert "Manual (by staff)" in page
     assert ">Paid<" in page
     assert ">Pending<" in page
     assert "Month not over" in page

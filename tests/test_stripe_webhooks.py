@@ -14,7 +14,8 @@ import urllib.request
 import pytest
 from rest_framework.test import APIClient
 
-from billing.models import CheckoutSession, Payment, WebhookEvent
+from billing import stripe_billing
+from billing.models import CheckoutSession, Payment, StripeCustomer, WebhookEvent
 from marketplace.models import ContractStatus
 from tests.factories import make_offering, make_provider, make_user, ssh_public_key
 from tests.peers.stripe_api import sign_payload
@@ -221,8 +222,21 @@ def test_stripe_down_keeps_the_request_and_says_so(stripe_api, card_offering, se
     assert "could not be opened" in retried.content.decode()
 
 
+def test_customer_portal_without_saved_cards_explains(stripe_api, client):
+    tenant = make_user(email="tenant@example.com")
+    client.force_login(tenant)
+    sessions_before = len(stripe_api.objects("billing_portal.session"))
+
+    response = client.post("/billing/payment-methods/", follow=True)
+
+    assert "You have no saved cards yet" in response.content.decode()
+    assert len(stripe_api.objects("billing_portal.session")) == sessions_before
+    assert not StripeCustomer.objects.filter(user=tenant).exists()
+
+
 def test_customer_portal_opens_for_the_signed_in_user(stripe_api, client):
     tenant = make_user(email="tenant@example.com")
+    stripe_billing.customer_for(tenant)  # A tenant who paid by card once has a Stripe customer.
     client.force_login(tenant)
 
     page = client.get("/billing/payments/").content.decode()

@@ -338,7 +338,7 @@ class ProviderRentalViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     @extend_schema(
         summary="Reject a paid rental",
-        description="The tenant is refunded in full and sees the reason.",
+        description="A full refund to the tenant is started, and the tenant sees the reason.",
         request=RentalRejectSerializer,
         responses={200: RentalDetailSerializer, **ERROR_RESPONSES, **CONFLICT_RESPONSE},
     )

@@ -478,7 +478,7 @@ def contract_cancel(*, contract: Contract, actor: User) -> Contract:
         contract = _move(
             contract, allowed_from={ContractStatus.PAID}, to_status=ContractStatus.CANCELLED,
             action="be cancelled", actor=actor, actor_label=label,
-            reason="Cancelled before the provider accepted; refunded in full.", ended_at=timezone.now(),
+            reason="Cancelled before the provider accepted; a full refund was started.", ended_at=timezone.now(),
         )
         payment_refund_contract(contract=contract, reason="Cancelled before acceptance.")
         _stop_billing(contract)
@@ -486,7 +486,7 @@ def contract_cancel(*, contract: Contract, actor: User) -> Contract:
         return contract
     if contract.status == ContractStatus.PROVISIONING:
         return contract_cancel_provisioning(
-            contract=contract, actor=actor, actor_label=label, reason="Cancelled during provisioning; refunded in full."
+            contract=contract, actor=actor, actor_label=label, reason="Cancelled during provisioning; a full refund was started."
         )
     if contract.status == ContractStatus.ACTIVE:
         if contract.cancel_ends_now:

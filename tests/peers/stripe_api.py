@@ -142,6 +142,8 @@ class _State:
     delivered_event_ids: set[str] = field(default_factory=set)
     idempotency: dict[tuple[str, str], _IdempotentResult] = field(default_factory=dict)
     refund_failures: list[_RefundFailure] = field(default_factory=list)
+    # How many of the next created refunds stay `pending` until `settle_refund` is called.
+    pending_refunds: int = 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -791,6 +793,37 @@ class StripeApiServer:
         self._store(payment_intent)
         return payment_intent, charge
 
+    def list_invoice_payments(self, query: dict[str, Any]) -> dict[str, Any]:
+        """List the payments of invoices, optionally of one `invoice`, as `GET /v1/invoice_payments`.
+
+        Invoices of API versions from 2025-03-31 on carry no `payment_intent`; this list is
+        where a client finds it. Each invoice here has one payment, its payment intent.
+        """
+        payments = []
+        for invoice in self._state.objects.values():
+            if invoice["object"] != "invoice" or not invoice.get("payment_intent"):
+                continue
+            if "invoice" in query and invoice["id"] != query["invoice"]:
+                continue
+            paid = invoice["status"] == "paid"
+            payments.append(
+                {
+                    "id": f"inpay_{invoice['id'].removeprefix('in_')}",
+                    "object": "invoice_payment",
+                    "amount_paid": invoice["amount_paid"] if paid else None,
+                    "amount_requested": invoice["amount_due"],
+                    "created": invoice["created"],
+                    "currency": invoice["currency"],
+                    "invoice": invoice["id"],
+                    "is_default": True,
+                    "livemode": False,
+                    "payment": {"type": "payment_intent", "payment_intent": invoice["payment_intent"]},
+                    "status": "paid" if paid else "open",
+                    "status_transitions": {"canceled_at": None, "paid_at": invoice["status_transitions"]["paid_at"]},
+                }
+            )
+        return _list_response(payments, url="/v1/invoice_payments", query=query)
+
     def renew(self, subscription_id: str, *, paid: bool = True) -> dict[str, Any] | None:
         """Start the next billing period of a subscription and bill it.
 
@@ -880,6 +913,29 @@ class StripeApiServer:
                 )
             )
 
+    def pend_next_refund(self) -> None:
+        """Make the next created refund `pending`, as Stripe returns refunds that the card
+        network confirms later. `settle_refund` finishes it."""
+        with self._lock:
+            self._state.pending_refunds += 1
+
+    def settle_refund(self, refund_id: str, *, status: str = "succeeded") -> dict[str, Any]:
+        """Move a pending refund to `status` and record `refund.updated` and
+        `charge.refund.updated`, as Stripe does when the card network confirms or rejects it."""
+        with self._lock:
+            refund = self._lookup(refund_id, "refund")
+            if refund["status"] != "pending":
+                raise StripeError(400, f"Refund {refund_id} is {refund['status']}, not pending.")
+            previous = {"status": refund["status"]}
+            refund["status"] = status
+            if status in ("failed", "canceled"):
+                charge = self._state.objects[refund["charge"]]
+                charge["amount_refunded"] -= refund["amount"]
+                charge["refunded"] = charge["amount_refunded"] >= charge["amount"]
+            self._emit("refund.updated", refund, previous=previous)
+            self._emit("charge.refund.updated", refund, previous=previous)
+            return copy.deepcopy(refund)
+
     def create_refund(self, params: dict[str, Any]) -> dict[str, Any]:
         """Refund all or part of a charge, given `charge` or `payment_intent`."""
         if self._state.refund_failures:
@@ -942,6 +998,9 @@ class StripeApiServer:
                 "status": "succeeded",
             }
         )
+        if self._state.pending_refunds:
+            self._state.pending_refunds -= 1
+            refund["status"] = "pending"
         self._store(refund)
         previous = {"amount_refunded": charge["amount_refunded"], "refunded": charge["refunded"]}
         charge["amount_refunded"] += amount
@@ -1513,6 +1572,8 @@ class _StripeHandler(BaseHTTPRequestHandler):
                 result = _list_response(invoices, url="/v1/invoices", query=query)
             case "GET", ["invoices", object_id]:
                 result = api._lookup(object_id, "invoice")
+            case "GET", ["invoice_payments"]:
+                result = api.list_invoice_payments(query)
             case "GET", ["payment_intents", object_id]:
                 result = api._lookup(object_id, "payment_intent")
             case "GET", ["charges", object_id]:

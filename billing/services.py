@@ -89,21 +89,34 @@ def payment_collect(*, contract, period_start: datetime, period_end: datetime) -
 
 @transaction.atomic
 def payment_refund_contract(*, contract, reason: str) -> list[Refund]:
-    """Refund every succeeded payment of `contract` in full."""
+    """Refund what is left of every succeeded payment of `contract`."""
     payments = Payment.objects.select_for_update().filter(contract=contract, status=PaymentStatus.SUCCEEDED).order_by("pk")
-    return [payment_refund(payment=payment, reason=reason) for payment in payments]
+    refunds = [payment_refund(payment=payment, reason=reason) for payment in payments]
+    return [refund for refund in refunds if refund is not None]
 
 
 @transaction.atomic
-def payment_refund(*, payment: Payment, reason: str) -> Refund:
-    """Refund one succeeded payment in full.
+def payment_refund(*, payment: Payment, reason: str) -> Refund | None:
+    """Refund what is left of one payment; None when refunds already cover all of it.
+
+    What is left is the amount minus every refund that succeeded or is still being tried,
+    decided under the payment's row lock, so two callers never refund the same money twice.
 
     A refund row is written first. Sandbox and free payments complete it at once; card payments
     stay `refund_pending` until the Refund API answers (a worker calls it after commit, and a
     periodic task retries failures). A refund is only shown as done when its row succeeded.
     """
     payment = Payment.objects.select_for_update().get(pk=payment.pk)
-    refund = Refund.objects.create(payment=payment, amount_cents=payment.amount_cents, reason=reason[:2000])
+    covered = sum(
+        Refund.objects.filter(
+            payment=payment, status__in=[Refund.Status.SUCCEEDED, Refund.Status.PENDING, Refund.Status.FAILED]
+        ).values_list("amount_cents", flat=True)
+    )
+    remaining = payment.amount_cents - covered
+    if remaining <= 0 and payment.amount_cents > 0:
+        logger.info("Payment %s needs no refund: refunds already cover %s cents", payment.pk, covered)
+        return None
+    refund = Refund.objects.create(payment=payment, amount_cents=max(remaining, 0), reason=reason[:2000])
     if payment.method in (PaymentMethod.SANDBOX, PaymentMethod.FREE) or payment.amount_cents == 0:
         refund.status = Refund.Status.SUCCEEDED
         refund.reference = f"{payment.reference}-refund"

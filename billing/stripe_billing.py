@@ -9,13 +9,14 @@ per change, under a row lock, after checking the current state.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import stripe
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from billing.gateway import stripe_client
@@ -254,6 +255,31 @@ def invoice_facts(invoice: dict[str, Any]) -> InvoiceFacts:
     )
 
 
+def invoice_facts_with_payment_ids(facts: InvoiceFacts) -> InvoiceFacts:
+    """Fill in the payment intent and charge of a paid invoice when the event did not carry them.
+
+    Invoices of Stripe API versions from 2025-03-31 on have no `payment_intent` or `charge`
+    field; their payments are listed by `GET /v1/invoice_payments?invoice=...`. Refunds and
+    dispute events need both ids, so they are looked up before the payment is recorded.
+    """
+    if facts.payment_intent_id and facts.charge_id:
+        return facts
+    client = stripe_client()
+    payment_intent_id = facts.payment_intent_id
+    if not payment_intent_id:
+        for item in client.v1.invoice_payments.list(params={"invoice": facts.invoice_id}).data:
+            details = item.to_dict().get("payment") or {}
+            if details.get("payment_intent") and item.status == "paid":
+                payment_intent_id = details["payment_intent"]
+                break
+    charge_id = facts.charge_id
+    if payment_intent_id and not charge_id:
+        latest = client.v1.payment_intents.retrieve(payment_intent_id).to_dict().get("latest_charge")
+        charge_id = latest.get("id", "") if isinstance(latest, dict) else (latest or "")
+    logger.info("Invoice %s: payment intent %s, charge %s looked up", facts.invoice_id, payment_intent_id or "-", charge_id or "-")
+    return replace(facts, payment_intent_id=payment_intent_id, charge_id=charge_id)
+
+
 def payment_record_invoice(*, contract, facts: InvoiceFacts) -> tuple[Payment, bool]:
     """Record the payment of a paid Stripe invoice once; return (payment, created).
 
@@ -310,7 +336,7 @@ def subscription_remember(*, contract, subscription_id: str, customer_id: str = 
 # --- refunds -------------------------------------------------------------------------------------
 
 
-def refund_execute(*, refund_id: int) -> Refund:
+def refund_execute(*, refund_id: int, _after_settling: bool = False) -> Refund:
     """Ask Stripe to refund a pending or failed refund row, and record the result.
 
     The row's idempotency key goes with every call, so a retry after a timeout (when Stripe may
@@ -330,6 +356,16 @@ def refund_execute(*, refund_id: int) -> Refund:
         params["charge"] = payment.stripe_charge_id
     else:
         return refund_mark_failed(refund_id=refund.pk, error="The payment has no Stripe payment intent or charge to refund.")
+    if refund.status == Refund.Status.PENDING and refund.reference.startswith("re_"):
+        # Stripe accepted this refund as pending earlier: ask for its outcome, never create again.
+        try:
+            result = stripe_client().v1.refunds.retrieve(refund.reference)
+        except stripe.StripeError as exc:
+            logger.warning("Refund %s: reading Stripe refund %s failed: %s", refund.pk, refund.reference, _error_text(exc))
+            Refund.objects.filter(pk=refund.pk).update(next_attempt_at=timezone.now() + timedelta(minutes=10))
+            return refund
+        return refund_apply_stripe_status(refund_id=refund.pk, stripe_refund_id=result.id, status=result.status,
+                                          failure_reason=getattr(result, "failure_reason", None) or "")
     attempt = refund.attempts + 1
     logger.info("Refund %s: calling Stripe (attempt %s) for payment %s", refund.pk, attempt, payment.pk)
     try:
@@ -342,28 +378,49 @@ def refund_execute(*, refund_id: int) -> Refund:
                 params=params, options={"idempotency_key": _key("refund", refund.idempotency_key, attempt)}
             )
     except stripe.StripeError as exc:
-        if getattr(exc, "code", None) == "charge_already_refunded":
-            # Someone refunded the charge at Stripe already; settle the row from the charge.
+        if _refunded_elsewhere(exc):
+            # Some or all of the charge was refunded at Stripe already (the Dashboard): settle
+            # from the charge, and shrink this row to what is still left before its next try.
             settled = _settle_from_stripe_charge(refund, payment)
             if settled is not None:
                 return settled
+            if not _after_settling and Refund.objects.get(pk=refund.pk).amount_cents < refund.amount_cents:
+                # Shrunk to what is left: try that amount once now, under a new idempotency key.
+                Refund.objects.filter(pk=refund.pk).update(attempts=F("attempts") + 1)
+                return refund_execute(refund_id=refund.pk, _after_settling=True)
         logger.warning("Refund %s of payment %s failed at Stripe: %s", refund.pk, payment.pk, _error_text(exc))
         return refund_mark_failed(refund_id=refund.pk, error=_error_text(exc))
-    if result.status == "succeeded":
-        return refund_mark_succeeded(refund_id=refund.pk, reference=result.id)
-    if result.status in ("failed", "canceled"):
-        reason = getattr(result, "failure_reason", None) or result.status
-        return refund_mark_failed(refund_id=refund.pk, error=f"Stripe refund {result.id} {result.status}: {reason}", reference=result.id)
+    return refund_apply_stripe_status(
+        refund_id=refund.pk, stripe_refund_id=result.id, status=result.status,
+        failure_reason=getattr(result, "failure_reason", None) or "",
+    )
+
+
+def refund_apply_stripe_status(*, refund_id: int, stripe_refund_id: str, status: str, failure_reason: str = "") -> Refund:
+    """Record the status Stripe reports for the refund made for a refund row."""
+    if status == "succeeded":
+        return refund_mark_succeeded(refund_id=refund_id, reference=stripe_refund_id)
+    if status in ("failed", "canceled"):
+        return refund_mark_failed(
+            refund_id=refund_id, error=f"Stripe refund {stripe_refund_id} {status}: {failure_reason or status}",
+            reference=stripe_refund_id,
+        )
     # "pending" or "requires_action": Stripe finishes it later; check again in a while.
     with transaction.atomic():
-        Refund.objects.filter(pk=refund.pk, status__in=[Refund.Status.PENDING, Refund.Status.FAILED]).update(
+        Refund.objects.filter(pk=refund_id, status__in=[Refund.Status.PENDING, Refund.Status.FAILED]).update(
             status=Refund.Status.PENDING,
-            reference=result.id,
+            reference=stripe_refund_id,
             next_attempt_at=timezone.now() + timedelta(minutes=10),
             updated_at=timezone.now(),
         )
-    logger.info("Refund %s is %s at Stripe (%s)", refund.pk, result.status, result.id)
-    return Refund.objects.get(pk=refund.pk)
+    logger.info("Refund %s is %s at Stripe (%s)", refund_id, status, stripe_refund_id)
+    return Refund.objects.get(pk=refund_id)
+
+
+def _refunded_elsewhere(exc: stripe.StripeError) -> bool:
+    if getattr(exc, "code", None) == "charge_already_refunded":
+        return True
+    return getattr(exc, "param", None) == "amount" or "greater than unrefunded amount" in str(exc)
 
 
 def _settle_from_stripe_charge(refund: Refund, payment: Payment) -> Refund | None:
@@ -377,7 +434,18 @@ def _settle_from_stripe_charge(refund: Refund, payment: Payment) -> Refund | Non
     charge = stripe_client().v1.charges.retrieve(charge_id)
     refund_settle_from_charge(payment=payment, amount_refunded_total=int(charge.amount_refunded or 0))
     refund = Refund.objects.get(pk=refund.pk)
-    return refund if refund.status == Refund.Status.SUCCEEDED else None
+    if refund.status == Refund.Status.SUCCEEDED:
+        return refund
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=payment.pk)
+        others = sum(
+            Refund.objects.filter(payment=payment, status=Refund.Status.SUCCEEDED).values_list("amount_cents", flat=True)
+        )
+        left = payment.amount_cents - others
+        if 0 < left < refund.amount_cents:
+            Refund.objects.filter(pk=refund.pk).exclude(status=Refund.Status.SUCCEEDED).update(amount_cents=left)
+            logger.info("Refund %s shrunk to the %s cents still unrefunded at Stripe", refund.pk, left)
+    return None
 
 
 def _earlier_refund(refund: Refund, params: dict[str, Any]):
@@ -497,9 +565,12 @@ def refund_settle_from_charge(*, payment: Payment, amount_refunded_total: int, r
         payment = Payment.objects.select_for_update().get(pk=payment.pk)
         rows = list(Refund.objects.select_for_update().filter(payment=payment).order_by("pk"))
         done = sum(row.amount_cents for row in rows if row.status == Refund.Status.SUCCEEDED)
-        extra = min(amount_refunded_total, payment.amount_cents) - done
+        # A pending row with a Stripe refund id is in Stripe's total already, and its own status
+        # (read by the retry sweep or sent as refund.updated) decides it, since it may still fail.
+        tracked = [row for row in rows if row.status == Refund.Status.PENDING and row.reference.startswith("re_")]
+        extra = min(amount_refunded_total, payment.amount_cents) - done - sum(row.amount_cents for row in tracked)
         for row in rows:
-            if row.status == Refund.Status.SUCCEEDED or row.amount_cents > extra:
+            if row.status == Refund.Status.SUCCEEDED or row in tracked or row.amount_cents > extra:
                 continue
             row.status = Refund.Status.SUCCEEDED
             row.reference = row.reference or reference or f"charge {payment.stripe_charge_id}"
@@ -526,6 +597,38 @@ def refund_settle_from_charge(*, payment: Payment, amount_refunded_total: int, r
         if row.status == Refund.Status.SUCCEEDED:
             _notify_refund(row, "refund_completed")
     return changed
+
+
+def dispute_record_loss(*, payment: Payment, dispute_id: str, amount_cents: int) -> Refund | None:
+    """Book a lost dispute (chargeback) like a refund: the ledger reversal and a credit note.
+
+    The bank took the money back, so the provider's and author's shares are reversed and no
+    payout includes them. Idempotent: a second call for the same dispute books nothing.
+    """
+    from billing.services import _refund_succeeded
+
+    with transaction.atomic():
+        payment = Payment.objects.select_for_update().get(pk=payment.pk)
+        if Refund.objects.filter(payment=payment, reference=dispute_id).exists():
+            return None
+        done = sum(
+            Refund.objects.filter(payment=payment, status=Refund.Status.SUCCEEDED).values_list("amount_cents", flat=True)
+        )
+        amount = min(amount_cents, payment.amount_cents - done)
+        if amount <= 0:
+            return None
+        refund = Refund.objects.create(
+            payment=payment,
+            amount_cents=amount,
+            status=Refund.Status.SUCCEEDED,
+            reason="Chargeback: the card holder's bank decided the dispute against the platform.",
+            reference=dispute_id,
+            attempts=1,
+        )
+        _refund_succeeded(refund)
+        _sync_payment_refund_status(payment)
+    logger.info("Dispute %s lost: %s cents of payment %s reversed", dispute_id, amount, payment.pk)
+    return refund
 
 
 def _notify_refund(refund: Refund, event: str) -> None:

@@ -13,6 +13,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import stripe
@@ -21,9 +22,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from billing import stripe_billing
-from billing.models import CheckoutSession, Dispute, Payment, Subscription, WebhookEvent
+from billing.models import CheckoutSession, Dispute, Payment, Refund, Subscription, WebhookEvent
 
 logger = logging.getLogger(__name__)
+
+
+# What reading a signed event whose fields lack the documented shape raises.
+MALFORMED_EVENT_ERRORS = (KeyError, ValueError, TypeError, OverflowError, RecursionError, AttributeError)
 
 
 class WebhookRejected(Exception):
@@ -47,11 +52,17 @@ def webhook_receive(*, payload: bytes, signature: str) -> tuple[WebhookEvent | N
         raise WebhookRejected(f"Invalid signature: {exc.user_message or exc}") from exc
     try:
         event = json.loads(text)
-    except ValueError as exc:
-        raise WebhookRejected(f"The body is not a JSON Stripe event: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise WebhookRejected(f"The body is not a JSON Stripe event: {type(exc).__name__}: {exc}"[:500]) from exc
     if not isinstance(event, dict) or not event.get("id") or not event.get("type"):
         raise WebhookRejected("The event has no id or type.")
-    return event_apply(event)
+    try:
+        return event_apply(event)
+    except MALFORMED_EVENT_ERRORS as exc:
+        # A genuine (signed) event whose fields do not have the documented shape; nothing was
+        # stored, and the 400 shows up in Stripe's delivery log for staff.
+        logger.exception("Stripe event %s (%s) could not be read", str(event.get("id"))[:120], str(event.get("type"))[:80])
+        raise WebhookRejected(f"The event could not be read: {type(exc).__name__}: {exc}"[:500]) from exc
 
 
 def event_apply(event: dict[str, Any]) -> tuple[WebhookEvent | None, str]:
@@ -175,6 +186,15 @@ def _invoice_paid(obj: dict[str, Any]):
     from marketplace.services import contracts as contract_services
 
     facts = stripe_billing.invoice_facts(obj)
+    public_id = _contract_public_id(obj)
+    if public_id and not _is_uuid(public_id):
+        return "Ignored: the invoice names no rental of this platform.", None
+    if not public_id and not Subscription.objects.filter(subscription_id=facts.subscription_id or "-").exists():
+        return "Ignored: the invoice names no rental of this platform.", None
+    if Payment.objects.filter(stripe_invoice_id=facts.invoice_id).exists():
+        return f"Invoice {facts.invoice_id} was already recorded.", _locked_contract(obj, subscription_id=facts.subscription_id)
+    # A network call, so it runs before the contract's row lock is taken.
+    facts = stripe_billing.invoice_facts_with_payment_ids(facts)
     contract = _locked_contract(obj, subscription_id=facts.subscription_id)
     if contract is None:
         return "Ignored: the invoice names no rental of this platform.", None
@@ -213,7 +233,8 @@ def _refund_unwanted(contract, payment: Payment, reason: str) -> str:
     from billing.services import payment_refund
     from marketplace.services import contracts as contract_services
 
-    payment_refund(payment=payment, reason=reason)
+    if payment_refund(payment=payment, reason=reason) is None:
+        return f"Payment {payment.pk} needs no refund: it was refunded already."
     contract_services.contract_note(contract_id=contract.pk, reason=f"Payment {payment.pk} refunded: {reason}", actor_label="stripe")
     contract_services._stop_billing(contract)
     return f"Full refund of payment {payment.pk} started: {reason}"
@@ -311,6 +332,19 @@ def _charge_refunded(obj: dict[str, Any]):
     return f"Settled from Stripe's refunded total: {summary}.", payment.contract
 
 
+def _refund_updated(obj: dict[str, Any]):
+    refund = Refund.objects.filter(reference=obj.get("id") or "-").select_related("payment__contract").first()
+    if refund is None:
+        return "Ignored: the refund belongs to no refund row of this platform.", None
+    if refund.status == Refund.Status.SUCCEEDED:
+        return f"Refund {refund.pk} was already recorded as succeeded.", refund.payment.contract
+    refund = stripe_billing.refund_apply_stripe_status(
+        refund_id=refund.pk, stripe_refund_id=obj["id"], status=str(obj.get("status") or ""),
+        failure_reason=str(obj.get("failure_reason") or ""),
+    )
+    return f"Refund {refund.pk} is {refund.status}.", refund.payment.contract
+
+
 def _dispute_created(obj: dict[str, Any]):
     from marketplace.services import contracts as contract_services
     from notifications.services import notify_contract_event
@@ -340,13 +374,27 @@ def _dispute_created(obj: dict[str, Any]):
 
 
 def _dispute_updated(obj: dict[str, Any]):
-    updated = Dispute.objects.filter(dispute_id=obj.get("id", "")).update(
-        status=(obj.get("status") or "")[:32], updated_at=timezone.now()
-    )
-    dispute = Dispute.objects.filter(dispute_id=obj.get("id", "")).select_related("payment__contract").first()
-    if not updated or dispute is None:
-        return "Ignored: unknown dispute.", None
-    return f"Dispute {dispute.dispute_id} is {dispute.status}.", dispute.payment.contract
+    from marketplace.services import contracts as contract_services
+
+    if not Dispute.objects.filter(dispute_id=obj.get("id") or "-").exists():
+        # Closed before its `charge.dispute.created` arrived: record it first.
+        outcome, _ = _dispute_created(obj)
+        if outcome.startswith("Ignored"):
+            return outcome, None
+    Dispute.objects.filter(dispute_id=obj["id"]).update(status=(obj.get("status") or "")[:32], updated_at=timezone.now())
+    dispute = Dispute.objects.select_related("payment__contract").get(dispute_id=obj["id"])
+    contract = dispute.payment.contract
+    if dispute.status == "lost":
+        reversal = stripe_billing.dispute_record_loss(
+            payment=dispute.payment, dispute_id=dispute.dispute_id, amount_cents=dispute.amount_cents
+        )
+        if reversal is not None:
+            contract_services.contract_note(
+                contract_id=contract.pk, actor_label="stripe",
+                reason=f"Dispute {dispute.dispute_id} lost: {reversal.amount_cents / 100:.2f} {dispute.currency} taken back by the bank.",
+            )
+            return f"Dispute {dispute.dispute_id} lost: {reversal.amount_cents} cents reversed in the ledger.", contract
+    return f"Dispute {dispute.dispute_id} is {dispute.status}.", contract
 
 
 def _account_updated(obj: dict[str, Any]):
@@ -383,6 +431,8 @@ HANDLERS: dict[str, Callable[[dict[str, Any]], tuple[str, Any]]] = {
     "customer.subscription.updated": _subscription_updated,
     "customer.subscription.deleted": _subscription_deleted,
     "charge.refunded": _charge_refunded,
+    "charge.refund.updated": _refund_updated,
+    "refund.updated": _refund_updated,
     "charge.dispute.created": _dispute_created,
     "charge.dispute.updated": _dispute_updated,
     "charge.dispute.closed": _dispute_updated,
@@ -409,15 +459,36 @@ def sync_overdue_contract(*, contract_id: int) -> str:
                 outcome, _ = _invoice_paid(invoice)
             logger.info("Contract %s: applied a missed paid invoice %s: %s", contract_id, invoice.get("id"), outcome)
             return outcome
-    if subscription.get("status") in stripe_billing.ENDED_SUBSCRIPTION_STATUSES:
+    status = subscription.get("status")
+    reason = ""
+    if status in stripe_billing.ENDED_SUBSCRIPTION_STATUSES:
+        reason = f"The subscription is {status} at Stripe and the paid period is over."
+    elif status == "past_due":
+        reason = _past_due_reason(contract_id, invoice if isinstance(invoice, dict) else {})
+    if reason:
         with transaction.atomic():
             contract = Contract.objects.select_for_update().get(pk=contract_id)
             if contract.status == ContractStatus.ACTIVE:
-                contract_services.contract_terminate(
-                    contract=contract, actor=None, actor_label="stripe",
-                    reason=f"The subscription is {subscription.get('status')} at Stripe and the paid period is over.",
-                )
+                contract_services.contract_terminate(contract=contract, actor=None, actor_label="stripe", reason=reason)
+                contract_services._stop_billing(contract)
                 return "ended"
-    return f"subscription {subscription.get('status')}"
+    return f"subscription {status}"
+
+
+def _past_due_reason(contract_id: int, invoice: dict[str, Any]) -> str:
+    """Return why a past-due rental must end now, or "" while Stripe is still retrying in time."""
+    from marketplace.models import Contract
+
+    now = timezone.now()
+    paid_until = Contract.objects.filter(pk=contract_id).values_list("paid_until", flat=True).get()
+    grace = timedelta(days=settings.STRIPE_PAST_DUE_GRACE_DAYS)
+    if paid_until is not None and now - paid_until > grace:
+        return f"The renewal has been unpaid for more than {settings.STRIPE_PAST_DUE_GRACE_DAYS} days."
+    next_attempt = stripe_billing.from_timestamp(invoice.get("next_payment_attempt"))
+    if next_attempt is None:
+        return "The renewal payment failed and Stripe schedules no further try."
+    if next_attempt < now - timedelta(days=1):
+        return f"The renewal payment failed and Stripe's last scheduled try ({next_attempt:%Y-%m-%d}) has passed."
+    return ""
 
 

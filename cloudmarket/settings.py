@@ -327,6 +327,9 @@ BILLING_REFUND_MAX_ATTEMPTS = env.int("BILLING_REFUND_MAX_ATTEMPTS", default=8)
 # A card-paid rental whose renewal has not been confirmed this long after its paid period ended
 # is checked against Stripe (a lost webhook must not keep or end a rental wrongly).
 STRIPE_RENEWAL_SYNC_AFTER_SECONDS = env.int("STRIPE_RENEWAL_SYNC_AFTER_SECONDS", default=3600)
+# A card rental whose renewal stays unpaid this long after its paid period ended is ended, even
+# if Stripe is configured to keep retrying or to leave the subscription past due.
+STRIPE_PAST_DUE_GRACE_DAYS = env.int("STRIPE_PAST_DUE_GRACE_DAYS", default=30)
 # An unpaid rental request whose checkout never completed is cancelled after this long.
 CHECKOUT_ABANDONED_AFTER_SECONDS = env.int("CHECKOUT_ABANDONED_AFTER_SECONDS", default=2 * 24 * 3600)
 # Pay providers and recipe authors by Stripe Connect transfers to Express accounts. Off: staff

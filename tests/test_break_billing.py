@@ -462,7 +462,7 @@ def test_pending_refund_settles_later(stripe_api, hook, card_offering):
     assert refund.reference
 
     stripe_api.settle_refund(refund.reference)
-    _deliver(stripe_api, hook)
+    stripe_api.skip_pending_events()  # The refund.updated event is lost; the retry sweep finds out.
     Refund.objects.filter(pk=refund.pk).update(next_attempt_at=timezone.now() - dt.timedelta(seconds=1))
     assert stripe_billing.refunds_due() == [refund.pk]
     stripe_billing.refund_execute(refund_id=refund.pk)  # what the retry sweep runs
@@ -470,6 +470,26 @@ def test_pending_refund_settles_later(stripe_api, hook, card_offering):
     refund.refresh_from_db()
     payment.refresh_from_db()
     assert refund.status == Refund.Status.SUCCEEDED, f"refund {refund.reference} settled at Stripe but is {refund.status} here"
+    assert payment.status == PaymentStatus.REFUNDED
+    assert_ledger_balanced(contract)
+
+
+def test_pending_refund_settled_by_event(stripe_api, hook, card_offering):
+    """Stripe returns a refund as `pending`, then sends refund.updated when it succeeds."""
+    contract = _paid_rental(stripe_api, hook, card_offering)
+    payment = contract.payments.get()
+    stripe_api.pend_next_refund()
+    contract_services.contract_reject(contract=contract, actor=card_offering.provider.user, reason="Sold out.")
+    _run_billing_tasks()
+    refund = payment.refunds.get()
+    assert refund.status == Refund.Status.PENDING
+
+    stripe_api.settle_refund(refund.reference)
+    _deliver(stripe_api, hook)
+
+    refund.refresh_from_db()
+    payment.refresh_from_db()
+    assert refund.status == Refund.Status.SUCCEEDED
     assert payment.status == PaymentStatus.REFUNDED
     assert_ledger_balanced(contract)
 

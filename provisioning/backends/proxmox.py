@@ -473,6 +473,8 @@ class ProxmoxBackend(CloudBackend):
     # Creation steps
 
     def _server_type(self, name: str, subject: str) -> ServerType:
+        # NOTE: sizes come from the account's current configuration, not from the contract's
+        # snapshot, so editing a size changes the VMs of contracts still to be provisioned.
         for item in self.server_types:
             if item.name == name:
                 return item

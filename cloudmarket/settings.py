@@ -387,6 +387,9 @@ PROVISIONING_TERMINATION_RETRIES = env.int("PROVISIONING_TERMINATION_RETRIES", d
 # reconciler first reported it.
 RECONCILE_ORPHAN_GRACE_SECONDS = env.int("RECONCILE_ORPHAN_GRACE_SECONDS", default=3600)
 HCLOUD_API_ENDPOINT = env.str("HCLOUD_API_ENDPOINT", default="https://api.hetzner.cloud/v1")
+# Seconds to wait for one Proxmox VE task (clone, resize, start, stop, destroy). A full clone
+# copies the template's disks, so it can take minutes on slow storage.
+PROXMOX_TASK_TIMEOUT = env.float("PROXMOX_TASK_TIMEOUT", default=600.0)
 # Port of the SSH server on created machines; tests point it at a loopback sshd.
 PROVISIONING_SSH_PORT = env.int("PROVISIONING_SSH_PORT", default=22)
 PROVISIONING_SSH_USERNAME = env.str("PROVISIONING_SSH_USERNAME", default="root")

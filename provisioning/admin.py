@@ -15,6 +15,7 @@ from marketplace.admin import ReadOnlyAdminMixin, status_badge
 from marketplace.validators import validate_visible_text
 from provisioning.backends.base import CloudError
 from provisioning.models import (
+    Backend,
     CloudAccount,
     OrphanServer,
     SandboxServer,
@@ -26,6 +27,17 @@ from provisioning.services import cloud_account_validate
 
 logger = logging.getLogger(__name__)
 
+PROXMOX_FIELDS = (
+    "proxmox_api_url",
+    "proxmox_token_id",
+    "proxmox_node",
+    "proxmox_verify_tls",
+    "proxmox_vmid_min",
+    "proxmox_vmid_max",
+    "proxmox_server_types",
+    "proxmox_ipconfig0",
+)
+
 
 class CloudAccountAdminForm(forms.ModelForm):
     """Cloud account form with a write-only field for replacing the API token."""
@@ -35,14 +47,18 @@ class CloudAccountAdminForm(forms.ModelForm):
         required=False,
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Leave empty to keep the stored token. A new token is checked against the backend's API "
-        "when you save.",
+        help_text="Leave empty to keep the stored token. For Proxmox VE, the API token's secret. A new token "
+        "is checked against the backend's API when you save.",
     )
 
     class Meta:
         model = CloudAccount
         # An allow-list, so the token ciphertext never becomes a form field.
-        fields = ("owner", "backend", "label")
+        fields = ("owner", "backend", "label", *PROXMOX_FIELDS)
+
+    def clean_proxmox_server_types(self):
+        # An emptied JSON field arrives as None; the model stores an empty list (the default sizes).
+        return self.cleaned_data.get("proxmox_server_types") or []
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -61,9 +77,14 @@ class CloudAccountAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     actions = ("validate_credentials",)
 
-    def get_fields(self, request, obj=None):
+    def get_fieldsets(self, request, obj=None):
         fields = ["owner", "backend", "label", "new_token", "has_token_display", "validation_status", "last_error"]
-        return fields + ["validated_at", "created_at"]
+        fieldsets = [(None, {"fields": fields + ["validated_at", "created_at"]})]
+        if obj is None or obj.backend == Backend.PROXMOX:
+            fieldsets.append(
+                ("Proxmox VE", {"fields": PROXMOX_FIELDS, "description": "Only for Proxmox VE accounts."})
+            )
+        return fieldsets
 
     def get_readonly_fields(self, request, obj=None):
         readonly = ["has_token_display", "validation_status", "last_error", "validated_at", "created_at"]
@@ -82,8 +103,9 @@ class CloudAccountAdmin(admin.ModelAdmin):
             obj.last_error = ""
             obj.validated_at = None
             logger.info("Cloud account %s: token replaced by staff user %s", obj.pk or "(new)", request.user.pk)
+        settings_changed = change and any(name in form.changed_data for name in PROXMOX_FIELDS)
         super().save_model(request, obj, form, change)
-        if token or not change:
+        if token or not change or settings_changed:
             self._validate_and_report(request, obj)
 
     def _validate_and_report(self, request, account: CloudAccount) -> None:

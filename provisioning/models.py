@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -12,6 +13,7 @@ from provisioning import crypto
 
 class Backend(models.TextChoices):
     HETZNER = "hetzner", "Hetzner Cloud"
+    PROXMOX = "proxmox", "Proxmox VE"
     SANDBOX = "sandbox", "Sandbox (simulated, no real machine)"
 
 
@@ -31,7 +33,9 @@ VALIDATION_STATUS_COLOURS = {
 class CloudAccount(models.Model):
     """A provider's account at one cloud backend, with its API token encrypted at rest.
 
-    The token is write-only: forms, admin and API accept a new one but never show it back.
+    The token is write-only: forms, admin and API accept a new one but never show it back. For
+    Proxmox VE the token is the API token's secret, and the `proxmox_*` fields contain the
+    address and settings of the node. Other backends leave them empty.
     """
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="cloud_accounts")
@@ -46,6 +50,37 @@ class CloudAccount(models.Model):
     validated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
+    proxmox_api_url = models.CharField(
+        "Proxmox API URL", max_length=300, blank=True,
+        help_text="Address of the Proxmox VE web interface, for example https://pve.example.com:8006.",
+    )
+    proxmox_token_id = models.CharField(
+        "Proxmox token ID", max_length=200, blank=True,
+        help_text="The API token's ID, USER@REALM!TOKENNAME, for example cloudmarket@pve!provisioning.",
+    )
+    proxmox_node = models.CharField(
+        "Proxmox node", max_length=63, blank=True, help_text="The node that runs the VMs and holds the templates."
+    )
+    proxmox_verify_tls = models.BooleanField(
+        "Verify TLS certificate", default=True,
+        help_text="Check the API's certificate against trusted CAs. Turn off only for a self-signed certificate "
+        "on a network you trust.",
+    )
+    proxmox_vmid_min = models.PositiveIntegerField(
+        "First VM ID", null=True, blank=True,
+        help_text="VM IDs the platform may use; leave both ends empty for 100000-199999.",
+    )
+    proxmox_vmid_max = models.PositiveIntegerField("Last VM ID", null=True, blank=True)
+    proxmox_server_types = models.JSONField(
+        "Proxmox server types", default=list, blank=True,
+        help_text='Sizes offered, as a list of {"name", "vcpu", "memory_mib", "disk_gb"} objects; '
+        "empty for pve-small, pve-medium and pve-large.",
+    )
+    proxmox_ipconfig0 = models.CharField(
+        "Cloud-init network", max_length=200, blank=True, default="ip=dhcp",
+        help_text="Cloud-init ipconfig0 of new VMs, for example ip=dhcp.",
+    )
+
     class Meta:
         ordering = ["label", "id"]
         constraints = [
@@ -54,6 +89,15 @@ class CloudAccount(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} ({self.get_backend_display()})"
+
+    def clean(self) -> None:
+        super().clean()
+        if self.backend == Backend.PROXMOX:
+            from provisioning.backends.proxmox_settings import proxmox_settings_errors
+
+            errors = proxmox_settings_errors(self)
+            if errors:
+                raise ValidationError(errors)
 
     TOKEN_BINDING = "provisioning.CloudAccount.token"
 

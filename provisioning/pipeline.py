@@ -191,9 +191,14 @@ def _create_server(lease: Lease, contract: Contract, backend: CloudBackend) -> C
 def _wait_for_boot(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
     deadline = time.monotonic() + settings.PROVISIONING_BOOT_TIMEOUT
     interval = settings.PROVISIONING_POLL_INTERVAL
+    spec = None
     while True:
         info: ServerInfo = backend.get_server(contract.cloud_server_id)
-        if info.is_running:
+        ready = info.is_running
+        if ready:
+            spec = spec or _server_spec(contract)
+            ready = backend.prepare_for_ssh(server=info, spec=spec)
+        if ready:
             stored = Contract.objects.filter(pk=contract.pk, lease_owner=lease.owner).update(ip_address=info.ipv4)
             if not stored:
                 raise LeaseLost(f"Worker {lease.owner} no longer holds the lease on contract {lease.contract_id}.")

@@ -363,3 +363,26 @@ def start_scale_workers(worker_env, session_fleet_hetzner_api, ssh_fleet, scale_
     yield start
     for worker in started:
         worker.stop()
+
+
+# Proxmox VE: a fake API whose VMs are the loopback sshd.
+
+TEST_PROXMOX_TOKEN_ID = "cloudmarket@pve!provisioning"
+TEST_PROXMOX_TOKEN_SECRET = "0b6a3f4e-5d21-4c8e-9a77-3e1f2d4c5b6a"
+
+
+@pytest.fixture(scope="session")
+def session_proxmox_api(session_sshd):
+    from tests.peers.proxmox_api import ProxmoxApiServer
+
+    with ProxmoxApiServer(
+        tokens={TEST_PROXMOX_TOKEN_ID: TEST_PROXMOX_TOKEN_SECRET}, sshd=session_sshd, agent_delay=0.3
+    ) as api:
+        yield api
+
+
+@pytest.fixture
+def proxmox_api(session_proxmox_api):
+    session_proxmox_api.reset()
+    yield session_proxmox_api
+    session_proxmox_api.reset()

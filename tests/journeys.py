@@ -62,6 +62,16 @@ def make_tenant(*, email: str = "tenant@example.com") -> tuple[User, str]:
     return user, keypair.public_line
 
 
+def rent(*, tenant, public_key: str, offering: Offering) -> Contract:
+    """Create and pay a contract for `offering`, so a worker starts provisioning it."""
+    from marketplace.services import contracts as contract_services
+
+    contract, _ = contract_services.contract_create(
+        tenant=tenant, offering=offering, ssh_public_key=public_key, idempotency_key=f"key-{offering.slug}"
+    )
+    return contract_services.contract_pay(contract=contract, actor=tenant)
+
+
 def wait_for_status(contract: Contract, statuses, *, timeout: float = 90.0) -> Contract:
     """Poll the database until the contract reaches one of `statuses` (set by a worker process)."""
     expected = {statuses} if isinstance(statuses, str) else set(statuses)

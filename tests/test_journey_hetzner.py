@@ -13,16 +13,16 @@ from marketplace.services import contracts as contract_services
 from notifications.models import Notification
 from recipes.models import RecipeRunStatus
 from tests.conftest import TEST_HCLOUD_TOKEN
-from tests.journeys import make_offering, make_provider, make_tenant, wait_for_status, wait_until
+from tests.journeys import (
+    make_offering,
+    make_provider,
+    make_tenant,
+    rent,
+    wait_for_status,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.journey, pytest.mark.django_db(transaction=True)]
-
-
-def rent(*, tenant, public_key, offering) -> Contract:
-    contract, _ = contract_services.contract_create(
-        tenant=tenant, offering=offering, ssh_public_key=public_key, idempotency_key=f"key-{offering.slug}"
-    )
-    return contract_services.contract_pay(contract=contract, actor=tenant)
 
 
 def test_successful_recipe_ends_active(celery_worker_process, hetzner_api, session_sshd):

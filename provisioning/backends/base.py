@@ -153,6 +153,16 @@ class CloudBackend(abc.ABC):
     def find_servers(self, labels: dict[str, str]) -> list[ServerInfo]:
         """Return every server carrying all of `labels`."""
 
+    def prepare_for_ssh(self, *, server: ServerInfo, spec: ServerSpec) -> bool:
+        """Finish setting up a running server before the platform connects over SSH.
+
+        Returns True when done, or False to be called again after the next `get_server` poll.
+        Backends whose cloud-init applies `spec.user_data` have nothing to do here. The Proxmox
+        backend installs the host key through the guest agent, because its API cannot pass
+        user data.
+        """
+        return True
+
     @abc.abstractmethod
     def delete_server(self, server_id: str, *, labels: dict[str, str] | None = None) -> None:
         """Delete the server and the objects created for it under `labels`.

@@ -305,6 +305,11 @@ CATALOG_COUNT_CAP = env.int("CATALOG_COUNT_CAP", default=1000)
 PLATFORM_COMMISSION_BPS = env.int("PLATFORM_COMMISSION_BPS", default=2000)  # 20 %
 # The recipe author's share of a rental's payments when the author is not the provider.
 RECIPE_AUTHOR_SHARE_BPS = env.int("RECIPE_AUTHOR_SHARE_BPS", default=500)  # 5 %
+# CSV import of offerings: the largest file in bytes, the most offering rows per file, and
+# how long an uploaded file waits for "Apply" after its preview, in seconds.
+OFFERING_CSV_MAX_BYTES = env.int("OFFERING_CSV_MAX_BYTES", default=2 * 1024 * 1024)
+OFFERING_CSV_MAX_ROWS = env.int("OFFERING_CSV_MAX_ROWS", default=1000)
+OFFERING_CSV_PREVIEW_SECONDS = env.int("OFFERING_CSV_PREVIEW_SECONDS", default=3600)
 # Stripe. With a secret key set, rentals of paid offerings are paid by card through Stripe
 # Checkout; without one, only the sandbox method (no money moves) exists.
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")

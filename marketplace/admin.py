@@ -24,6 +24,7 @@ from marketplace.models import (
     ContractEvent,
     ContractStatus,
     Offering,
+    OfferingImport,
     ProviderProfile,
     ProvisioningQueueEntry,
     SshKey,
@@ -379,6 +380,17 @@ def _time_utc(value) -> str:
     if value is None:
         return "—"
     return value.astimezone(UTC).strftime("%m-%d %H:%M:%S")
+
+
+@admin.register(OfferingImport)
+class OfferingImportAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Uploaded offering CSV files with their preview and apply reports, deleted by the first upload after they expire."""
+
+    list_display = ("created_at", "provider", "uploaded_by", "filename", "applied_at", "expires_at")
+    list_filter = ("applied_at",)
+    list_select_related = ("provider", "uploaded_by")
+    search_fields = ("public_id", "provider__display_name", "uploaded_by__email", "filename")
+    date_hierarchy = "created_at"
 
 
 @admin.register(ContractEvent)

@@ -9,6 +9,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from marketplace.models import Offering, ProviderProfile, SshKey
+from marketplace.offering_csv_format import EMPTY_FILE_MESSAGE
 from marketplace.services.providers import MAX_PRICE_CENTS, duplicate_name_message, provider_named
 from marketplace.sshkeys import ParsedPublicKey, parse_public_key
 from marketplace.validators import (
@@ -334,3 +335,28 @@ class OfferingForm(forms.ModelForm):
         values["gpu_model"] = values.get("gpu_model") or ""
         values["description"] = values.get("description") or ""
         return values
+
+
+class OfferingCsvUploadForm(forms.Form):
+    """Form that uploads a CSV file of offerings for a dry-run preview."""
+
+    file = forms.FileField(
+        required=False,
+        label="CSV file",
+        widget=forms.ClearableFileInput(attrs={"accept": ".csv,text/csv"}),
+        help_text="UTF-8, with a header row; at most the size and row limits below.",
+        error_messages={"empty": EMPTY_FILE_MESSAGE},
+    )
+
+    def __init__(self, *args, too_large_message: str = "", **kwargs):
+        super().__init__(*args, **kwargs)
+        # Set when the upload handler dropped the file for being over the size limit.
+        self.too_large_message = too_large_message
+
+    def clean_file(self):
+        if self.too_large_message:
+            raise ValidationError(self.too_large_message, code="too_large")
+        upload = self.cleaned_data.get("file")
+        if not upload:
+            raise ValidationError("Choose a CSV file to upload.", code="required")
+        return upload

@@ -482,3 +482,39 @@ class ContractEvent(models.Model):
     def public_actor(self) -> str:
         """The role shown to non-staff users; worker ids, "worker" and "system" become "Platform"."""
         return PUBLIC_ACTOR_LABELS.get(self.actor_label, "Platform")
+
+
+class OfferingImport(models.Model):
+    """A CSV file of offerings a provider uploaded, kept between its preview and its apply.
+
+    The apply step parses and validates `content` again, so it never relies on the preview
+    the browser showed. A row that is not applied expires at `expires_at`.
+    """
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    provider = models.ForeignKey(ProviderProfile, on_delete=models.CASCADE, related_name="offering_imports")
+    uploaded_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    filename = models.CharField(max_length=255, blank=True)
+    content = models.TextField(help_text="The uploaded file decoded as UTF-8.")
+    preview = models.JSONField(default=dict, help_text="The dry-run report shown before applying.")
+    result = models.JSONField(null=True, blank=True, help_text="The report of the apply step.")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["expires_at"], name="offeringimport_expires_at")]
+
+    def __str__(self) -> str:
+        return f"Offering import {self.public_id} ({self.filename or 'unnamed file'})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("marketplace:offering_import_preview", kwargs={"public_id": self.public_id})
+
+    @property
+    def is_expired(self) -> bool:
+        return self.applied_at is None and timezone.now() >= self.expires_at
+
+    def can_apply(self) -> bool:
+        return self.applied_at is None and not self.is_expired

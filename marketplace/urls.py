@@ -20,6 +20,18 @@ urlpatterns = [
     path("dashboard/provider/cloud-accounts/new/", views.cloud_account_add, name="cloud_account_add"),
     path("dashboard/provider/offerings/new/", views.offering_edit, name="offering_create"),
     path("dashboard/provider/offerings/<slug:slug>/edit/", views.offering_edit, name="offering_edit"),
+    path("dashboard/provider/offerings/export.csv", views.offering_csv_download, name="offering_csv_export"),
+    path("dashboard/provider/offerings/import/", views.offering_csv_upload, name="offering_csv_import"),
+    path(
+        "dashboard/provider/offerings/import/<uuid:public_id>/",
+        views.offering_import_preview,
+        name="offering_import_preview",
+    ),
+    path(
+        "dashboard/provider/offerings/import/<uuid:public_id>/apply/",
+        views.offering_import_apply,
+        name="offering_import_apply",
+    ),
     path("providers/<slug:slug>/", views.provider_detail, name="provider"),
     path("account/ssh-keys/", views.ssh_keys, name="ssh_keys"),
     path("account/ssh-keys/<int:key_id>/delete/", views.ssh_key_remove, name="ssh_key_delete"),

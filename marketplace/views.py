@@ -18,16 +18,19 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST
 
 from billing.models import CheckoutSession, Payment, PaymentMethod
 from billing.services import PaymentFailed, contract_refund_state, payment_method_check
 from billing.stripe_billing import CheckoutUnavailable, checkout_open
+from marketplace import offering_csv_format as csv_format
 from marketplace import selectors
 from marketplace.api import tokens as token_services
 from marketplace.filters import OfferingFilter
 from marketplace.forms import (
     CloudAccountForm,
+    OfferingCsvUploadForm,
     OfferingForm,
     ProviderProfileForm,
     RejectForm,
@@ -39,12 +42,14 @@ from marketplace.models import (
     Contract,
     ContractStatus,
     Offering,
+    OfferingImport,
     ProviderProfile,
     ProvisioningStep,
     SshKey,
 )
 from marketplace.pagination import CappedCountPaginator
 from marketplace.services import contracts as contract_services
+from marketplace.services import offering_csv
 from marketplace.services.providers import (
     offering_create,
     offering_update,
@@ -53,6 +58,7 @@ from marketplace.services.providers import (
 )
 from marketplace.services.ssh_keys import ssh_key_create, ssh_key_delete
 from marketplace.sshkeys import parse_public_key
+from marketplace.uploads import SizeLimitedUploadHandler
 from provisioning.models import Backend, CloudAccount
 from provisioning.services import cloud_account_create
 from recipes.models import RecipeRun, RecipeRunStatus
@@ -632,6 +638,137 @@ def _add_service_errors(form: OfferingForm, exc: ValidationError) -> None:
     for field, errors in exc.message_dict.items():
         target = "price" if field == "price_cents" else field
         form.add_error(target if target in form.fields else None, errors)
+
+
+# --- offerings as CSV ------------------------------------------------------------------------
+
+
+def _own_provider_profile(request: HttpRequest) -> ProviderProfile:
+    profile = ProviderProfile.objects.filter(user=request.user).first()
+    if profile is None:
+        raise Http404("You have no provider profile.")
+    return profile
+
+
+def _csv_help_context() -> dict:
+    return {
+        "columns": csv_format.COLUMNS,
+        "max_bytes_text": csv_format.max_bytes_text(),
+        "max_rows": settings.OFFERING_CSV_MAX_ROWS,
+        "preview_minutes": settings.OFFERING_CSV_PREVIEW_SECONDS // 60,
+    }
+
+
+@login_required
+@require_http_methods(["GET"])
+def offering_csv_download(request: HttpRequest) -> HttpResponse:
+    """Download the provider's offerings as CSV, with a byte order mark so Excel reads it as UTF-8."""
+    profile = _own_provider_profile(request)
+    text = offering_csv.offering_csv_export(provider=profile, byte_order_mark=True)
+    response = HttpResponse(text.encode("utf-8"), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{offering_csv.offering_csv_filename(profile)}"'
+    return response
+
+
+@csrf_exempt
+@login_required
+def offering_csv_upload(request: HttpRequest) -> HttpResponse:
+    """Show the CSV upload form; an upload is checked and shown as a preview to apply."""
+    # The CSRF check reads the request body, so the size-limited upload handler has to be in
+    # place before it runs. That is why this view is exempt and csrf_protect checks below.
+    handler = SizeLimitedUploadHandler(request, max_bytes=settings.OFFERING_CSV_MAX_BYTES)
+    request.upload_handlers = [handler]
+    return _offering_csv_upload(request, handler)
+
+
+@csrf_protect
+@require_http_methods(["GET", "POST"])
+def _offering_csv_upload(request: HttpRequest, handler: SizeLimitedUploadHandler) -> HttpResponse:
+    profile = _own_provider_profile(request)
+    if request.method == "POST":
+        # Reading FILES runs the upload handlers, which record a file over the size limit.
+        files = request.FILES
+        too_large_message = csv_format.csv_file_too_large().message if handler.too_large else ""
+        form = OfferingCsvUploadForm(request.POST, files, too_large_message=too_large_message)
+        if form.is_valid():
+            upload = form.cleaned_data["file"]
+            try:
+                offering_import = offering_csv.offering_import_create(
+                    user=request.user, filename=upload.name or "", data=upload.read()
+                )
+            except csv_format.CsvFileError as exc:
+                logger.info("Offerings CSV of user %s rejected: %s", request.user.pk, exc.message)
+                form.add_error("file", exc.message)
+            else:
+                return redirect(offering_import.get_absolute_url())
+    else:
+        form = OfferingCsvUploadForm()
+    context = {"form": form, "profile": profile, **_csv_help_context()}
+    return render(request, "marketplace/offering_csv_import.html", context)
+
+
+#: Labels of the row actions on the preview page, before and after "Apply".
+_PREVIEW_ROW_LABELS = {
+    offering_csv.RowAction.CREATE: "To create",
+    offering_csv.RowAction.UPDATE: "To update",
+    offering_csv.RowAction.UNCHANGED: "Unchanged",
+    offering_csv.RowAction.ERROR: "With errors",
+}
+_APPLIED_ROW_LABELS = {
+    offering_csv.RowAction.CREATE: "Created",
+    offering_csv.RowAction.UPDATE: "Updated",
+    offering_csv.RowAction.UNCHANGED: "Unchanged",
+    offering_csv.RowAction.ERROR: "Not saved",
+}
+
+
+@login_required
+@require_http_methods(["GET"])
+def offering_import_preview(request: HttpRequest, public_id) -> HttpResponse:
+    """Show an uploaded file's dry-run preview, or the result once it was applied."""
+    offering_import = get_object_or_404(OfferingImport, public_id=public_id, provider__user=request.user)
+    applied = offering_import.result is not None
+    report = offering_import.result if applied else offering_import.preview
+    labels = _APPLIED_ROW_LABELS if applied else _PREVIEW_ROW_LABELS
+    rows = [
+        {**row, "colour": offering_csv.ROW_ACTION_COLOURS[row["action"]], "label": labels[row["action"]]}
+        for row in report["rows"]
+    ]
+    summary_badges = [
+        {"colour": offering_csv.ROW_ACTION_COLOURS[action], "label": f"{report['summary'][action]} {labels[action].lower()}"}
+        for action in offering_csv.RowAction
+    ]
+    context = {
+        "offering_import": offering_import,
+        "report": report,
+        "rows": rows,
+        "summary_badges": summary_badges,
+        "applied": applied,
+        "changes_to_apply": report["summary"]["create"] + report["summary"]["update"],
+    }
+    return render(request, "marketplace/offering_csv_preview.html", context)
+
+
+@login_required
+@require_POST
+def offering_import_apply(request: HttpRequest, public_id) -> HttpResponse:
+    """Apply an uploaded file: its rows are parsed and validated again, not taken from the preview."""
+    offering_import = get_object_or_404(OfferingImport, public_id=public_id, provider__user=request.user)
+    try:
+        report = offering_csv.offering_import_apply(user=request.user, offering_import=offering_import)
+    except (offering_csv.ImportNotApplicable, csv_format.CsvFileError) as exc:
+        messages.error(request, str(exc))
+        return redirect(offering_import.get_absolute_url())
+    summary = report.summary
+    text = (
+        f"Import applied: {summary['create']} created, {summary['update']} updated, "
+        f"{summary['unchanged']} unchanged, {summary['error']} rows with errors not saved."
+    )
+    if summary["error"]:
+        messages.warning(request, text)
+    else:
+        messages.success(request, text)
+    return redirect(offering_import.get_absolute_url())
 
 
 # --- providers and SSH keys -----------------------------------------------------------------

@@ -16,6 +16,7 @@ from billing.payouts import payouts_create_for_period, previous_month_bounds
 from billing.profiles import billing_profile_save
 from marketplace.models import Contract, ContractEvent, ContractStatus
 from marketplace.services.contracts import contract_activate, contract_reject
+from marketplace.services.offering_csv import offering_import_create
 from marketplace.services.ssh_keys import ssh_key_create
 from notifications.models import DeliveryStatus, Notification
 from provisioning.models import (
@@ -82,6 +83,9 @@ def dataset():
     manual = make_provider(display_name="Careful Cloud", auto_accept=False)
     rejected = make_contract(tenant=tenant, offering=make_offering(provider=manual))
     contract_reject(contract=rejected, actor=manual.user, reason="No capacity.")
+    offering_import_create(
+        user=provider.user, filename="offerings.csv", data=b"slug,price_cents\r\nacme-nginx,600\r\n"
+    )
     # Card-payment records, as the Stripe webhook handlers store them.
     from billing.models import CheckoutSession, Dispute, StripeCustomer, Subscription, WebhookEvent
 

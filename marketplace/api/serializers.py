@@ -13,6 +13,7 @@ from rest_framework import serializers
 from marketplace.forms import REJECT_REASON_MAX_LENGTH, reject_reason_too_long_message
 from marketplace.models import Contract, ContractEvent, Offering, ProviderProfile, SshKey
 from marketplace.selectors import offering_visible_to
+from marketplace.services.offering_csv import RowAction
 from marketplace.services.providers import OFFERING_EDITABLE_FIELDS
 from marketplace.sshkeys import MAX_INPUT_BYTES, parse_public_key
 from marketplace.validators import validate_multiline_text
@@ -107,6 +108,60 @@ class ProviderOfferingSerializer(serializers.ModelSerializer):
         if request is not None and request.user.is_authenticated:
             fields["cloud_account"].queryset = CloudAccount.objects.filter(owner=request.user)
         return fields
+
+
+class OfferingCsvUploadSerializer(serializers.Serializer):
+    """A multipart upload of an offerings CSV file."""
+
+    file = serializers.FileField(help_text="The CSV file, UTF-8, with a header row.")
+    dry_run = serializers.BooleanField(
+        required=False, help_text="Instead of the dry_run query parameter: true to preview, false to apply."
+    )
+
+
+class OfferingCsvErrorSerializer(serializers.Serializer):
+    """One error of one CSV row."""
+
+    column = serializers.CharField(allow_null=True, help_text="The column at fault; null for the whole row.")
+    message = serializers.CharField()
+    detail = serializers.CharField(
+        help_text="Row, column and message in one sentence, for example "
+        "\"row 7, column memory_mib: must be a whole number, got '16 GB'\"."
+    )
+
+
+class OfferingCsvChangeSerializer(serializers.Serializer):
+    old = serializers.CharField(help_text="The current value, as the CSV export writes it.")
+    new = serializers.CharField(help_text="The value from the file.")
+
+
+class OfferingCsvRowSerializer(serializers.Serializer):
+    """Outcome of one row of the file: the planned action in a preview, the action taken after apply."""
+
+    row = serializers.IntegerField(help_text="Row number in the file, counting the header row as row 1.")
+    slug = serializers.CharField(help_text="The offering's slug; for a new offering without one, the slug made from its name.")
+    name = serializers.CharField()
+    action = serializers.ChoiceField(
+        choices=RowAction.choices,
+        help_text="error: the row is not saved and `errors` says why.",
+    )
+    changes = serializers.DictField(
+        child=OfferingCsvChangeSerializer(), help_text="For updates: the changed columns with old and new value."
+    )
+    errors = OfferingCsvErrorSerializer(many=True)
+
+
+class OfferingCsvReportSerializer(serializers.Serializer):
+    """The per-row outcome of a CSV import."""
+
+    dry_run = serializers.BooleanField(help_text="true: nothing was saved, the rows show what applying would do.")
+    delimiter = serializers.CharField(help_text="The column delimiter found in the header row: comma, semicolon or tab.")
+    columns = serializers.ListField(child=serializers.CharField(), help_text="The known columns of the file, in file order.")
+    warnings = serializers.ListField(child=serializers.CharField(), help_text="For example columns that were ignored.")
+    summary = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Number of rows per action: create, update, unchanged, error."
+    )
+    rows = OfferingCsvRowSerializer(many=True)
 
 
 # --- rentals --------------------------------------------------------------------------------

@@ -30,6 +30,17 @@ router.register("billing/credit-notes", CreditNoteViewSet, basename="api-billing
 
 urlpatterns = [
     path("provider/profile/", views.ProviderProfileView.as_view(), name="api-provider-profile"),
+    # A slug cannot contain ".", so these paths never shadow an offering's detail route.
+    path(
+        "provider/offerings/export.csv",
+        views.ProviderOfferingCsvExportView.as_view(),
+        name="api-provider-offering-csv-export",
+    ),
+    path(
+        "provider/offerings/import.csv",
+        views.ProviderOfferingCsvImportView.as_view(),
+        name="api-provider-offering-csv-import",
+    ),
     *router.urls,
 ]
 

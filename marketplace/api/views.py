@@ -8,22 +8,36 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Prefetch
-from django.http import Http404
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from django.http import Http404, HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException
 from rest_framework.generics import GenericAPIView
+from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
 
 from billing.services import PaymentFailed
 from billing.stripe_billing import CheckoutUnavailable, checkout_open
+from marketplace import offering_csv_format as csv_format
+from marketplace.api.parsers import CsvBodyParser
 from marketplace.api.serializers import (
     ErrorSerializer,
+    OfferingCsvReportSerializer,
+    OfferingCsvUploadSerializer,
     OfferingSerializer,
     ProviderOfferingSerializer,
     ProviderProfileSerializer,
@@ -53,8 +67,10 @@ from marketplace.selectors import (
     offering_visible_to,
 )
 from marketplace.services import contracts as contract_services
+from marketplace.services import offering_csv
 from marketplace.services import providers as provider_services
 from marketplace.services import ssh_keys as ssh_key_services
+from marketplace.uploads import SizeLimitedUploadHandler
 
 logger = logging.getLogger(__name__)
 
@@ -445,6 +461,136 @@ class ProviderProfileView(GenericAPIView):
         values.update(serializer.validated_data)
         profile = provider_services.provider_profile_update(profile=profile, actor=request.user, **values)
         return Response(self.get_serializer(profile).data)
+
+
+# --- provider offerings as CSV -------------------------------------------------------------
+
+CSV_IMPORT_DESCRIPTION = """Creates or updates your offerings from a CSV file, matched by the `slug` column.
+
+Send the file as multipart field `file`, or as the request body with `Content-Type: text/csv`.
+`dry_run=true` checks every row and saves nothing. `dry_run=false` saves every valid row, each in
+its own transaction, and skips rows with errors. The file must be UTF-8 (a byte order mark is
+allowed) and start with a header row. Columns may come in any order, header names ignore letter
+case and spaces, and unknown columns are ignored with a warning. Columns are separated by
+commas, semicolons or tabs. Prices are whole cents in `price_cents`. A slug of another
+provider's offering and a slug that appears twice in the file are row errors. Row numbers count
+the header row as row 1. The export's leading apostrophe before = + - @ is removed.
+
+A file over the size limit gets 413; an empty file, a file without offering rows or with more
+rows than the limit, and bytes that are not UTF-8 get 400 with the reason under `file`."""
+
+
+def _provider_of_request(user) -> ProviderProfile:
+    profile = ProviderProfile.objects.filter(user=user).first()
+    if profile is None:
+        raise Http404("You have no provider profile; create one with POST /api/v1/provider/profile/.")
+    return profile
+
+
+def _dry_run_flag(request) -> bool:
+    """Return the dry_run query parameter (or multipart field) as a boolean; raise 400 when missing or invalid."""
+    value = request.query_params.get("dry_run")
+    if value is None and hasattr(request.data, "get"):
+        value = request.data.get("dry_run")
+    if value is None:
+        raise serializers.ValidationError(
+            {"dry_run": ["dry_run is required: true to preview the changes, false to apply them."]}
+        )
+    normalized = str(value).strip().lower()
+    if normalized in {"true", "1", "yes"}:
+        return True
+    if normalized in {"false", "0", "no"}:
+        return False
+    raise serializers.ValidationError({"dry_run": [f"dry_run must be true or false, got {value!r}."]})
+
+
+class ProviderOfferingCsvExportView(APIView):
+    """Your offerings as a CSV file."""
+
+    permission_classes = (IsAuthenticated,)
+
+    def perform_content_negotiation(self, request, force=False):
+        # The export returns a plain HttpResponse, so every DRF response here is JSON,
+        # including errors for a client that sent "Accept: text/csv".
+        return (JSONRenderer(), JSONRenderer.media_type)
+
+    @extend_schema(
+        summary="Export your offerings as CSV",
+        description=(
+            "UTF-8 without a byte order mark, one row per offering ordered by slug, with the columns the "
+            "import takes. Cells a spreadsheet would run as a formula (starting with = + - @, tab or "
+            "carriage return) start with an apostrophe, which the import removes."
+        ),
+        responses={
+            (200, "text/csv"): OpenApiResponse(OpenApiTypes.BINARY, description="The CSV file."),
+            **ERROR_RESPONSES,
+        },
+    )
+    def get(self, request):
+        profile = _provider_of_request(request.user)
+        text = offering_csv.offering_csv_export(provider=profile)
+        response = HttpResponse(text.encode("utf-8"), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="{offering_csv.offering_csv_filename(profile)}"'
+        return response
+
+
+class ProviderOfferingCsvImportView(APIView):
+    """Create or update your offerings from a CSV file, or preview what that would do."""
+
+    permission_classes = (IsAuthenticated,)
+    parser_classes = (MultiPartParser, CsvBodyParser)
+
+    def initialize_request(self, request, *args, **kwargs):
+        # Installed before DRF or the CSRF check reads the body, so an oversized file is dropped
+        # while it is read instead of being buffered.
+        self.upload_handler = SizeLimitedUploadHandler(request, max_bytes=settings.OFFERING_CSV_MAX_BYTES)
+        request.upload_handlers = [self.upload_handler]
+        return super().initialize_request(request, *args, **kwargs)
+
+    def _uploaded_bytes(self, request) -> bytes:
+        if isinstance(request.data, bytes):
+            return request.data
+        if self.upload_handler.too_large:
+            raise csv_format.csv_file_too_large()
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise serializers.ValidationError(
+                {"file": ["A CSV file is required: send it as multipart field 'file' or as a text/csv request body."]}
+            )
+        return upload.read()
+
+    @extend_schema(
+        summary="Import offerings from CSV",
+        description=CSV_IMPORT_DESCRIPTION,
+        parameters=[
+            OpenApiParameter(
+                "dry_run",
+                OpenApiTypes.BOOL,
+                OpenApiParameter.QUERY,
+                required=True,
+                description="true: check the rows and save nothing. false: save the valid rows.",
+            )
+        ],
+        request={"multipart/form-data": OfferingCsvUploadSerializer, "text/csv": OpenApiTypes.BINARY},
+        responses={
+            200: OfferingCsvReportSerializer,
+            **ERROR_RESPONSES,
+            413: OpenApiResponse(description="The file is larger than the limit; the message names it."),
+        },
+    )
+    def post(self, request):
+        _provider_of_request(request.user)
+        dry_run = _dry_run_flag(request)
+        try:
+            data = self._uploaded_bytes(request)
+            text = csv_format.csv_decode(data)
+            report = offering_csv.offering_csv_import(user=request.user, text=text, dry_run=dry_run)
+        except csv_format.CsvFileTooLarge as exc:
+            return Response({"file": [exc.message]}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
+        except csv_format.CsvFileError as exc:
+            logger.info("Offerings CSV of user %s rejected: %s", request.user.pk, exc.message)
+            return Response({"file": [exc.message]}, status=status.HTTP_400_BAD_REQUEST)
+        return Response(OfferingCsvReportSerializer(report.as_dict()).data)
 
 
 # --- SSH keys -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import unicodedata
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -15,7 +16,7 @@ from django.utils.text import slugify
 
 from marketplace.models import Offering, ProviderProfile, User
 from provisioning.backends import get_backend
-from provisioning.backends.base import CloudError
+from provisioning.backends.base import CloudError, Location
 from provisioning.models import CloudAccount
 
 logger = logging.getLogger(__name__)
@@ -201,43 +202,69 @@ def _check_cloud_account(account: CloudAccount | None, user: User) -> None:
         raise ValidationError({"cloud_account": "This cloud account is not yours; choose one of your own accounts."})
 
 
-def _check_backend_catalog(offering: Offering) -> None:
-    """Check server type, location and image against the cloud account's backend.
+@dataclass(frozen=True)
+class BackendCatalog:
+    """The server types, locations and images one cloud account's backend offers."""
 
-    Fills in a blank country or city from the backend's location.
+    account_id: int
+    server_types: frozenset[str]
+    locations: Mapping[str, Location]
+    images: frozenset[str]
+
+
+def backend_catalog_load(account: CloudAccount) -> BackendCatalog:
+    """Load the server types, locations and images of `account` from its backend.
+
+    Raises ValidationError (not keyed by field) when the backend API call fails.
     """
-    backend = get_backend(offering.cloud_account)
+    backend = get_backend(account)
     try:
-        server_types = [item.name for item in backend.list_server_types()]
+        server_types = frozenset(item.name for item in backend.list_server_types())
         locations = {item.code: item for item in backend.list_locations()}
-        images = [item.name for item in backend.list_images()]
+        images = frozenset(item.name for item in backend.list_images())
     except CloudError as exc:
         logger.warning(
             "Cloud account %s: listing server types, locations or images failed: %s",
-            offering.cloud_account.pk,
+            account.pk,
             exc,
         )
         raise ValidationError(
-            f"Could not load server types, locations and images from {offering.cloud_account}: {exc}. "
+            f"Could not load server types, locations and images from {account}: {exc}. "
             "Try again in a minute."
         ) from exc
+    return BackendCatalog(account_id=account.pk, server_types=server_types, locations=locations, images=images)
+
+
+def _check_backend_catalog(offering: Offering, catalog: BackendCatalog | None = None) -> None:
+    """Check server type, location and image against the cloud account's backend.
+
+    Uses `catalog` when given (it must belong to the offering's cloud account), else loads the
+    catalog from the backend. Fills in a blank country or city from the backend's location.
+    """
+    if catalog is None:
+        catalog = backend_catalog_load(offering.cloud_account)
+    elif catalog.account_id != offering.cloud_account_id:
+        raise ValueError(
+            f"The catalog of cloud account {catalog.account_id} cannot check an offering "
+            f"on cloud account {offering.cloud_account_id}."
+        )
 
     errors: dict[str, str] = {}
-    if offering.server_type not in server_types:
+    if offering.server_type not in catalog.server_types:
         errors["server_type"] = (
             f"Unknown server type {offering.server_type!r} for {offering.cloud_account}. "
-            f"Valid server types: {', '.join(sorted(server_types))}."
+            f"Valid server types: {', '.join(sorted(catalog.server_types))}."
         )
-    location = locations.get(offering.location_code)
+    location = catalog.locations.get(offering.location_code)
     if location is None:
         errors["location_code"] = (
             f"Unknown location {offering.location_code!r} for {offering.cloud_account}. "
-            f"Valid locations: {', '.join(sorted(locations))}."
+            f"Valid locations: {', '.join(sorted(catalog.locations))}."
         )
-    if offering.image not in images:
+    if offering.image not in catalog.images:
         errors["image"] = (
             f"Unknown image {offering.image!r} for {offering.cloud_account}. "
-            f"Valid images: {', '.join(sorted(set(images)))}."
+            f"Valid images: {', '.join(sorted(catalog.images))}."
         )
     if errors:
         raise ValidationError(errors)
@@ -248,7 +275,9 @@ def _check_backend_catalog(offering: Offering) -> None:
         offering.city = location.city
 
 
-def _apply(offering: Offering, *, user: User, values: Mapping[str, Any]) -> Offering:
+def _apply(
+    offering: Offering, *, user: User, values: Mapping[str, Any], catalog: BackendCatalog | None = None
+) -> Offering:
     unknown = set(values) - set(OFFERING_EDITABLE_FIELDS)
     if unknown:
         raise ValueError(f"Offering fields that cannot be set here: {', '.join(sorted(unknown))}")
@@ -260,7 +289,7 @@ def _apply(offering: Offering, *, user: User, values: Mapping[str, Any]) -> Offe
 
     _check_price(offering.price_cents)
     _check_cloud_account(values.get("cloud_account", getattr(offering, "cloud_account", None)), user)
-    _check_backend_catalog(offering)
+    _check_backend_catalog(offering, catalog)
     offering.full_clean()
     return offering
 
@@ -272,30 +301,61 @@ def _provider_of(user: User) -> ProviderProfile:
     return profile
 
 
+def offering_validate(
+    *,
+    user: User,
+    values: Mapping[str, Any],
+    offering: Offering | None = None,
+    slug: str = "",
+    catalog: BackendCatalog | None = None,
+) -> Offering:
+    """Apply `values` to `offering` (or to a new offering of `user`) in memory and validate it.
+
+    Runs the checks of `offering_create` and `offering_update` without saving, for previews.
+    `offering` is changed in place; pass a fresh instance. Raises ValidationError keyed by field.
+    """
+    if offering is None:
+        offering = Offering(provider=_provider_of(user))
+        offering.slug = slug or _unique_slug(Offering, str(values.get("name") or ""), fallback="offering", max_length=140)
+    elif offering.provider.user_id != user.pk:
+        raise PermissionError(f"User {user.pk} does not own offering {offering.pk}.")
+    return _apply(offering, user=user, values=values, catalog=catalog)
+
+
 @transaction.atomic
-def offering_create(*, user: User, values: Mapping[str, Any]) -> Offering:
+def offering_create(
+    *, user: User, values: Mapping[str, Any], slug: str = "", catalog: BackendCatalog | None = None
+) -> Offering:
     """Create an offering of `user`'s provider profile from `values` (see OFFERING_EDITABLE_FIELDS).
 
-    Raises ValidationError keyed by field: negative or non-integer `price_cents`, a cloud
-    account of another user, or a server type, location or image the backend does not offer.
+    The slug is `slug` when given, else derived from the name. `catalog`, when given, is the
+    preloaded catalog of the offering's cloud account. Raises ValidationError keyed by field:
+    negative or non-integer `price_cents`, a cloud account of another user, a server type,
+    location or image the backend does not offer, or a slug that is invalid or taken.
     """
     provider = _provider_of(user)
     offering = Offering(provider=provider)
-    offering.slug = _unique_slug(Offering, str(values.get("name") or ""), fallback="offering", max_length=140)
-    _apply(offering, user=user, values=values)
+    offering.slug = slug or _unique_slug(Offering, str(values.get("name") or ""), fallback="offering", max_length=140)
+    _apply(offering, user=user, values=values, catalog=catalog)
     try:
         with transaction.atomic():
             offering.save()
     except IntegrityError as exc:
-        # Two offerings with the same name created at the same moment got the same slug.
         logger.warning("Offering slug %s clashed for provider %s: %s", offering.slug, provider.pk, exc)
+        if slug:
+            raise ValidationError(
+                {"slug": f"Another offering was just created with slug {slug!r}; choose another slug."}
+            ) from exc
+        # Two offerings with the same name created at the same moment got the same slug.
         raise ValidationError({"name": "Another offering was just created with this name; submit again."}) from exc
     logger.info("Offering %s (%s) created by user %s", offering.pk, offering.slug, user.pk)
     return offering
 
 
 @transaction.atomic
-def offering_update(*, offering: Offering, user: User, values: Mapping[str, Any]) -> Offering:
+def offering_update(
+    *, offering: Offering, user: User, values: Mapping[str, Any], catalog: BackendCatalog | None = None
+) -> Offering:
     """Change an offering of `user`; the slug stays, so existing links keep working.
 
     Existing rentals are not affected: each contract keeps the snapshot it was created with.
@@ -303,7 +363,7 @@ def offering_update(*, offering: Offering, user: User, values: Mapping[str, Any]
     offering = Offering.objects.select_for_update().select_related("provider", "cloud_account").get(pk=offering.pk)
     if offering.provider.user_id != user.pk:
         raise PermissionError(f"User {user.pk} does not own offering {offering.pk}.")
-    _apply(offering, user=user, values=values)
+    _apply(offering, user=user, values=values, catalog=catalog)
     offering.save()
     logger.info("Offering %s updated by user %s", offering.pk, user.pk)
     return offering

@@ -196,7 +196,7 @@ def credit_note_issue_for_refund(*, refund: Refund, issued_at: dt.datetime | Non
     with transaction.atomic():
         # Payment before refund, the order payment_refund_contract locks them in.
         Payment.objects.select_for_update().filter(pk=refund.payment_id).first()
-        refund = Refund.objects.select_for_update().select_related("payment").get(pk=refund.pk)
+        refund = Refund.objects.select_for_update(of=("self",)).select_related("payment").get(pk=refund.pk)
         existing = CreditNote.objects.filter(refund=refund).first()
         if existing is not None:
             return existing

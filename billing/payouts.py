@@ -490,7 +490,7 @@ def payout_mark_paid(*, payout: Payout, staff_user, note: str) -> Payout:
     if payout.method == PayoutMethod.STRIPE_TRANSFER and payout.status == PayoutStatus.FAILED and stripe_enabled():
         _check_no_transfer(payout)
     with transaction.atomic():
-        locked = Payout.objects.select_for_update().select_related("beneficiary").get(pk=payout.pk)
+        locked = Payout.objects.select_for_update(of=("self",)).select_related("beneficiary").get(pk=payout.pk)
         if not locked.can_mark_paid():
             raise InvalidPayoutTransition(locked, "be marked paid out")
         previous = locked.status

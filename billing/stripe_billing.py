@@ -478,7 +478,7 @@ def _sync_payment_refund_status(payment: Payment) -> None:
 def _lock_refund(refund_id: int) -> tuple[Payment, Refund]:
     """Lock a refund's payment, then the refund: the order every billing writer uses."""
     payment_id = Refund.objects.filter(pk=refund_id).values_list("payment_id", flat=True).get()
-    payment = Payment.objects.select_for_update().select_related("contract").get(pk=payment_id)
+    payment = Payment.objects.select_for_update(of=("self",)).select_related("contract").get(pk=payment_id)
     refund = Refund.objects.select_for_update().get(pk=refund_id)
     return payment, refund
 

@@ -138,7 +138,7 @@ def _locked_contract(obj: dict[str, Any], *, subscription_id: str = ""):
         query = Contract.objects.filter(pk=contract_id)
     if query is None:
         return None
-    return query.select_for_update().select_related("offering", "provider__user", "tenant", "cloud_account").first()
+    return query.select_for_update(of=("self",)).select_related("offering", "provider__user", "tenant", "cloud_account").first()
 
 
 def _payment_for_charge(obj: dict[str, Any]) -> Payment | None:

@@ -62,7 +62,7 @@ def notification_send(*, notification_id: int) -> bool:
     from notifications.models import DeliveryStatus
 
     with transaction.atomic():
-        notification = Notification.objects.select_for_update().select_related("recipient").filter(pk=notification_id).first()
+        notification = Notification.objects.select_for_update(of=("self",)).select_related("recipient").filter(pk=notification_id).first()
         if notification is None:
             logger.info("Notification %s no longer exists; nothing to send", notification_id)
             return False

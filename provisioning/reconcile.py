@@ -575,7 +575,7 @@ def server_missing_report_open(
     from notifications.services import notify_contract_event
 
     contract = (
-        Contract.objects.select_for_update()
+        Contract.objects.select_for_update(of=("self",))
         .select_related("tenant", "provider__user", "cloud_account")
         .get(pk=contract_id)
     )

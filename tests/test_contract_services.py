@@ -316,3 +316,39 @@ def test_renewal_failure_ends_rental(sandbox_offering, settings):
     assert ended == [contract.pk]
     assert contract.status == ContractStatus.TERMINATING
     assert "Renewal payment failed" in contract.status_reason
+
+
+@pytest.mark.django_db(transaction=True)
+def test_contract_lock_leaves_users_unlocked(sandbox_offering):
+    """Locking a contract must not lock its tenant's and provider's user rows.
+
+    Regression: `select_for_update()` with `select_related` locked the joined user rows too, so
+    a worker failing a contract and another inserting a notification for the provider (whose
+    foreign-key check takes KEY SHARE on the user row) deadlocked.
+    """
+    import threading
+
+    from django.db import connection, connections, transaction
+
+    tenant, key = make_tenant()
+    contract = create(tenant, key, sandbox_offering)
+    results: list[str] = []
+
+    def lock_user_elsewhere() -> None:
+        try:
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SELECT id FROM marketplace_user WHERE id = %s FOR KEY SHARE NOWAIT", [tenant.pk])
+                results.append("free")
+        except Exception as exc:  # noqa: BLE001 - the lock error is the result
+            results.append(type(exc).__name__)
+        finally:
+            connections["default"].close()
+
+    with transaction.atomic():
+        contract_services._lock(contract.pk)
+        thread = threading.Thread(target=lock_user_elsewhere)
+        thread.start()
+        thread.join(timeout=10)
+
+    assert connection.vendor == "postgresql"
+    assert results == ["free"]

@@ -43,7 +43,7 @@ class InvalidTransition(Exception):
 
 
 def _lock(contract_id: int) -> Contract:
-    return Contract.objects.select_for_update().select_related("offering", "provider__user", "tenant").get(
+    return Contract.objects.select_for_update(of=("self",)).select_related("offering", "provider__user", "tenant").get(
         pk=contract_id
     )
 

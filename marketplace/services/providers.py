@@ -360,7 +360,7 @@ def offering_update(
 
     Existing rentals are not affected: each contract keeps the snapshot it was created with.
     """
-    offering = Offering.objects.select_for_update().select_related("provider", "cloud_account").get(pk=offering.pk)
+    offering = Offering.objects.select_for_update(of=("self",)).select_related("provider", "cloud_account").get(pk=offering.pk)
     if offering.provider.user_id != user.pk:
         raise PermissionError(f"User {user.pk} does not own offering {offering.pk}.")
     _apply(offering, user=user, values=values, catalog=catalog)

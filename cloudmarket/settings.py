@@ -297,6 +297,9 @@ def _encryption_keys() -> dict[str, bytes]:
 
 FIELD_ENCRYPTION_KEYS = _encryption_keys()
 FIELD_ENCRYPTION_KEY_ID = next(iter(FIELD_ENCRYPTION_KEYS))
+# The "Re-validate" action checks one cloud account against its API at most once per this
+# many seconds.
+CLOUD_ACCOUNT_VALIDATE_INTERVAL_SECONDS = env.int("CLOUD_ACCOUNT_VALIDATE_INTERVAL_SECONDS", default=30)
 
 # Marketplace rules.
 # The catalog counts matches up to this number and then says "more than"; exact counts of

@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/v1/", include("marketplace.api.urls")),
     path("recipes/", include("recipes.urls")),
     path("billing/", include("billing.urls")),
+    path("dashboard/provider/cloud-accounts/", include("provisioning.urls")),
     # Browsers ask for /favicon.ico whatever the page links; the icon is an SVG in static files.
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("", include("marketplace.urls")),

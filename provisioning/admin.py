@@ -69,17 +69,23 @@ class CloudAccountAdminForm(forms.ModelForm):
 @admin.register(CloudAccount)
 class CloudAccountAdmin(admin.ModelAdmin):
     form = CloudAccountAdminForm
-    list_display = ("label", "owner", "backend", "validation_badge", "has_token_display", "validated_at", "created_at")
-    list_filter = ("backend", "validation_status")
+    list_display = (
+        "label", "owner", "backend", "validation_badge", "has_token_display", "validated_at", "created_at", "deleted_at",
+    )
+    list_filter = ("backend", "validation_status", ("deleted_at", admin.EmptyFieldListFilter))
     list_select_related = ("owner",)
     search_fields = ("label", "owner__email")
     autocomplete_fields = ("owner",)
     date_hierarchy = "created_at"
     actions = ("validate_credentials",)
 
+    def get_queryset(self, request):
+        # Staff also see accounts their owners deleted, which ended rentals still refer to.
+        return CloudAccount.all_objects.all()
+
     def get_fieldsets(self, request, obj=None):
         fields = ["owner", "backend", "label", "new_token", "has_token_display", "validation_status", "last_error"]
-        fieldsets = [(None, {"fields": fields + ["validated_at", "created_at"]})]
+        fieldsets = [(None, {"fields": fields + ["validated_at", "created_at", "deleted_at"]})]
         if obj is None or obj.backend == Backend.PROXMOX:
             fieldsets.append(
                 ("Proxmox VE", {"fields": PROXMOX_FIELDS, "description": "Only for Proxmox VE accounts."})
@@ -87,7 +93,7 @@ class CloudAccountAdmin(admin.ModelAdmin):
         return fieldsets
 
     def get_readonly_fields(self, request, obj=None):
-        readonly = ["has_token_display", "validation_status", "last_error", "validated_at", "created_at"]
+        readonly = ["has_token_display", "validation_status", "last_error", "validated_at", "created_at", "deleted_at"]
         if obj is not None:
             # Offerings and contracts point at this account; moving it to another owner or
             # backend would break them.

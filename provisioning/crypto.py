@@ -2,9 +2,10 @@
 
 Each value is stored as base64(nonce || ciphertext+tag) with the id of the key that encrypted
 it, so keys can be rotated: new values use `FIELD_ENCRYPTION_KEY_ID`, old ones still decrypt
-with the key their id names. The associated data binds a ciphertext to its purpose (for
-example "provisioning.CloudAccount.token"), so a value copied into another column fails to
-decrypt.
+with the key their id names, and `manage.py rotate_encryption_keys` re-encrypts them with the
+current key. The associated data binds a ciphertext to its column and row (for example
+"provisioning.CloudAccount.token:42", see `provisioning.encrypted_fields`), so a value copied
+into another column or row fails to decrypt.
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, router, transaction
 from django.utils import timezone
 
 from marketplace.validators import validate_visible_text
-from provisioning import crypto
+from provisioning.encrypted_fields import CLOUD_ACCOUNT_TOKEN
 
 
 class Backend(models.TextChoices):
@@ -30,12 +30,22 @@ VALIDATION_STATUS_COLOURS = {
 }
 
 
+class CloudAccountManager(models.Manager):
+    """Cloud accounts that were not deleted; `CloudAccount.all_objects` includes deleted ones."""
+
+    def get_queryset(self):
+        return super().get_queryset().filter(deleted_at__isnull=True)
+
+
 class CloudAccount(models.Model):
     """A provider's account at one cloud backend, with its API token encrypted at rest.
 
     The token is write-only: forms, admin and API accept a new one but never show it back. For
     Proxmox VE the token is the API token's secret, and the `proxmox_*` fields contain the
     address and settings of the node. Other backends leave them empty.
+
+    A deleted account that ended rentals still refer to stays as a row with `deleted_at` set
+    and its token erased; `CloudAccount.objects` leaves such rows out.
     """
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="cloud_accounts")
@@ -49,6 +59,7 @@ class CloudAccount(models.Model):
     last_error = models.TextField(blank=True)
     validated_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True)
 
     proxmox_api_url = models.CharField(
         "Proxmox API URL", max_length=300, blank=True,
@@ -81,14 +92,43 @@ class CloudAccount(models.Model):
         help_text="Cloud-init ipconfig0 of new VMs, for example ip=dhcp.",
     )
 
+    # A token set before the row had a primary key. The ciphertext is bound to the primary key,
+    # so save() encrypts the token once the row exists.
+    _unsaved_token: str | None = None
+
+    all_objects = models.Manager()
+    objects = CloudAccountManager()
+
     class Meta:
         ordering = ["label", "id"]
+        default_manager_name = "objects"
+        # Related lookups such as contract.cloud_account still find deleted accounts.
+        base_manager_name = "all_objects"
         constraints = [
-            models.UniqueConstraint(fields=["owner", "label"], name="cloudaccount_label_unique_per_owner"),
+            models.UniqueConstraint(
+                fields=["owner", "label"],
+                condition=models.Q(deleted_at__isnull=True),
+                name="cloudaccount_label_unique_per_owner",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.label} ({self.get_backend_display()})"
+
+    def save(self, *args, **kwargs) -> None:
+        """Save the row; a token set before the first save is encrypted and stored in the same transaction."""
+        token = self._unsaved_token
+        if token is None:
+            super().save(*args, **kwargs)
+            return
+        using = kwargs.get("using") or router.db_for_write(type(self), instance=self)
+        with transaction.atomic(using=using):
+            super().save(*args, **kwargs)
+            changed = CLOUD_ACCOUNT_TOKEN.seal(self, token)
+            type(self).all_objects.using(using).filter(pk=self.pk).update(
+                **{name: getattr(self, name) for name in changed}
+            )
+        self._unsaved_token = None
 
     def clean(self) -> None:
         super().clean()
@@ -99,27 +139,35 @@ class CloudAccount(models.Model):
             if errors:
                 raise ValidationError(errors)
 
-    TOKEN_BINDING = "provisioning.CloudAccount.token"
-
     def set_token(self, token: str) -> None:
-        value = crypto.encrypt(token, associated_data=self.TOKEN_BINDING)
-        self.token_ciphertext = value.ciphertext
-        self.token_key_id = value.key_id
+        """Encrypt `token` into the token columns; on an unsaved account, keep it until `save()`."""
+        if self.pk is None:
+            self._unsaved_token = token
+            self.token_ciphertext = ""
+            self.token_key_id = ""
+            return
+        self._unsaved_token = None
+        CLOUD_ACCOUNT_TOKEN.seal(self, token)
 
     def get_token(self) -> str:
-        if not self.token_ciphertext:
-            return ""
-        return crypto.decrypt(
-            crypto.EncryptedValue(self.token_ciphertext, self.token_key_id), associated_data=self.TOKEN_BINDING
-        )
+        """Return the plaintext token, "" when there is none. Raises `crypto.DecryptionError`."""
+        if self._unsaved_token is not None:
+            return self._unsaved_token
+        return CLOUD_ACCOUNT_TOKEN.open(self)
 
     @property
     def has_token(self) -> bool:
-        return bool(self.token_ciphertext)
+        return bool(self.token_ciphertext) or bool(self._unsaved_token)
 
     @property
     def is_usable(self) -> bool:
-        return self.validation_status != ValidationStatus.INVALID
+        return self.validation_status != ValidationStatus.INVALID and self.deleted_at is None
+
+    @property
+    def proxmox_vmid_range_text(self) -> str:
+        if self.proxmox_vmid_min is None or self.proxmox_vmid_max is None:
+            return ""
+        return f"{self.proxmox_vmid_min}-{self.proxmox_vmid_max}"
 
     @property
     def status_colour(self) -> str:

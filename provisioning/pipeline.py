@@ -21,15 +21,12 @@ from django.utils import timezone
 
 from marketplace.models import Contract, ContractStatus, ProvisioningStep
 from marketplace.services import contracts as contract_services
-from provisioning import crypto
 from provisioning.backends import get_backend
 from provisioning.backends.base import CloudBackend, ServerInfo, ServerNotFound, ServerSpec
+from provisioning.encrypted_fields import CONTRACT_HOST_KEY, CONTRACT_PLATFORM_KEY
 from recipes.models import RecipeLogChunk, RecipeRun, RecipeRunStatus
 
 logger = logging.getLogger(__name__)
-
-PLATFORM_KEY_BINDING = "marketplace.Contract.platform_key"
-HOST_KEY_BINDING = "marketplace.Contract.host_key"
 
 
 class LeaseLost(Exception):
@@ -120,30 +117,23 @@ def _ensure_keys(contract: Contract) -> None:
 
     platform_key = generate_keypair(f"cloudmarket-contract-{contract.pk}")
     host_key = generate_keypair(f"cloudmarket-host-{contract.pk}")
-    platform_sealed = crypto.encrypt(platform_key.private_openssh, associated_data=PLATFORM_KEY_BINDING)
-    host_sealed = crypto.encrypt(host_key.private_openssh, associated_data=HOST_KEY_BINDING)
+    sealed = Contract(pk=contract.pk)
+    changed = CONTRACT_PLATFORM_KEY.seal(sealed, platform_key.private_openssh)
+    changed += CONTRACT_HOST_KEY.seal(sealed, host_key.private_openssh)
     # Only the first worker's keys are kept; a concurrent second writer updates nothing.
     Contract.objects.filter(pk=contract.pk, platform_public_key="").update(
         platform_public_key=platform_key.public_line,
-        platform_key_ciphertext=platform_sealed.ciphertext,
-        platform_key_key_id=platform_sealed.key_id,
         host_public_key=host_key.public_line,
-        host_key_ciphertext=host_sealed.ciphertext,
-        host_key_key_id=host_sealed.key_id,
+        **{name: getattr(sealed, name) for name in changed},
     )
 
 
 def platform_private_key(contract: Contract) -> str:
-    return crypto.decrypt(
-        crypto.EncryptedValue(contract.platform_key_ciphertext, contract.platform_key_key_id),
-        associated_data=PLATFORM_KEY_BINDING,
-    )
+    return CONTRACT_PLATFORM_KEY.open(contract)
 
 
 def host_private_key(contract: Contract) -> str:
-    return crypto.decrypt(
-        crypto.EncryptedValue(contract.host_key_ciphertext, contract.host_key_key_id), associated_data=HOST_KEY_BINDING
-    )
+    return CONTRACT_HOST_KEY.open(contract)
 
 
 def _server_spec(contract: Contract) -> ServerSpec:

@@ -1,12 +1,17 @@
-"""Cloud account changes: create, replace token, validate, mark invalid."""
+"""Cloud account changes: create, rename, replace token, validate, mark invalid, delete."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
+import time
 from typing import Any
 
+from django.conf import settings
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from marketplace.validators import validate_visible_text
@@ -14,33 +19,57 @@ from provisioning.backends import get_backend
 from provisioning.backends.base import CloudError, CredentialsInvalid, RequestRejected
 from provisioning.backends.proxmox_settings import proxmox_settings_errors
 from provisioning.models import Backend, CloudAccount, ValidationStatus
+from provisioning.selectors import cloud_account_dependents
 
 logger = logging.getLogger(__name__)
+
+LABEL_MAX_LENGTH = CloudAccount._meta.get_field("label").max_length
+#: The longest API token accepted; Hetzner tokens have 64 characters and Proxmox VE secrets 36.
+TOKEN_MAX_LENGTH = 500
+#: How many offerings and rentals a "cannot delete" message names before it ends with "and N more".
+DEPENDENTS_NAMED = 10
+
+
+class CloudAccountInUse(Exception):
+    """The cloud account cannot be deleted because offerings or live rentals use it."""
+
+    def __init__(self, message: str, *, offerings: list, rentals: list):
+        super().__init__(message)
+        self.offerings = offerings
+        self.rentals = rentals
+
+
+class ValidationRateLimited(Exception):
+    """The account was validated moments ago; it may be validated again in `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 def cloud_account_create(*, owner, backend: str, label: str, token: str) -> CloudAccount:
     """Create a Hetzner or Sandbox cloud account; a Hetzner token is checked against the API before it is saved.
 
     Proxmox VE accounts need more settings and are created with `cloud_account_create_proxmox`.
+    Raises `ValidationError` keyed by field (`label`, `token`), or without a field when the API
+    could not be reached; nothing is saved then.
     """
-    label = _clean_label(owner=owner, label=label)
     if backend == Backend.PROXMOX:
         raise ValidationError(
-            {"backend": "A Proxmox VE account needs its API URL, token ID, token secret and node; add it with the Proxmox VE form."}
+            {"backend": "A Proxmox VE account needs its API URL, token ID, token secret and node; "
+             "add it with the Proxmox VE form on the Cloud accounts page."}
         )
+    if backend not in Backend.values:
+        raise ValidationError({"backend": f"Unknown backend {backend!r}; use one of {', '.join(Backend.values)}."})
+    label = _clean_label(owner=owner, label=label)
     account = CloudAccount(owner=owner, backend=backend, label=label)
     if backend == Backend.HETZNER:
-        token = token.strip()
-        if not token:
-            raise ValidationError({"token": "A Hetzner Cloud API token is required (Hetzner console: Security > API tokens)."})
+        token = _clean_token(token, missing="A Hetzner Cloud API token is required (Hetzner console: Security > API tokens).")
         account.set_token(token)
-        _check(account)
-        if account.validation_status == ValidationStatus.INVALID:
-            raise ValidationError({"token": account.last_error})
-    else:
-        account.validation_status = ValidationStatus.VALID
-        account.validated_at = timezone.now()
-    account.save()
+        _check_before_saving(account)
+    account.validation_status = ValidationStatus.VALID
+    account.validated_at = timezone.now()
+    _save_new(account)
     logger.info("Cloud account %s (%s) created by user %s", account.pk, backend, owner.pk)
     return account
 
@@ -65,7 +94,11 @@ def cloud_account_create_proxmox(
     setting is invalid, the API rejects the token or its certificate, the node does not exist,
     or the API cannot be reached. Nothing is saved then.
     """
-    label = _clean_label(owner=owner, label=label)
+    errors: dict[str, Any] = {}
+    try:
+        label = _clean_label(owner=owner, label=label)
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
     account = CloudAccount(
         owner=owner,
         backend=Backend.PROXMOX,
@@ -79,42 +112,241 @@ def cloud_account_create_proxmox(
         proxmox_server_types=server_types or [],
         proxmox_ipconfig0=(ipconfig0 or "").strip() or "ip=dhcp",
     )
-    errors = proxmox_settings_errors(account)
-    token_secret = (token_secret or "").strip()
-    if not token_secret:
-        errors["token"] = "The API token's secret is required; Proxmox VE shows it once, when the token is created."
+    errors.update(_proxmox_field_errors(account))
+    try:
+        token_secret = _clean_token(
+            token_secret, missing="The API token's secret is required; Proxmox VE shows it once, when the token is created."
+        )
+    except ValidationError as exc:
+        errors.update(exc.message_dict)
     if errors:
         raise ValidationError(errors)
     account.set_token(token_secret)
 
-    try:
-        get_backend(account).validate_credentials()
-    except CredentialsInvalid as exc:
-        field = "proxmox_verify_tls" if exc.code == "tls_verification_failed" else "token"
-        raise ValidationError({field: str(exc)}) from exc
-    except RequestRejected as exc:
-        field = "proxmox_node" if exc.code == "node_not_found" else "proxmox_api_url"
-        raise ValidationError({field: str(exc)}) from exc
-    except CloudError as exc:
-        raise ValidationError(
-            {"proxmox_api_url": f"Could not check the account against the Proxmox VE API: {exc}. Check the URL and try again."}
-        ) from exc
+    _check_before_saving(account)
     account.validation_status = ValidationStatus.VALID
     account.validated_at = timezone.now()
-    account.save()
-    logger.info("Cloud account %s (proxmox, node %s) created by user %s", account.pk, account.proxmox_node, owner.pk)
+    _save_new(account)
+    logger.info(
+        "Cloud account %s (proxmox, node %s, TLS verification %s) created by user %s",
+        account.pk, account.proxmox_node, "on" if verify_tls else "off", owner.pk,
+    )
     return account
 
 
-def _clean_label(*, owner, label: str) -> str:
-    label = label.strip()
+def cloud_account_rename(*, account: CloudAccount, actor, label: str) -> CloudAccount:
+    """Change the account's label; raises `ValidationError` on `label` when it is invalid or taken."""
+    _check_owner(account, actor)
+    label = _clean_label(owner=account.owner, label=label, exclude_pk=account.pk)
+    try:
+        with transaction.atomic():
+            locked = CloudAccount.objects.select_for_update().get(pk=account.pk)
+            old_label = locked.label
+            locked.label = label
+            locked.save(update_fields=["label"])
+    except IntegrityError as exc:
+        raise _label_taken(label) from exc
+    logger.info("Cloud account %s renamed by user %s (label was %r, is %r)", account.pk, actor.pk, old_label, label)
+    return locked
+
+
+def cloud_account_replace_token(*, account: CloudAccount, actor, token: str, proxmox_token_id: str = "") -> CloudAccount:
+    """Check a new API token against the backend and store it in place of the old one.
+
+    For Proxmox VE `token` is the secret, and a non-empty `proxmox_token_id` replaces the token
+    ID too. Raises `ValidationError` like the create services when the backend rejects the
+    token or cannot be reached; the stored token is then unchanged. A valid token marks the
+    account valid.
+    """
+    _check_owner(account, actor)
+    if account.backend == Backend.SANDBOX:
+        raise ValidationError({"token": "A Sandbox account has no API token."})
+    candidate = copy.copy(account)
+    if account.backend == Backend.PROXMOX and (proxmox_token_id or "").strip():
+        candidate.proxmox_token_id = proxmox_token_id.strip()
+        errors = _proxmox_field_errors(candidate)
+        if "proxmox_token_id" in errors:
+            raise ValidationError({"proxmox_token_id": errors["proxmox_token_id"]})
+    token = _clean_token(token, missing="Enter the new API token.")
+    candidate.set_token(token)
+    _check_before_saving(candidate)
+
+    with transaction.atomic():
+        locked = CloudAccount.objects.select_for_update().get(pk=account.pk)
+        locked.set_token(token)
+        locked.proxmox_token_id = candidate.proxmox_token_id
+        locked.validation_status = ValidationStatus.VALID
+        locked.last_error = ""
+        locked.validated_at = timezone.now()
+        locked.save(
+            update_fields=[
+                "token_ciphertext", "token_key_id", "proxmox_token_id", "validation_status", "last_error", "validated_at",
+            ]
+        )
+    logger.info("Cloud account %s: token replaced and valid, by user %s", account.pk, actor.pk)
+    return locked
+
+
+def cloud_account_delete(*, account: CloudAccount, actor) -> bool:
+    """Delete the account unless an offering or a live rental uses it.
+
+    An account that ended rentals still refer to keeps its row for their history: it gets
+    `deleted_at`, its token is erased and it disappears from every list. Other accounts are
+    deleted with their Sandbox servers and orphan reports. Returns True when the row was
+    removed and False when it was kept as deleted. Raises `CloudAccountInUse` naming the
+    offerings and rentals that block the deletion.
+    """
+    _check_owner(account, actor)
+    with transaction.atomic():
+        locked = CloudAccount.objects.select_for_update().get(pk=account.pk)
+        dependents = cloud_account_dependents(account=locked)
+        if dependents.offerings or dependents.rentals:
+            raise CloudAccountInUse(
+                _in_use_message(locked, dependents), offerings=dependents.offerings, rentals=dependents.rentals
+            )
+        if locked.contracts.exists():
+            locked.deleted_at = timezone.now()
+            locked.token_ciphertext = ""
+            locked.token_key_id = ""
+            locked.validation_status = ValidationStatus.INVALID
+            locked.last_error = "Deleted by its owner."
+            locked.save(
+                update_fields=["deleted_at", "token_ciphertext", "token_key_id", "validation_status", "last_error"]
+            )
+            removed = False
+        else:
+            locked.delete()
+            removed = True
+    logger.info(
+        "Cloud account %s (%s) deleted by user %s (%s)",
+        account.pk, account.backend, actor.pk, "row removed" if removed else "kept for ended rentals, token erased",
+    )
+    return removed
+
+
+def _in_use_message(account: CloudAccount, dependents) -> str:
+    parts = []
+    if dependents.offerings:
+        names = _name_list([repr(offering.name) for offering in dependents.offerings])
+        noun = "offering" if len(dependents.offerings) == 1 else "offerings"
+        parts.append(f"{noun} {names}")
+    if dependents.rentals:
+        names = _name_list([f"{contract.offering_name!r} ({contract.get_status_display().lower()})" for contract in dependents.rentals])
+        noun = "live rental" if len(dependents.rentals) == 1 else "live rentals"
+        parts.append(f"{noun} {names}")
+    steps = []
+    if dependents.offerings:
+        steps.append("move the offerings to another cloud account")
+    if dependents.rentals:
+        steps.append("wait until the rentals have ended")
+    return (
+        f"Cloud account {account.label!r} is still used by {' and '.join(parts)}. "
+        f"To delete it, first {' and '.join(steps)}."
+    )
+
+
+def _name_list(names: list[str]) -> str:
+    shown = names[:DEPENDENTS_NAMED]
+    text = ", ".join(shown)
+    if len(names) > len(shown):
+        text += f" and {len(names) - len(shown)} more"
+    return text
+
+
+def _check_owner(account: CloudAccount, actor) -> None:
+    if account.owner_id != actor.pk:
+        raise PermissionError(f"User {actor.pk} does not own cloud account {account.pk}.")
+
+
+def _save_new(account: CloudAccount) -> None:
+    """Insert a new account; a label another request took meanwhile becomes a `label` error."""
+    try:
+        with transaction.atomic():
+            account.save()
+    except IntegrityError as exc:
+        raise _label_taken(account.label) from exc
+
+
+def _label_taken(label: str) -> ValidationError:
+    return ValidationError({"label": f"You already have a cloud account labelled {label!r}; choose another label."})
+
+
+def _clean_label(*, owner, label: str, exclude_pk: int | None = None) -> str:
+    label = (label or "").strip()
+    if not label:
+        raise ValidationError({"label": "The label is empty; enter a name for this account, for example 'Hetzner project A'."})
+    if len(label) > LABEL_MAX_LENGTH:
+        raise ValidationError(
+            {"label": f"The label has {len(label)} characters; use at most {LABEL_MAX_LENGTH}."}
+        )
     try:
         validate_visible_text(label)
     except ValidationError as exc:
         raise ValidationError({"label": exc.messages}) from exc
-    if CloudAccount.objects.filter(owner=owner, label=label).exists():
-        raise ValidationError({"label": f"You already have a cloud account labelled {label!r}; choose another label."})
+    same_label = CloudAccount.objects.filter(owner=owner, label=label)
+    if exclude_pk is not None:
+        same_label = same_label.exclude(pk=exclude_pk)
+    if same_label.exists():
+        raise _label_taken(label)
     return label
+
+
+def _clean_token(token: str, *, missing: str) -> str:
+    """Return the token without surrounding whitespace; raise `ValidationError` on `token` when it cannot be one.
+
+    The messages never repeat the token.
+    """
+    token = (token or "").strip()
+    if not token:
+        raise ValidationError({"token": missing})
+    if len(token) > TOKEN_MAX_LENGTH:
+        raise ValidationError(
+            {"token": f"The token has {len(token)} characters; the maximum is {TOKEN_MAX_LENGTH}. Paste only the token."}
+        )
+    for position, character in enumerate(token, start=1):
+        if not ("!" <= character <= "~"):
+            raise ValidationError(
+                {"token": f"The token contains a space or a character other than printable ASCII at position {position}; "
+                 "paste the token exactly as the cloud console shows it."}
+            )
+    return token
+
+
+def _proxmox_field_errors(account: CloudAccount) -> dict[str, str]:
+    """Return one message per invalid Proxmox setting, including the column lengths of the model."""
+    errors = proxmox_settings_errors(account)
+    for name in ("proxmox_api_url", "proxmox_token_id", "proxmox_node", "proxmox_ipconfig0"):
+        limit = CloudAccount._meta.get_field(name).max_length
+        value = getattr(account, name) or ""
+        if len(value) > limit:
+            label = CloudAccount._meta.get_field(name).verbose_name
+            errors[name] = f"{label} has {len(value)} characters; use at most {limit}."
+    return errors
+
+
+def _check_before_saving(account: CloudAccount) -> None:
+    """Call the backend with the account's token; raise `ValidationError` naming the problem unless it is accepted."""
+    proxmox = account.backend == Backend.PROXMOX
+    try:
+        get_backend(account).validate_credentials()
+    except CredentialsInvalid as exc:
+        if proxmox:
+            field = "proxmox_verify_tls" if exc.code == "tls_verification_failed" else "token"
+            raise ValidationError({field: str(exc)}) from exc
+        raise ValidationError({"token": credentials_rejected_message(account=account, error=exc)}) from exc
+    except RequestRejected as exc:
+        if proxmox:
+            field = "proxmox_node" if exc.code == "node_not_found" else "proxmox_api_url"
+            raise ValidationError({field: str(exc)}) from exc
+        raise ValidationError(f"The Hetzner Cloud API rejected the check of the token: {exc}") from exc
+    except CloudError as exc:
+        if proxmox:
+            raise ValidationError(
+                {"proxmox_api_url": f"Could not check the account against the Proxmox VE API: {exc}. Check the URL and try again."}
+            ) from exc
+        raise ValidationError(
+            f"Could not check the token against the Hetzner Cloud API: {exc}. Nothing was saved; try again in a minute."
+        ) from exc
 
 
 def credentials_rejected_message(*, account: CloudAccount, error: CredentialsInvalid) -> str:
@@ -172,9 +404,42 @@ def _record_inconclusive(account: CloudAccount, exc: CloudError) -> None:
 
 
 def cloud_account_validate(*, account: CloudAccount) -> CloudAccount:
-    """Check the account's stored token against its backend and save the outcome."""
+    """Check the account's stored token against its backend and save the outcome.
+
+    The outcome is stored only if the token is still the one that was checked, so a check
+    that overlaps a token replacement cannot mark the new token invalid.
+    """
+    checked_ciphertext = account.token_ciphertext
     _check(account)
-    account.save(update_fields=["validation_status", "last_error", "validated_at"])
+    saved = CloudAccount.objects.filter(pk=account.pk, token_ciphertext=checked_ciphertext).update(
+        validation_status=account.validation_status, last_error=account.last_error, validated_at=account.validated_at
+    )
+    if not saved:
+        logger.info("Cloud account %s: token replaced or account deleted during the check; outcome not stored", account.pk)
+        account.refresh_from_db()
+    return account
+
+
+def cloud_account_revalidate(*, account: CloudAccount, actor) -> CloudAccount:
+    """Validate the account at its owner's request, at most once per `CLOUD_ACCOUNT_VALIDATE_INTERVAL_SECONDS`.
+
+    Raises `ValidationRateLimited` when the account was checked more recently than that.
+    NOTE: the limit is kept in Django's cache, so without REDIS_URL it counts per process.
+    """
+    _check_owner(account, actor)
+    interval = settings.CLOUD_ACCOUNT_VALIDATE_INTERVAL_SECONDS
+    cache_key = f"cloud-account-validate:{account.pk}"
+    now = time.time()
+    if not cache.add(cache_key, now, timeout=interval):
+        started = cache.get(cache_key) or now
+        retry_after = max(1, math.ceil(started + interval - now))
+        logger.info("Cloud account %s: validation by user %s rate-limited for %s s", account.pk, actor.pk, retry_after)
+        raise ValidationRateLimited(
+            f"Cloud account {account.label!r} was checked less than {interval} seconds ago; try again in {retry_after} seconds.",
+            retry_after=retry_after,
+        )
+    account = cloud_account_validate(account=account)
+    logger.info("Cloud account %s validated by user %s: %s", account.pk, actor.pk, account.validation_status)
     return account
 
 
@@ -183,7 +448,7 @@ def cloud_account_mark_invalid(*, account_id: int, error: str) -> CloudAccount:
     """Record that the cloud rejected the account's credentials and tell its owner once."""
     from notifications.services import notify
 
-    account = CloudAccount.objects.select_for_update().get(pk=account_id)
+    account = CloudAccount.all_objects.select_for_update().get(pk=account_id)
     was_invalid = account.validation_status == ValidationStatus.INVALID
     if was_invalid:
         # Keep the first error: later calls (cleanup, termination) fail for the same reason.

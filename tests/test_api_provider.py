@@ -250,7 +250,8 @@ def test_cloud_account_hetzner_without_token_is_400() -> None:
     assert "token" in response.json()
 
 
-def test_cloud_account_token_never_in_any_response() -> None:
+def test_cloud_account_token_never_in_any_response(hetzner_api) -> None:
+    hetzner_api.tokens.add(PLAINTEXT_TOKEN)
     user = make_user()
     client = client_for(user)
 

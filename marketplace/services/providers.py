@@ -200,6 +200,8 @@ def _check_cloud_account(account: CloudAccount | None, user: User) -> None:
         raise ValidationError({"cloud_account": "Choose the cloud account that runs this offering."})
     if account.owner_id != user.pk:
         raise ValidationError({"cloud_account": "This cloud account is not yours; choose one of your own accounts."})
+    if account.deleted_at is not None:
+        raise ValidationError({"cloud_account": f"Cloud account {account.label!r} was deleted; choose another account."})
 
 
 @dataclass(frozen=True)

@@ -1,25 +1,52 @@
-"""Serializers of the cloud account API. The API token is write-only and never serialized."""
+"""Serializers of the cloud account API. API tokens are write-only and never serialized."""
 
 from __future__ import annotations
 
 from rest_framework import serializers
 
 from provisioning.models import CloudAccount
+from provisioning.services import TOKEN_MAX_LENGTH
+
+PROXMOX_FIELDS = (
+    "proxmox_api_url",
+    "proxmox_token_id",
+    "proxmox_node",
+    "proxmox_verify_tls",
+    "proxmox_vmid_min",
+    "proxmox_vmid_max",
+)
+
+
+def _token_field(help_text: str, *, required: bool) -> serializers.CharField:
+    return serializers.CharField(
+        write_only=True,
+        required=required,
+        allow_blank=not required,
+        trim_whitespace=True,
+        max_length=TOKEN_MAX_LENGTH,
+        style={"input_type": "password"},
+        help_text=help_text,
+    )
 
 
 class CloudAccountSerializer(serializers.ModelSerializer):
     """A cloud account; `token` is accepted on create and never returned."""
 
-    token = serializers.CharField(
-        write_only=True,
+    token = _token_field(
+        "The backend's API token: for Hetzner a project token (console: Security > API tokens), for Proxmox VE "
+        "the API token's secret. Not needed for sandbox. Checked against the backend before the account is saved.",
         required=False,
-        allow_blank=True,
-        trim_whitespace=True,
-        max_length=500,
-        style={"input_type": "password"},
-        help_text="The backend's API token (Hetzner console: Security > API tokens). Not needed for sandbox.",
     )
     has_token = serializers.BooleanField(read_only=True)
+    offering_count = serializers.IntegerField(read_only=True, help_text="Offerings that run on this account.")
+    live_rental_count = serializers.IntegerField(
+        read_only=True, help_text="Rentals on this account that have not ended (awaiting payment up to termination failed)."
+    )
+    proxmox_verify_tls = serializers.BooleanField(
+        default=True,
+        help_text="Proxmox VE only: check the API's TLS certificate against trusted CAs. Turn off only for a "
+        "self-signed certificate on a network you trust; the token secret could be read otherwise.",
+    )
 
     class Meta:
         model = CloudAccount
@@ -33,7 +60,74 @@ class CloudAccountSerializer(serializers.ModelSerializer):
             "last_error",
             "validated_at",
             "created_at",
+            "offering_count",
+            "live_rental_count",
+            *PROXMOX_FIELDS,
         )
         read_only_fields = ("id", "has_token", "validation_status", "last_error", "validated_at", "created_at")
-        # Uniqueness of the label per owner is checked by cloud_account_create.
+        extra_kwargs = {
+            "proxmox_api_url": {"help_text": "Proxmox VE only: address of the web interface, for example https://pve.example.com:8006."},
+            "proxmox_token_id": {"help_text": "Proxmox VE only: the API token's ID, USER@REALM!TOKENNAME."},
+            "proxmox_node": {"help_text": "Proxmox VE only: the node that runs the VMs and holds the templates."},
+            "proxmox_vmid_min": {"help_text": "Proxmox VE only: first VM ID the platform may use; omit both ends for 100000-199999."},
+            "proxmox_vmid_max": {"help_text": "Proxmox VE only: last VM ID the platform may use."},
+        }
+        # Uniqueness of the label per owner is checked by the create services.
         validators: list = []
+
+
+class _OnlyDeclaredFields(serializers.Serializer):
+    """Rejects request keys the serializer does not declare, naming them, instead of ignoring them."""
+
+    unknown_field_message = "Unknown field."
+
+    def validate(self, attrs):
+        initial = self.initial_data if hasattr(self.initial_data, "keys") else {}
+        unknown = sorted(set(initial) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: [self.unknown_field_message] for name in unknown})
+        return attrs
+
+
+class CloudAccountRenameSerializer(_OnlyDeclaredFields):
+    """The only change PATCH makes: a new label."""
+
+    unknown_field_message = (
+        "Only label can be changed; replace the token with POST /api/v1/cloud-accounts/{id}/token/, or add a new "
+        "account for other settings."
+    )
+
+    label = serializers.CharField(max_length=CloudAccount._meta.get_field("label").max_length)
+
+
+class CloudAccountTokenSerializer(_OnlyDeclaredFields):
+    """A replacement API token; Proxmox VE accounts may also get a new token ID."""
+
+    unknown_field_message = "Unknown field; send token, and proxmox_token_id for a Proxmox VE token of another name."
+
+    token = _token_field("The new API token (for Proxmox VE, the token's secret).", required=True)
+    proxmox_token_id = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        max_length=CloudAccount._meta.get_field("proxmox_token_id").max_length,
+        help_text="Proxmox VE only: the new token's ID, when the secret belongs to another token. Omit to keep the ID.",
+    )
+
+
+class DependentOfferingSerializer(serializers.Serializer):
+    slug = serializers.CharField()
+    name = serializers.CharField()
+
+
+class DependentRentalSerializer(serializers.Serializer):
+    id = serializers.UUIDField(source="public_id")
+    offering_name = serializers.CharField()
+    status = serializers.CharField()
+
+
+class CloudAccountInUseSerializer(serializers.Serializer):
+    """The body of a 409 response to DELETE: what still uses the account."""
+
+    detail = serializers.CharField()
+    offerings = DependentOfferingSerializer(many=True)
+    rentals = DependentRentalSerializer(many=True)

@@ -70,6 +70,8 @@ def parse_api_url(url: str) -> ApiEndpoint:
         port = parts.port or DEFAULT_PORT
     except ValueError as exc:
         raise ValueError(f"The API URL {text!r} has an invalid port.") from exc
+    # NOTE: any https host is accepted, private and loopback addresses included, so a user can
+    # make the platform send requests to hosts on the platform's own network.
     if parts.scheme == "http" and not _is_loopback(host):
         raise ValueError(
             f"The API URL {text!r} uses http://, which would send the API token unencrypted; use https://."

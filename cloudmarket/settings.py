@@ -229,6 +229,11 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": crontab(minute="*/15"),
         "options": {"expires": 840},
     },
+    "reject-unanswered-rentals": {
+        "task": "marketplace.tasks.reject_unanswered_rentals_task",
+        "schedule": crontab(minute="*/5"),
+        "options": {"expires": 290},
+    },
     "retry-pending-notifications": {
         "task": "notifications.tasks.retry_pending_notifications_task",
         "schedule": crontab(minute="*/5"),
@@ -308,6 +313,16 @@ CATALOG_COUNT_CAP = env.int("CATALOG_COUNT_CAP", default=1000)
 PLATFORM_COMMISSION_BPS = env.int("PLATFORM_COMMISSION_BPS", default=2000)  # 20 %
 # The recipe author's share of a rental's payments when the author is not the provider.
 RECIPE_AUTHOR_SHARE_BPS = env.int("RECIPE_AUTHOR_SHARE_BPS", default=500)  # 5 %
+# A paid rental that its provider neither accepts nor rejects within this many hours is
+# rejected with a full refund (checked every 5 minutes).
+PROVIDER_RESPONSE_DEADLINE_HOURS = env.int("PROVIDER_RESPONSE_DEADLINE_HOURS", default=24)
+if PROVIDER_RESPONSE_DEADLINE_HOURS < 1:
+    raise ImproperlyConfigured(
+        f"PROVIDER_RESPONSE_DEADLINE_HOURS is {PROVIDER_RESPONSE_DEADLINE_HOURS}: set it to 1 or more hours."
+    )
+# How long the offering form reuses a cloud account's server types, locations and images, in
+# seconds. Saving an offering always checks it against a fresh copy.
+OFFERING_CATALOG_CACHE_SECONDS = env.int("OFFERING_CATALOG_CACHE_SECONDS", default=60)
 # CSV import of offerings: the largest file in bytes, the most offering rows per file, and
 # how long an uploaded file waits for "Apply" after its preview, in seconds.
 OFFERING_CSV_MAX_BYTES = env.int("OFFERING_CSV_MAX_BYTES", default=2 * 1024 * 1024)

@@ -24,6 +24,7 @@ from marketplace.models import (
     ContractEvent,
     ContractStatus,
     Offering,
+    OfferingAllowlistEntry,
     OfferingImport,
     ProviderProfile,
     ProvisioningQueueEntry,
@@ -167,6 +168,22 @@ class SshKeyAdmin(NoAddPageMixin, admin.ModelAdmin):
         return False
 
 
+class OfferingAllowlistEntryInline(admin.TabularInline):
+    model = OfferingAllowlistEntry
+    fields = ("email", "created_at")
+    readonly_fields = ("created_at",)
+    extra = 0
+
+
+@admin.register(OfferingAllowlistEntry)
+class OfferingAllowlistEntryAdmin(admin.ModelAdmin):
+    list_display = ("email", "offering", "created_at")
+    list_select_related = ("offering",)
+    search_fields = ("email", "offering__name", "offering__slug")
+    autocomplete_fields = ("offering",)
+    readonly_fields = ("created_at",)
+
+
 @admin.register(Offering)
 class OfferingAdmin(admin.ModelAdmin):
     list_display = (
@@ -186,6 +203,7 @@ class OfferingAdmin(admin.ModelAdmin):
     autocomplete_fields = ("provider", "cloud_account", "recipe_version")
     readonly_fields = ("created_at", "updated_at")
     date_hierarchy = "created_at"
+    inlines = (OfferingAllowlistEntryInline,)
 
     @admin.display(description="Price / month", ordering="price_cents")
     def price_display(self, obj: Offering) -> str:

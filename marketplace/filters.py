@@ -5,7 +5,7 @@ from __future__ import annotations
 import django_filters
 from django.db.models import Q
 
-from marketplace.models import Offering, ProductType
+from marketplace.models import Contract, ContractStatus, Offering, ProductType
 
 SORT_CHOICES = [
     ("price", "Price: low to high"),
@@ -98,3 +98,13 @@ class OfferingFilter(django_filters.FilterSet):
 
     def filter_sort(self, queryset, name, value):
         return queryset.order_by(*SORT_FIELDS.get(value, SORT_FIELDS["price"]))
+
+
+class ProviderRentalFilter(django_filters.FilterSet):
+    """Filters of a provider's rental requests, shared by the rental requests page and the API."""
+
+    status = django_filters.ChoiceFilter(choices=ContractStatus.choices, label="Status", empty_label="Any status")
+
+    class Meta:
+        model = Contract
+        fields: list[str] = []

@@ -10,6 +10,8 @@ from django.core.exceptions import ValidationError
 
 from marketplace.models import Offering, ProviderProfile, SshKey
 from marketplace.offering_csv_format import EMPTY_FILE_MESSAGE
+from marketplace.selectors import offering_allowlist
+from marketplace.services.cloud_catalog import SPEC_FIELDS, CloudCatalog
 from marketplace.services.providers import MAX_PRICE_CENTS, duplicate_name_message, provider_named
 from marketplace.sshkeys import ParsedPublicKey, parse_public_key
 from marketplace.validators import (
@@ -256,6 +258,17 @@ class OfferingForm(forms.ModelForm):
     country = forms.CharField(
         required=False, max_length=2, help_text="Two-letter ISO code; leave empty to take it from the location."
     )
+    shared_with = forms.CharField(
+        required=False,
+        label="Shared with",
+        widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false", "placeholder": "alice@example.com"}),
+        help_text="When visibility is Shared: the email addresses of the users who may see and rent this "
+        "offering, one per line or separated by commas. An address without an account works once its owner "
+        "signs up.",
+    )
+    # The visibility the provider confirmed on the confirmation step; a public offering is only
+    # hidden when this equals the submitted visibility.
+    confirmed_visibility = forms.CharField(required=False, widget=forms.HiddenInput)
 
     class Meta:
         model = Offering
@@ -297,12 +310,12 @@ class OfferingForm(forms.ModelForm):
         }
         widgets = {"description": forms.Textarea(attrs={"rows": 4})}
 
-    def __init__(self, *args, user, **kwargs):
+    def __init__(self, *args, user, catalog: CloudCatalog | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         accounts = CloudAccount.objects.filter(owner=user)
         self.fields["cloud_account"].queryset = accounts
         self.fields["cloud_account"].empty_label = "Choose one of your cloud accounts"
-        if self.instance.pk is None and not self.is_bound:
+        if self.instance.pk is None and not self.is_bound and "cloud_account" not in self.initial:
             only = list(accounts[:2])
             if len(only) == 1:
                 self.initial["cloud_account"] = only[0].pk
@@ -311,7 +324,63 @@ class OfferingForm(forms.ModelForm):
         )
         self.fields["city"].required = False
         if self.instance.pk is not None and not self.is_bound:
-            self.initial["price"] = Decimal(self.instance.price_cents) / 100
+            self.initial.setdefault("price", Decimal(self.instance.price_cents) / 100)
+            self.initial.setdefault("shared_with", "\n".join(offering_allowlist(offering=self.instance)))
+        self.catalog: CloudCatalog | None = None
+        if catalog is not None:
+            self.use_catalog(catalog)
+
+    def current_value(self, name: str) -> str:
+        """Return the field's submitted value, else its initial value, as a string."""
+        value = self[name].value()
+        return "" if value is None else str(value)
+
+    def selected_account(self) -> CloudAccount | None:
+        """Return the chosen cloud account if it is one of the user's, else None."""
+        value = self.current_value("cloud_account")
+        if not value.isdigit():
+            return None
+        return self.fields["cloud_account"].queryset.filter(pk=int(value)).first()
+
+    def use_catalog(self, catalog: CloudCatalog) -> None:
+        """Offer the catalog's server types, locations and images as choices.
+
+        A current value the catalog lacks stays selectable and is marked as not offered, so
+        opening an offering never changes it silently. Saving it then fails and lists the valid
+        values. Spec fields the backend fixes become read-only.
+        """
+        self.catalog = catalog
+        server_types = [
+            (item.name, f"{item.name}: {item.vcpu} vCPU, {item.memory_mib / 1024:g} GiB, {item.disk_gb} GB, {item.architecture}")
+            for item in catalog.server_types
+        ]
+        locations = [
+            (item.code, f"{item.code}: {item.city}, {item.country}" if item.city else item.code)
+            for item in catalog.locations
+        ]
+        images = [
+            (name, f"{name} ({', '.join(catalog.image_architectures(name))})") for name in catalog.image_names()
+        ]
+        self._use_choices("server_type", server_types, "Choose a server type")
+        self._use_choices("location_code", locations, "Choose a location")
+        self._use_choices("image", images, "Choose an image")
+        for name in SPEC_FIELDS:
+            if name in catalog.editable_spec_fields:
+                continue
+            self.fields[name].widget.attrs["readonly"] = True
+            self.fields[name].help_text = "Set by the server type; this backend creates servers of exactly that size."
+
+    def _use_choices(self, name: str, choices: list[tuple[str, str]], empty_label: str) -> None:
+        current = self.current_value(name)
+        known = {value for value, _label in choices}
+        if current and current not in known:
+            choices = [(current, f"{current} (not offered by this account)"), *choices]
+        self.fields[name].widget = forms.Select(choices=[("", empty_label), *choices])
+
+    def allowlist(self) -> list[str]:
+        """Return the addresses of `shared_with`, split at commas, semicolons and white space."""
+        text = self.cleaned_data.get("shared_with") or ""
+        return [part for part in re.split(r"[\s,;]+", text) if part]
 
     def clean_country(self) -> str:
         return (self.cleaned_data.get("country") or "").strip().upper()

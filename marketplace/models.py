@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser, BaseUserManager
@@ -127,7 +128,16 @@ class ProductType(models.TextChoices):
 
 class Visibility(models.TextChoices):
     PUBLIC = "public", "Public"
+    SHARED = "shared", "Shared with selected users"
     PRIVATE = "private", "Private"
+
+
+#: Badge colour per visibility, used by every template that shows one.
+VISIBILITY_COLOURS = {
+    Visibility.PUBLIC: "green",
+    Visibility.SHARED: "blue",
+    Visibility.PRIVATE: "grey",
+}
 
 
 class StockStatus(models.TextChoices):
@@ -200,6 +210,13 @@ class Offering(models.Model):
             models.Index(fields=["visibility", "product_type", "price_cents"], name="offering_catalog_type"),
             models.Index(fields=["visibility", "country", "vcpu"], name="offering_catalog_country_vcpu"),
             models.Index(fields=["visibility", "country", "memory_mib"], name="offering_catalog_country_mem"),
+            # The catalog of a user on an allowlist matches public OR (shared AND id IN ...), which
+            # the indexes above cannot return in price order; this one can.
+            models.Index(
+                fields=["price_cents", "id"],
+                condition=Q(visibility__in=["public", "shared"]),
+                name="offering_listed_price",
+            ),
             # GPU offerings are a small share of the catalog; a partial index finds them directly.
             models.Index(
                 fields=["visibility", "price_cents"], condition=Q(gpu_count__gt=0), name="offering_catalog_gpu_price"
@@ -235,6 +252,44 @@ class Offering(models.Model):
     def is_rentable(self) -> bool:
         return self.stock_status != StockStatus.OUT_OF_STOCK and self.cloud_account.is_usable
 
+    @property
+    def visibility_colour(self) -> str:
+        return VISIBILITY_COLOURS.get(self.visibility, "grey")
+
+
+#: Most email addresses one shared offering's allowlist may contain.
+MAX_ALLOWLIST_ENTRIES = 500
+
+
+class OfferingAllowlistEntry(models.Model):
+    """One email address that may see and rent a shared offering.
+
+    Entries are kept while the offering is public or private, so switching back to shared
+    restores the list. The address is stored in lower case and matched against the signed-in
+    user's email address, so it may belong to someone who has no account yet.
+    """
+
+    offering = models.ForeignKey(Offering, on_delete=models.CASCADE, related_name="allowlist_entries")
+    email = models.EmailField(max_length=254)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["email", "id"]
+        verbose_name = "offering allowlist entry"
+        verbose_name_plural = "offering allowlist entries"
+        constraints = [
+            models.UniqueConstraint(fields=["offering", "email"], name="offeringallowlist_unique_email"),
+        ]
+        indexes = [models.Index(fields=["email"], name="offeringallowlist_email")]
+
+    def __str__(self) -> str:
+        return f"{self.email} may rent offering {self.offering_id}"
+
+    def clean(self) -> None:
+        super().clean()
+        # Matching compares lower case, so an entry typed in the admin must be stored that way.
+        self.email = (self.email or "").strip().lower()
+
 
 class ContractStatus(models.TextChoices):
     REQUESTED = "requested", "Awaiting payment"
@@ -266,6 +321,9 @@ CONTRACT_STATUS_COLOURS = {
 ENDED_STATUSES = frozenset(
     {ContractStatus.TERMINATED, ContractStatus.REJECTED, ContractStatus.CANCELLED, ContractStatus.FAILED}
 )
+
+#: Rentals that keep running when their offering is hidden from the catalog.
+RUNNING_STATUSES = frozenset({ContractStatus.PAID, ContractStatus.PROVISIONING, ContractStatus.ACTIVE})
 
 
 class ProvisioningStep(models.TextChoices):
@@ -441,6 +499,17 @@ class Contract(models.Model):
 
     def can_accept(self) -> bool:
         return self.status == ContractStatus.PAID
+
+    @property
+    def response_deadline(self) -> datetime | None:
+        """When a paid rental that waits for its provider is rejected and refunded automatically.
+
+        None unless the rental is paid and waiting; the deadline is `paid_at` plus
+        PROVIDER_RESPONSE_DEADLINE_HOURS.
+        """
+        if self.status != ContractStatus.PAID or self.paid_at is None:
+            return None
+        return self.paid_at + timedelta(hours=settings.PROVIDER_RESPONSE_DEADLINE_HOURS)
 
     def can_retry_provisioning(self) -> bool:
         return self.status == ContractStatus.PROVISIONING

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from marketplace import views
+from marketplace import provider_views, views
 
 app_name = "marketplace"
 
@@ -18,8 +18,20 @@ urlpatterns = [
     path("dashboard/provider/", views.provider_dashboard, name="provider_dashboard"),
     path("dashboard/provider/profile/", views.provider_profile_save, name="provider_profile_save"),
     path("dashboard/provider/cloud-accounts/new/", views.cloud_account_add, name="cloud_account_add"),
-    path("dashboard/provider/offerings/new/", views.offering_edit, name="offering_create"),
-    path("dashboard/provider/offerings/<slug:slug>/edit/", views.offering_edit, name="offering_edit"),
+    path("dashboard/provider/offerings/new/", provider_views.offering_edit, name="offering_create"),
+    path("dashboard/provider/offerings/<slug:slug>/edit/", provider_views.offering_edit, name="offering_edit"),
+    path(
+        "dashboard/provider/offerings/<slug:slug>/duplicate/",
+        provider_views.offering_duplicate_view,
+        name="offering_duplicate",
+    ),
+    path(
+        "dashboard/provider/offering-form/catalog-options/",
+        provider_views.offering_catalog_options,
+        name="offering_catalog_options",
+    ),
+    path("dashboard/provider/offering-form/preview/", provider_views.offering_preview, name="offering_preview"),
+    path("dashboard/provider/rentals/", provider_views.provider_rentals, name="provider_rentals"),
     path("dashboard/provider/offerings/export.csv", views.offering_csv_download, name="offering_csv_export"),
     path("dashboard/provider/offerings/import/", views.offering_csv_upload, name="offering_csv_import"),
     path(

@@ -31,7 +31,6 @@ from marketplace.filters import OfferingFilter
 from marketplace.forms import (
     CloudAccountForm,
     OfferingCsvUploadForm,
-    OfferingForm,
     ProviderProfileForm,
     RejectForm,
     RentForm,
@@ -51,8 +50,6 @@ from marketplace.pagination import CappedCountPaginator
 from marketplace.services import contracts as contract_services
 from marketplace.services import offering_csv
 from marketplace.services.providers import (
-    offering_create,
-    offering_update,
     provider_profile_create,
     provider_profile_update,
 )
@@ -96,7 +93,7 @@ def _safe_next(request: HttpRequest, default: str) -> str:
 
 def catalog(request: HttpRequest) -> HttpResponse:
     """Render the marketplace list with filters, sort and pagination, all kept in the query string."""
-    base = selectors.catalog_offerings()
+    base = selectors.catalog_offerings(user=request.user)
     filter_params = request.GET.copy()
     filter_params.pop("page", None)
     active_params = {key: value for key, value in filter_params.items() if value.strip()}
@@ -598,48 +595,6 @@ def cloud_account_add(request: HttpRequest) -> HttpResponse:
     return render(request, "marketplace/provider_dashboard.html", context)
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def offering_edit(request: HttpRequest, slug: str | None = None) -> HttpResponse:
-    """Create (no slug) or edit an offering; only its provider may edit it."""
-    profile = ProviderProfile.objects.filter(user=request.user).first()
-    if profile is None:
-        messages.info(request, "Create your provider profile before you add offerings.")
-        return redirect("marketplace:provider_dashboard")
-    offering = None
-    if slug is not None:
-        offering = get_object_or_404(Offering.objects.select_related("provider"), slug=slug, provider=profile)
-
-    if request.method == "POST":
-        form = OfferingForm(request.POST, instance=offering, user=request.user)
-        if form.is_valid():
-            try:
-                if offering is None:
-                    saved = offering_create(user=request.user, values=form.service_values())
-                else:
-                    saved = offering_update(offering=offering, user=request.user, values=form.service_values())
-            except ValidationError as exc:
-                logger.info("Offering form of user %s rejected: %s", request.user.pk, exc.messages)
-                _add_service_errors(form, exc)
-            else:
-                messages.success(request, f"Offering {saved.name!r} saved.")
-                return redirect(saved.get_absolute_url())
-    else:
-        form = OfferingForm(instance=offering, user=request.user)
-
-    return render(request, "marketplace/offering_form.html", {"form": form, "offering": offering})
-
-
-def _add_service_errors(form: OfferingForm, exc: ValidationError) -> None:
-    """Attach a service's ValidationError to the form; price_cents errors go on the price field."""
-    if not hasattr(exc, "error_dict"):
-        form.add_error(None, exc)
-        return
-    for field, errors in exc.message_dict.items():
-        target = "price" if field == "price_cents" else field
-        form.add_error(target if target in form.fields else None, errors)
-
-
 # --- offerings as CSV ------------------------------------------------------------------------
 
 
@@ -776,7 +731,7 @@ def offering_import_apply(request: HttpRequest, public_id) -> HttpResponse:
 
 def provider_detail(request: HttpRequest, slug: str) -> HttpResponse:
     profile = get_object_or_404(ProviderProfile, slug=slug)
-    offerings = selectors.catalog_offerings().filter(provider=profile).order_by("price_cents", "id")
+    offerings = selectors.catalog_offerings(user=request.user).filter(provider=profile).order_by("price_cents", "id")
     return render(request, "marketplace/provider_detail.html", {"profile": profile, "offerings": offerings})
 
 

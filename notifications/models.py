@@ -12,6 +12,7 @@ class Event(models.TextChoices):
     RENTAL_ACTIVE = "rental_active", "Rental active"
     RENTAL_FAILED = "rental_failed", "Rental failed"
     RENTAL_REJECTED = "rental_rejected", "Rental rejected"
+    RENTAL_REQUEST_EXPIRED = "rental_request_expired", "Rental request expired"
     RENTAL_CANCELLED = "rental_cancelled", "Rental cancelled"
     RENTAL_TERMINATED = "rental_terminated", "Rental terminated"
     TERMINATION_FAILED = "termination_failed", "Termination failed"

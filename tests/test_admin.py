@@ -17,6 +17,7 @@ from billing.profiles import billing_profile_save
 from marketplace.models import Contract, ContractEvent, ContractStatus
 from marketplace.services.contracts import contract_activate, contract_reject
 from marketplace.services.offering_csv import offering_import_create
+from marketplace.services.offerings import offering_visibility_set
 from marketplace.services.ssh_keys import ssh_key_create
 from notifications.models import DeliveryStatus, Notification
 from provisioning.models import (
@@ -85,6 +86,10 @@ def dataset():
     contract_reject(contract=rejected, actor=manual.user, reason="No capacity.")
     offering_import_create(
         user=provider.user, filename="offerings.csv", data=b"slug,price_cents\r\nacme-nginx,600\r\n"
+    )
+    offering_visibility_set(
+        offering=make_offering(provider=provider, cloud_account=sandbox, slug="acme-friends"),
+        user=provider.user, visibility="shared", allowlist=["friend@example.com"], hide_confirmed=True,
     )
     # Card-payment records, as the Stripe webhook handlers store them.
     from billing.models import CheckoutSession, Dispute, StripeCustomer, Subscription, WebhookEvent

@@ -16,16 +16,18 @@ from collections.abc import Iterator
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+from allauth.account.models import EmailAddress
 from django.core import mail
 from django.core.management import call_command
 from django.urls import reverse
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from marketplace.models import Contract, ContractStatus, Offering, SshKey, User
+from marketplace.models import Contract, ContractStatus, Offering, ProviderProfile, SshKey, User
 from provisioning.models import CloudAccount
 from recipes.keys import generate_keypair
 from recipes.models import Recipe, RecipeVersion
+from tests.conftest import TEST_HCLOUD_TOKEN
 from tests.journeys import wait_for_status
 
 logger = logging.getLogger(__name__)
@@ -208,6 +210,26 @@ def fresh_public_key() -> str:
 
 def contracts_of(email: str):
     return Contract.objects.filter(tenant=User.objects.get(email=email))
+
+
+# Counts the htmx swaps of the offering form's cloud configuration fields in window.__cloudConfigSwaps.
+CLOUD_CONFIG_SWAP_COUNTER_JS = """
+document.addEventListener("htmx:afterSettle", (event) => {
+  const url = event.detail.xhr ? event.detail.xhr.responseURL : "";
+  if (url.includes("catalog-options")) window.__cloudConfigSwaps = (window.__cloudConfigSwaps || 0) + 1;
+});
+"""
+
+
+def swap_cloud_config(page: Page, change) -> None:
+    """Run `change` on the offering form and wait until htmx swapped in and set up the new fields.
+
+    Waiting for the response alone is not enough: a change made before htmx has processed the
+    swapped-in fields sends no request.
+    """
+    before = page.evaluate("() => window.__cloudConfigSwaps || 0")
+    change()
+    page.wait_for_function("count => (window.__cloudConfigSwaps || 0) > count", arg=before)
 
 
 # --- journeys -------------------------------------------------------------------------------
@@ -442,6 +464,7 @@ def test_rent_form_sent_twice_at_once(page: Page, live_server, celery_worker_pro
 
 
 def test_provider_creates_offering(page: Page, live_server, demo_data):
+    page.add_init_script(CLOUD_CONFIG_SWAP_COUNTER_JS)
     open_sign_in(page, email=PROVIDER_EMAIL, password=PROVIDER_PASSWORD)
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Provider").click()
     expect(page.get_by_role("heading", name="Provider dashboard")).to_be_visible()
@@ -451,10 +474,11 @@ def test_provider_creates_offering(page: Page, live_server, demo_data):
     account = CloudAccount.objects.get(owner__email=PROVIDER_EMAIL, label="Demo Sandbox")
     name = "Browser test VM in Falkenstein"
     page.get_by_label("Name", exact=True).fill(name)
-    page.get_by_label("Cloud account").select_option(str(account.pk))
-    page.get_by_label("Server type").fill("cx22")
-    page.get_by_label("Location", exact=True).fill("fsn1")
-    page.get_by_label("Image").fill("ubuntu-24.04")
+    # The demo account is the provider's only one, so the form opens with its catalog loaded.
+    swap_cloud_config(page, lambda: page.get_by_label("Cloud account").select_option(str(account.pk)))
+    swap_cloud_config(page, lambda: page.get_by_label("Server type").select_option("cx22"))
+    page.get_by_label("Location", exact=True).select_option("fsn1")
+    page.get_by_label("Image").select_option("ubuntu-24.04")
     page.get_by_label("vCPU").fill("2")
     page.get_by_label("Memory (MiB)").fill("4096")
     page.get_by_label("Disk (GB)").fill("40")
@@ -488,3 +512,47 @@ def test_seed_demo_finds_recipe_files():
     assert Offering.objects.filter(recipe_version__isnull=False).count() == 6
     assert Recipe.objects.count() == 3
     assert RecipeVersion.objects.count() == 3
+
+
+def test_provider_builds_offering_from_live_catalog(page: Page, live_server, hetzner_api):
+    provider = User.objects.create_user(email=PROVIDER_EMAIL, password=PROVIDER_PASSWORD)
+    EmailAddress.objects.create(user=provider, email=PROVIDER_EMAIL, verified=True, primary=True)
+    ProviderProfile.objects.create(user=provider, display_name="Live Catalog Compute", slug="live-catalog-compute")
+    CloudAccount.objects.create(owner=provider, backend="sandbox", label="Sandbox", validation_status="valid")
+    hetzner = CloudAccount(owner=provider, backend="hetzner", label="Hetzner project", validation_status="valid")
+    hetzner.set_token(TEST_HCLOUD_TOKEN)
+    hetzner.save()
+    page.add_init_script(CLOUD_CONFIG_SWAP_COUNTER_JS)
+    open_sign_in(page, email=PROVIDER_EMAIL, password=PROVIDER_PASSWORD)
+    page.goto(reverse("marketplace:offering_create"))
+
+    # Two accounts, so nothing is chosen yet and the catalog fields are plain text inputs.
+    server_type = page.get_by_label("Server type")
+    expect(server_type).to_have_js_property("tagName", "INPUT")
+    swap_cloud_config(page, lambda: page.get_by_label("Cloud account").select_option(str(hetzner.pk)))
+    expect(server_type).to_have_js_property("tagName", "SELECT")
+    expect(server_type.locator("option", has_text="cx32: 4 vCPU, 8 GiB, 80 GB, x86")).to_have_count(1)
+    expect(server_type.locator("option", has_text="cx11")).to_have_count(0)
+
+    # Choosing a server type fills the specs, which Hetzner fixes, and the preview follows.
+    swap_cloud_config(page, lambda: server_type.select_option("cx32"))
+    expect(page.get_by_label("vCPU")).to_have_value("4")
+    expect(page.get_by_label("Memory (MiB)")).to_have_value("8192")
+    expect(page.get_by_label("vCPU")).to_have_attribute("readonly", "")
+    page.get_by_label("Location", exact=True).select_option("hel1")
+    page.get_by_label("Image").select_option("debian-12")
+    page.get_by_label("Name", exact=True).fill("Helsinki medium")
+    page.get_by_label("Price per month").fill("11.90")
+    page.get_by_label("Price per month").blur()
+    preview = page.locator("#card-preview")
+    expect(preview.get_by_role("heading", name="Helsinki medium")).to_be_visible()
+    expect(preview).to_contain_text("€11.90")
+    expect(preview).to_contain_text("Helsinki, FI")
+    expect(preview.locator(".specs")).to_contain_text("4 vCPU")
+
+    page.get_by_role("button", name="Create offering").click()
+    expect(page.get_by_role("heading", name="Helsinki medium", level=1)).to_be_visible()
+    offering = Offering.objects.get(name="Helsinki medium")
+    assert (offering.server_type, offering.location_code, offering.image) == ("cx32", "hel1", "debian-12")
+    assert (offering.vcpu, offering.memory_mib, offering.disk_gb) == (4, 8192, 80)
+    assert (offering.country, offering.city, offering.price_cents) == ("FI", "Helsinki", 1190)

@@ -372,7 +372,7 @@ def test_choice_account_and_required_errors(provider, account):
 
     report = offering_csv_import(user=provider.user, text=text, dry_run=True)
 
-    assert errors_of(report, 2) == ["row 2, column visibility: must be one of public, private, got 'hidden'"]
+    assert errors_of(report, 2) == ["row 2, column visibility: must be one of public, shared, private, got 'hidden'"]
     assert errors_of(report, 3) == [
         "row 3, column cloud_account_label: you have no cloud account labelled \"Someone else's\"; "
         "your cloud accounts are 'Sandbox A'"

@@ -333,7 +333,9 @@ def test_offering_edit_by_owner(client, provider, account):
     form = client.get(url).context["form"]
     assert form["price"].value() == pytest.approx(1)
 
-    response = client.post(url, _offering_data(account, name="New name", price="12.30", visibility="private"))
+    response = client.post(
+        url, _offering_data(account, name="New name", price="12.30", visibility="private", confirmed_visibility="private")
+    )
 
     offering.refresh_from_db()
     assert response.status_code == 302

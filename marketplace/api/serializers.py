@@ -11,7 +11,15 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from marketplace.forms import REJECT_REASON_MAX_LENGTH, reject_reason_too_long_message
-from marketplace.models import Contract, ContractEvent, Offering, ProviderProfile, SshKey
+from marketplace.models import (
+    MAX_ALLOWLIST_ENTRIES,
+    Contract,
+    ContractEvent,
+    Offering,
+    ProviderProfile,
+    SshKey,
+    Visibility,
+)
 from marketplace.selectors import offering_visible_to
 from marketplace.services.offering_csv import RowAction
 from marketplace.services.providers import OFFERING_EDITABLE_FIELDS
@@ -96,10 +104,17 @@ class ProviderOfferingSerializer(serializers.ModelSerializer):
     city = serializers.CharField(max_length=80, required=False, allow_blank=True)
     currency = serializers.CharField(max_length=3, required=False)
     backend = serializers.CharField(source="cloud_account.backend", read_only=True)
+    confirm_visibility = serializers.BooleanField(
+        write_only=True,
+        required=False,
+        default=False,
+        help_text="Must be true to change a public offering to shared or private; without it the request fails "
+        "with 400 naming this field and the number of running rentals, which keep running either way.",
+    )
 
     class Meta:
         model = Offering
-        fields = ("slug", *OFFERING_EDITABLE_FIELDS, "backend", "created_at", "updated_at")
+        fields = ("slug", *OFFERING_EDITABLE_FIELDS, "backend", "created_at", "updated_at", "confirm_visibility")
         read_only_fields = ("slug", "backend", "created_at", "updated_at")
 
     def get_fields(self):
@@ -108,6 +123,91 @@ class ProviderOfferingSerializer(serializers.ModelSerializer):
         if request is not None and request.user.is_authenticated:
             fields["cloud_account"].queryset = CloudAccount.objects.filter(owner=request.user)
         return fields
+
+
+class OfferingVisibilitySerializer(serializers.Serializer):
+    """The visibility of an offering and the users who may see and rent it."""
+
+    visibility = serializers.ChoiceField(
+        choices=Visibility.choices,
+        help_text="public: in the catalog for everyone; shared: only for the addresses in allowlist; "
+        "private: only for you.",
+    )
+    allowlist = serializers.ListField(
+        child=serializers.CharField(max_length=254),
+        required=False,
+        max_length=MAX_ALLOWLIST_ENTRIES,
+        help_text="Email addresses that may see and rent the offering while it is shared. Omit it to keep the "
+        "current list; send [] to empty it. Stored in lower case.",
+    )
+    confirm_visibility = serializers.BooleanField(
+        write_only=True,
+        required=False,
+        default=False,
+        help_text="Must be true to change a public offering to shared or private.",
+    )
+    running_rentals = serializers.IntegerField(
+        read_only=True, help_text="Rentals that are paid, provisioning or active; they keep running whatever the visibility."
+    )
+
+
+class CatalogServerTypeSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    description = serializers.CharField()
+    vcpu = serializers.IntegerField()
+    memory_mib = serializers.IntegerField()
+    disk_gb = serializers.IntegerField()
+    architecture = serializers.CharField()
+    monthly_price_cents = serializers.DictField(
+        child=serializers.IntegerField(), help_text="The cloud's own monthly price per location code, in cents of currency."
+    )
+    currency = serializers.CharField()
+
+
+class CatalogLocationSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    city = serializers.CharField()
+    country = serializers.CharField()
+    description = serializers.CharField()
+
+
+class CatalogImageSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    architectures = serializers.ListField(child=serializers.CharField())
+
+
+class CloudCatalogSerializer(serializers.Serializer):
+    """The server types, locations and images a cloud account offers for an offering's server_type, location_code and image."""
+
+    cloud_account = serializers.IntegerField(source="account_id")
+    backend = serializers.CharField()
+    server_types = CatalogServerTypeSerializer(many=True)
+    locations = CatalogLocationSerializer(many=True)
+    images = serializers.SerializerMethodField()
+    editable_spec_fields = serializers.SerializerMethodField()
+    loaded_at = serializers.DateTimeField()
+    cached = serializers.SerializerMethodField()
+
+    @extend_schema_field(CatalogImageSerializer(many=True))
+    def get_images(self, obj) -> list[dict]:
+        return [{"name": name, "architectures": obj.image_architectures(name)} for name in obj.image_names()]
+
+    @extend_schema_field(serializers.ListField(child=serializers.CharField()))
+    def get_editable_spec_fields(self, obj) -> list[str]:
+        """Spec fields an offering may set to other values than its server type's; the others must match it."""
+        return sorted(obj.editable_spec_fields)
+
+    def get_cached(self, obj) -> bool:
+        """Return whether this copy came from the cache (at most OFFERING_CATALOG_CACHE_SECONDS old)."""
+        return bool(self.context.get("cached"))
+
+
+class CatalogErrorSerializer(serializers.Serializer):
+    """The body of a 502 response when the cloud account's backend did not return its catalog."""
+
+    detail = serializers.CharField()
+    validation_status = serializers.CharField(help_text="The cloud account's status after the attempt.")
+    last_error = serializers.CharField()
 
 
 class OfferingCsvUploadSerializer(serializers.Serializer):
@@ -312,6 +412,12 @@ class RentalListSerializer(serializers.ModelSerializer):
     offering = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     provider = serializers.CharField(source="provider.display_name", read_only=True)
     status_display = serializers.CharField(source="get_status_display", read_only=True)
+    response_deadline = serializers.DateTimeField(
+        read_only=True,
+        allow_null=True,
+        help_text="For a paid rental waiting for its provider: when it is rejected and refunded automatically "
+        "unless the provider answers. Null otherwise.",
+    )
 
     class Meta:
         model = Contract
@@ -332,6 +438,24 @@ class RentalListSerializer(serializers.ModelSerializer):
             "paid_until",
             "cancel_at_period_end",
             "ended_at",
+            "response_deadline",
+        )
+        read_only_fields = fields
+
+
+class ProviderRentalSerializer(RentalListSerializer):
+    """A rental of one of your offerings, as the rental requests list shows it."""
+
+    tenant_email = serializers.EmailField(source="tenant.email", read_only=True)
+    can_accept = serializers.BooleanField(read_only=True)
+
+    class Meta(RentalListSerializer.Meta):
+        fields = (
+            *RentalListSerializer.Meta.fields,
+            "tenant_email",
+            "ssh_key_fingerprint",
+            "paid_at",
+            "can_accept",
         )
         read_only_fields = fields
 

@@ -30,6 +30,11 @@ router.register("billing/credit-notes", CreditNoteViewSet, basename="api-billing
 
 urlpatterns = [
     path("provider/profile/", views.ProviderProfileView.as_view(), name="api-provider-profile"),
+    path(
+        "cloud-accounts/<int:pk>/catalog/",
+        views.CloudAccountCatalogView.as_view(),
+        name="api-cloud-account-catalog",
+    ),
     # A slug cannot contain ".", so these paths never shadow an offering's detail route.
     path(
         "provider/offerings/export.csv",

@@ -35,12 +35,16 @@ from billing.stripe_billing import CheckoutUnavailable, checkout_open
 from marketplace import offering_csv_format as csv_format
 from marketplace.api.parsers import CsvBodyParser
 from marketplace.api.serializers import (
+    CatalogErrorSerializer,
+    CloudCatalogSerializer,
     ErrorSerializer,
     OfferingCsvReportSerializer,
     OfferingCsvUploadSerializer,
     OfferingSerializer,
+    OfferingVisibilitySerializer,
     ProviderOfferingSerializer,
     ProviderProfileSerializer,
+    ProviderRentalSerializer,
     RecipeLogSerializer,
     RecipeRunSummarySerializer,
     RentalCreateSerializer,
@@ -50,7 +54,7 @@ from marketplace.api.serializers import (
     SshKeySerializer,
     latest_recipe_run,
 )
-from marketplace.filters import OfferingFilter
+from marketplace.filters import OfferingFilter, ProviderRentalFilter
 from marketplace.models import (
     Contract,
     ContractEvent,
@@ -62,15 +66,20 @@ from marketplace.models import (
 from marketplace.selectors import (
     catalog_offerings,
     contract_visible_to,
-    contracts_for_provider,
     contracts_for_tenant,
+    offering_allowlist,
+    offering_running_rental_count,
     offering_visible_to,
+    rental_requests_for_provider,
 )
 from marketplace.services import contracts as contract_services
 from marketplace.services import offering_csv
+from marketplace.services import offerings as offering_services
 from marketplace.services import providers as provider_services
 from marketplace.services import ssh_keys as ssh_key_services
+from marketplace.services.cloud_catalog import CatalogUnavailable, cloud_catalog_get
 from marketplace.uploads import SizeLimitedUploadHandler
+from provisioning.models import CloudAccount
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +110,14 @@ class PaymentRequired(APIException):
 
 
 @extend_schema_view(
-    list=extend_schema(summary="Browse the catalog", description="Public offerings, filtered and sorted like the catalog page."),
-    retrieve=extend_schema(summary="Show an offering", description="Public offerings, plus your own private ones."),
+    list=extend_schema(
+        summary="Browse the catalog",
+        description="Public offerings, plus those shared with you, filtered and sorted like the catalog page.",
+    ),
+    retrieve=extend_schema(
+        summary="Show an offering",
+        description="Public offerings, offerings shared with you, and your own; anything else is 404.",
+    ),
 )
 class OfferingViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = OfferingSerializer
@@ -112,7 +127,7 @@ class OfferingViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         if self.action == "list":
-            return catalog_offerings()
+            return catalog_offerings(user=self.request.user)
         return offering_visible_to(user=self.request.user)
 
     def filter_queryset(self, queryset):
@@ -329,17 +344,25 @@ def _changed_terms_fields(offering: Offering, data: dict) -> dict[str, list[str]
 
 
 @extend_schema_view(
-    list=extend_schema(summary="List rentals of your offerings", description="Newest first."),
+    list=extend_schema(
+        summary="List rental requests of your offerings",
+        description=(
+            "Newest first, with the tenant's email address and SSH key fingerprint. Filter with "
+            "?status=paid for the rentals waiting for your decision; each has a response_deadline after "
+            "which it is rejected and refunded automatically."
+        ),
+    ),
 )
 class ProviderRentalViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     queryset = Contract.objects.none()  # For schema generation; get_queryset() scopes to the user.
     permission_classes = (IsAuthenticated,)
     lookup_field = "public_id"
     lookup_value_regex = UUID_PATTERN
-    serializer_class = RentalListSerializer
+    serializer_class = ProviderRentalSerializer
+    filterset_class = ProviderRentalFilter
 
     def get_queryset(self):
-        return contracts_for_provider(user=self.request.user).select_related("provider").order_by("-created_at", "-id")
+        return rental_requests_for_provider(user=self.request.user)
 
     @extend_schema(
         summary="Accept a paid rental",
@@ -411,14 +434,111 @@ class ProviderOfferingViewSet(
         )
 
     def perform_create(self, serializer) -> None:
-        serializer.instance = provider_services.offering_create(
-            user=self.request.user, values=dict(serializer.validated_data)
-        )
+        values = dict(serializer.validated_data)
+        values.pop("confirm_visibility", None)
+        serializer.instance = offering_services.offering_save(user=self.request.user, values=values)
 
     def perform_update(self, serializer) -> None:
-        serializer.instance = provider_services.offering_update(
-            offering=serializer.instance, user=self.request.user, values=dict(serializer.validated_data)
-        )
+        values = dict(serializer.validated_data)
+        confirmed = values.pop("confirm_visibility", False)
+        try:
+            serializer.instance = offering_services.offering_save(
+                user=self.request.user, values=values, offering=serializer.instance, hide_confirmed=confirmed
+            )
+        except offering_services.HideConfirmationRequired as exc:
+            raise serializers.ValidationError({"confirm_visibility": [_hide_confirmation_error(exc)]}) from exc
+
+    @extend_schema(
+        summary="Duplicate one of your offerings",
+        description="Copies the offering, its allowlist included, as a private draft with a new slug.",
+        request=None,
+        responses={201: ProviderOfferingSerializer, **ERROR_RESPONSES},
+    )
+    @action(detail=True, methods=["post"])
+    def duplicate(self, request, slug=None):
+        copy = offering_services.offering_duplicate(offering=self.get_object(), user=request.user)
+        return Response(self.get_serializer(copy).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        methods=["GET"],
+        summary="Show who may see and rent one of your offerings",
+        responses={200: OfferingVisibilitySerializer, **ERROR_RESPONSES},
+    )
+    @extend_schema(
+        methods=["PATCH"],
+        summary="Change who may see and rent one of your offerings",
+        description=(
+            "public: in the catalog for everyone. shared: in the catalog, on its page and rentable only for "
+            "signed-in users whose email address is in allowlist; everyone else gets 404. private: only you. "
+            "Changing a public offering to shared or private needs confirm_visibility: true; without it the "
+            "response is 400 naming confirm_visibility and the number of running rentals, which keep running."
+        ),
+        request=OfferingVisibilitySerializer,
+        responses={200: OfferingVisibilitySerializer, **ERROR_RESPONSES},
+    )
+    @action(detail=True, methods=["get", "patch"])
+    def visibility(self, request, slug=None):
+        offering = self.get_object()
+        if request.method == "PATCH":
+            serializer = OfferingVisibilitySerializer(data=request.data)
+            serializer.is_valid(raise_exception=True)
+            data = serializer.validated_data
+            try:
+                offering = offering_services.offering_visibility_set(
+                    offering=offering,
+                    user=request.user,
+                    visibility=data["visibility"],
+                    allowlist=data.get("allowlist"),
+                    hide_confirmed=data["confirm_visibility"],
+                )
+            except offering_services.HideConfirmationRequired as exc:
+                raise serializers.ValidationError({"confirm_visibility": [_hide_confirmation_error(exc)]}) from exc
+        body = {
+            "visibility": offering.visibility,
+            "allowlist": offering_allowlist(offering=offering),
+            "running_rentals": offering_running_rental_count(offering=offering),
+        }
+        return Response(OfferingVisibilitySerializer(body).data)
+
+
+def _hide_confirmation_error(exc: offering_services.HideConfirmationRequired) -> str:
+    return f"{exc} Send confirm_visibility: true to confirm."
+
+
+@extend_schema(
+    summary="List a cloud account's server types, locations and images",
+    description=(
+        "The server types (with their specs), locations and images the account's backend offers for an "
+        "offering's server_type, location_code and image. The result is cached per account and credentials "
+        "for OFFERING_CATALOG_CACHE_SECONDS (60 by default). Creating or changing an offering always checks "
+        "against a fresh copy. When the backend fails, the response is 502 with the account's "
+        "validation_status, and a rejected token marks the account invalid."
+    ),
+    responses={
+        200: CloudCatalogSerializer,
+        502: OpenApiResponse(CatalogErrorSerializer, description="The cloud account's backend did not answer or failed."),
+        **ERROR_RESPONSES,
+    },
+)
+class CloudAccountCatalogView(APIView):
+    permission_classes = (IsAuthenticated,)
+
+    def get(self, request, pk: int):
+        account = CloudAccount.objects.filter(owner=request.user, pk=pk).first()
+        if account is None:
+            raise Http404("No such cloud account.")
+        try:
+            catalog, cached = cloud_catalog_get(account)
+        except CatalogUnavailable as exc:
+            return Response(
+                {
+                    "detail": exc.message,
+                    "validation_status": exc.account.validation_status,
+                    "last_error": exc.account.last_error,
+                },
+                status=status.HTTP_502_BAD_GATEWAY,
+            )
+        return Response(CloudCatalogSerializer(catalog, context={"cached": cached}).data)
 
 
 class ProviderProfileView(GenericAPIView):

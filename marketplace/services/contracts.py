@@ -28,6 +28,7 @@ from marketplace.models import (
     Visibility,
 )
 from marketplace.periods import add_months
+from marketplace.selectors import offering_is_shared_with
 from marketplace.sshkeys import parse_public_key
 
 logger = logging.getLogger(__name__)
@@ -129,8 +130,14 @@ def contract_create(
         pk=offering.pk
     )
     is_self_rental = offering.provider.user_id == tenant.pk
-    if offering.visibility != Visibility.PUBLIC and not is_self_rental:
+    if not is_self_rental and offering.visibility == Visibility.PRIVATE:
         raise ValidationError("This offering is private and cannot be rented.")
+    if (
+        not is_self_rental
+        and offering.visibility == Visibility.SHARED
+        and not offering_is_shared_with(offering=offering, user=tenant)
+    ):
+        raise ValidationError("This offering is shared with selected users only, and you are not one of them.")
     if offering.stock_status == StockStatus.OUT_OF_STOCK:
         raise ValidationError("This offering is out of stock.")
     if not offering.cloud_account.is_usable:
@@ -320,24 +327,46 @@ def contract_accept(*, contract: Contract, actor: User) -> Contract:
 
 @transaction.atomic
 def contract_reject(*, contract: Contract, actor: User, reason: str) -> Contract:
-    from billing.services import payment_refund_contract
-
     contract = _lock(contract.pk)
     _require_provider(contract, actor)
     reason = reason.strip() or "Rejected by the provider."
+    return _reject(
+        contract,
+        actor=actor,
+        actor_label="provider",
+        reason=reason,
+        refund_reason=f"Rejected by the provider: {reason}",
+        event="rental_rejected",
+        ended_at=timezone.now(),
+    )
+
+
+def _reject(
+    contract: Contract,
+    *,
+    actor: User | None,
+    actor_label: str,
+    reason: str,
+    refund_reason: str,
+    event: str,
+    ended_at: datetime,
+) -> Contract:
+    """Reject a locked, paid contract: refund it in full, stop its billing and notify both sides."""
+    from billing.services import payment_refund_contract
+
     contract = _move(
         contract,
         allowed_from={ContractStatus.PAID},
         to_status=ContractStatus.REJECTED,
         action="be rejected",
         actor=actor,
-        actor_label="provider",
+        actor_label=actor_label,
         reason=reason,
-        ended_at=timezone.now(),
+        ended_at=ended_at,
     )
-    payment_refund_contract(contract=contract, reason=f"Rejected by the provider: {reason}")
+    payment_refund_contract(contract=contract, reason=refund_reason)
     _stop_billing(contract)
-    _notify(contract, "rental_rejected")
+    _notify(contract, event)
     return contract
 
 
@@ -671,6 +700,50 @@ def contracts_cancel_abandoned(*, now: datetime | None = None) -> list[int]:
             _close_checkouts(contract)
             cancelled.append(contract_id)
     return cancelled
+
+
+#: Most overdue rental requests one run of `contracts_reject_unanswered` rejects; the next run
+#: takes the rest.
+UNANSWERED_BATCH_SIZE = 500
+
+
+def contracts_reject_unanswered(*, now: datetime | None = None) -> list[int]:
+    """Reject, with a full refund, every paid rental its provider left unanswered too long.
+
+    A rental is overdue once `Contract.response_deadline` (paid_at plus
+    PROVIDER_RESPONSE_DEADLINE_HOURS) has passed while it is still paid and waiting. Each one
+    is rejected in its own transaction, and the tenant and the provider are notified. Returns
+    the ids of the rejected rentals.
+    """
+    now = now or timezone.now()
+    hours = settings.PROVIDER_RESPONSE_DEADLINE_HOURS
+    cutoff = now - timedelta(hours=hours)
+    overdue = (
+        Contract.objects.filter(status=ContractStatus.PAID, paid_at__lte=cutoff)
+        .order_by("paid_at", "pk")
+        .values_list("pk", flat=True)
+    )
+    rejected = []
+    for contract_id in list(overdue[:UNANSWERED_BATCH_SIZE]):
+        with transaction.atomic():
+            contract = _lock(contract_id)
+            # The provider may have accepted or rejected it between the query above and the lock.
+            if contract.status != ContractStatus.PAID or contract.paid_at is None or contract.paid_at > cutoff:
+                continue
+            _reject(
+                contract,
+                actor=None,
+                actor_label="system",
+                reason=(
+                    f"The provider did not accept or reject this rental within {hours} hours of payment, "
+                    "so it was rejected automatically and a full refund was started."
+                ),
+                refund_reason=f"Not accepted or rejected by the provider within {hours} hours.",
+                event="rental_request_expired",
+                ended_at=now,
+            )
+            rejected.append(contract_id)
+    return rejected
 
 
 def renewal_blocker(contract: Contract) -> str:

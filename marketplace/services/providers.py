@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -15,8 +15,13 @@ from django.db.models.functions import Lower
 from django.utils.text import slugify
 
 from marketplace.models import Offering, ProviderProfile, User
-from provisioning.backends import get_backend
-from provisioning.backends.base import CloudError, Location
+from marketplace.services.cloud_catalog import (
+    SPEC_FIELDS,
+    CatalogUnavailable,
+    CloudCatalog,
+    cloud_catalog_fetch,
+)
+from provisioning.backends.base import Location, ServerType
 from provisioning.models import CloudAccount
 
 logger = logging.getLogger(__name__)
@@ -60,6 +65,11 @@ def _unique_slug(model, text: str, *, fallback: str, max_length: int) -> str:
         candidate = f"{base}-{number}"
         number += 1
     return candidate
+
+
+def unique_offering_slug(text: str) -> str:
+    """Return a slug made from `text` that no offering uses yet."""
+    return _unique_slug(Offering, text, fallback="offering", max_length=140)
 
 
 # --- provider profile -----------------------------------------------------------------------
@@ -206,39 +216,71 @@ def _check_cloud_account(account: CloudAccount | None, user: User) -> None:
 
 @dataclass(frozen=True)
 class BackendCatalog:
-    """The server types, locations and images one cloud account's backend offers."""
+    """The server types, locations and images one cloud account's backend offers.
+
+    A catalog built without server type details has no `server_type_specs`, and every spec
+    field counts as editable, so vCPU, memory and disk are not checked.
+    """
 
     account_id: int
     server_types: frozenset[str]
     locations: Mapping[str, Location]
     images: frozenset[str]
+    server_type_specs: Mapping[str, ServerType] = field(default_factory=dict)
+    editable_spec_fields: frozenset[str] = frozenset(SPEC_FIELDS)
+    backend_label: str = ""
+
+    @classmethod
+    def from_cloud_catalog(cls, catalog: CloudCatalog, *, backend_label: str = "") -> BackendCatalog:
+        return cls(
+            account_id=catalog.account_id,
+            server_types=frozenset(item.name for item in catalog.server_types),
+            locations={item.code: item for item in catalog.locations},
+            images=frozenset(item.name for item in catalog.images),
+            server_type_specs={item.name: item for item in catalog.server_types},
+            editable_spec_fields=catalog.editable_spec_fields,
+            backend_label=backend_label,
+        )
 
 
 def backend_catalog_load(account: CloudAccount) -> BackendCatalog:
     """Load the server types, locations and images of `account` from its backend.
 
-    Raises ValidationError (not keyed by field) when the backend API call fails.
+    Always calls the backend (and refreshes the offering form's cached copy). Raises
+    ValidationError (not keyed by field) when the backend API call fails.
     """
-    backend = get_backend(account)
     try:
-        server_types = frozenset(item.name for item in backend.list_server_types())
-        locations = {item.code: item for item in backend.list_locations()}
-        images = frozenset(item.name for item in backend.list_images())
-    except CloudError as exc:
-        logger.warning(
-            "Cloud account %s: listing server types, locations or images failed: %s",
-            account.pk,
-            exc,
-        )
-        raise ValidationError(
-            f"Could not load server types, locations and images from {account}: {exc}. "
-            "Try again in a minute."
-        ) from exc
-    return BackendCatalog(account_id=account.pk, server_types=server_types, locations=locations, images=images)
+        catalog = cloud_catalog_fetch(account)
+    except CatalogUnavailable as exc:
+        raise ValidationError(exc.message) from exc
+    return BackendCatalog.from_cloud_catalog(catalog, backend_label=account.get_backend_display())
+
+
+_SPEC_LABELS = {"vcpu": "vCPU", "memory_mib": "Memory (MiB)", "disk_gb": "Disk (GB)"}
+
+
+def _spec_errors(offering: Offering, catalog: BackendCatalog) -> dict[str, str]:
+    """Return an error per spec field that differs from a server type whose specs are fixed."""
+    server_type = catalog.server_type_specs.get(offering.server_type)
+    if server_type is None:
+        return {}
+    errors = {}
+    for name in SPEC_FIELDS:
+        if name in catalog.editable_spec_fields:
+            continue
+        expected = getattr(server_type, name)
+        value = getattr(offering, name)
+        if value != expected:
+            backend = catalog.backend_label or "This backend"
+            errors[name] = (
+                f"{_SPEC_LABELS[name]} is {value}, but server type {offering.server_type!r} has {expected}; "
+                f"set it to {expected}. {backend} creates servers of exactly the server type's size."
+            )
+    return errors
 
 
 def _check_backend_catalog(offering: Offering, catalog: BackendCatalog | None = None) -> None:
-    """Check server type, location and image against the cloud account's backend.
+    """Check server type, location, image and fixed specs against the cloud account's backend.
 
     Uses `catalog` when given (it must belong to the offering's cloud account), else loads the
     catalog from the backend. Fills in a blank country or city from the backend's location.
@@ -268,6 +310,7 @@ def _check_backend_catalog(offering: Offering, catalog: BackendCatalog | None = 
             f"Unknown image {offering.image!r} for {offering.cloud_account}. "
             f"Valid images: {', '.join(sorted(catalog.images))}."
         )
+    errors.update(_spec_errors(offering, catalog))
     if errors:
         raise ValidationError(errors)
 
@@ -333,7 +376,8 @@ def offering_create(
     The slug is `slug` when given, else derived from the name. `catalog`, when given, is the
     preloaded catalog of the offering's cloud account. Raises ValidationError keyed by field:
     negative or non-integer `price_cents`, a cloud account of another user, a server type,
-    location or image the backend does not offer, or a slug that is invalid or taken.
+    location or image the backend does not offer, a vCPU, memory or disk value that differs
+    from a server type whose backend fixes it, or a slug that is invalid or taken.
     """
     provider = _provider_of(user)
     offering = Offering(provider=provider)

@@ -124,6 +124,10 @@ class CloudBackend(abc.ABC):
     #: Login user for recipe execution.
     ssh_username: str = "root"
 
+    #: Offering specs ("vcpu", "memory_mib", "disk_gb") that may differ from the server type's.
+    #: Real clouds create servers of exactly the server type's size, so none by default.
+    editable_spec_fields: frozenset[str] = frozenset()
+
     @abc.abstractmethod
     def validate_credentials(self) -> None:
         """Raise `CredentialsInvalid` unless the token is accepted."""

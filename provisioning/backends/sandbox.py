@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 class SandboxBackend(CloudBackend):
     executes_recipes = False
+    # No machine exists, so an offering's specs are only what the offering says.
+    editable_spec_fields = frozenset({"vcpu", "memory_mib", "disk_gb"})
 
     def __init__(self, *, account, boot_seconds: float | None = None):
         self.account = account

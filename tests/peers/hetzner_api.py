@@ -541,12 +541,7 @@ class HetznerApiServer:
         self._server_addresses: dict[int, str] = {}
         self._random = random.Random(fault_seed)
 
-        locations = _catalog_locations()
-        self._locations = {location["id"]: location for location in locations}
-        by_code = {location["name"]: location for location in locations}
-        self._server_types = {item["id"]: item for item in _catalog_server_types(by_code)}
-        self._images = {item["id"]: item for item in _catalog_images()}
-        self._datacenters = self._build_datacenters()
+        self._load_catalog()
 
         self._servers: dict[int, dict[str, Any]] = {}
         self._server_ready_at: dict[int, float] = {}
@@ -557,6 +552,14 @@ class HetznerApiServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._routes = self._build_routes()
+
+    def _load_catalog(self) -> None:
+        locations = _catalog_locations()
+        self._locations = {location["id"]: location for location in locations}
+        by_code = {location["name"]: location for location in locations}
+        self._server_types = {item["id"]: item for item in _catalog_server_types(by_code)}
+        self._images = {item["id"]: item for item in _catalog_images()}
+        self._datacenters = self._build_datacenters()
 
     # Lifecycle
 
@@ -635,6 +638,34 @@ class HetznerApiServer:
             for address in self._server_addresses.values():
                 self._release_address(address)
             self._server_addresses.clear()
+            self._load_catalog()
+
+    def deprecate_server_type(self, name: str) -> None:
+        """Deprecate the server type in every location, as Hetzner does before retiring one.
+
+        Its prices then carry a deprecated location, so the backend leaves it out of the catalog.
+        `reset()` restores it.
+        """
+        deprecation = {"announced": _now_iso(), "unavailable_after": _now_iso()}
+        with self._lock:
+            item = next(item for item in self._server_types.values() if item["name"] == name)
+            item["deprecated"] = True
+            item["deprecation"] = deprecation
+            for entry in item["locations"]:
+                entry["deprecation"] = deprecation
+                entry["available"] = False
+
+    def deprecate_image(self, name: str) -> None:
+        """Deprecate every image with this name, so image lists without include_deprecated omit it.
+
+        `reset()` restores it.
+        """
+        deprecation = {"announced": _now_iso(), "unavailable_after": _now_iso()}
+        with self._lock:
+            for item in self._images.values():
+                if item["name"] == name:
+                    item["deprecated"] = deprecation["announced"]
+                    item["deprecation"] = deprecation
 
     def seed_faults(self, seed: int) -> None:
         """Restart the random generator that decides which faults with a `probability` apply."""

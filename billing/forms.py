@@ -36,8 +36,8 @@ class BillingProfileForm(forms.ModelForm):
 
     def _post_clean(self) -> None:
         if "country" in self.errors:
-            # The model's VAT check compares the VAT id with the country; with the submitted
-            # country invalid, the stored one must not be used in that message.
+            # The model's VAT check compares the VAT id with the country. The submitted country is
+            # invalid, so the stored one must not appear in that message.
             self.instance.country = ""
         super()._post_clean()
 

@@ -39,6 +39,12 @@ REFUND_RETRY_BASE_SECONDS = 60
 REFUND_RETRY_MAX_SECONDS = 6 * 3600
 
 
+PROCESSOR_UNAVAILABLE = (
+    "The card payment page could not be opened because the payment processor did not respond. "
+    "Nothing was charged; try again in a minute."
+)
+
+
 class CheckoutUnavailable(Exception):
     """Stripe could not open a checkout; the message is safe to show the tenant."""
 
@@ -106,8 +112,8 @@ def checkout_open(*, contract, actor, success_url: str, cancel_url: str) -> Chec
     session = contract.checkout_sessions.filter(status=CheckoutSession.Status.OPEN, expires_at__gt=margin).first()
     if session is not None and session.url:
         return session
-    # An older session that is about to expire can still be paid; expire it at Stripe before a
-    # new one opens, so the tenant can never pay twice. If it was paid meanwhile, open nothing.
+    # An older session that is about to expire can still be paid. Expire it at Stripe before a
+    # new one opens, so the tenant cannot pay twice. If it was paid meanwhile, open nothing.
     for stale in contract.checkout_sessions.filter(status=CheckoutSession.Status.OPEN):
         try:
             if checkout_expire(session=stale) == "complete":
@@ -116,10 +122,7 @@ def checkout_open(*, contract, actor, success_url: str, cancel_url: str) -> Chec
                 )
         except stripe.StripeError as exc:
             logger.warning("Contract %s: expiring checkout %s failed: %s", contract.pk, stale.session_id, _error_text(exc))
-            raise CheckoutUnavailable(
-                "The card payment page could not be opened because the payment processor did not answer. "
-                "Nothing was charged; try again in a minute."
-            ) from exc
+            raise CheckoutUnavailable(PROCESSOR_UNAVAILABLE) from exc
 
     attempt = contract.checkout_sessions.count() + 1
     metadata = _metadata(contract)
@@ -155,10 +158,7 @@ def checkout_open(*, contract, actor, success_url: str, cancel_url: str) -> Chec
         )
     except stripe.StripeError as exc:
         logger.warning("Contract %s: opening a Stripe checkout failed: %s", contract.pk, _error_text(exc))
-        raise CheckoutUnavailable(
-            "The card payment page could not be opened because the payment processor did not answer. "
-            "Nothing was charged; try again in a minute."
-        ) from exc
+        raise CheckoutUnavailable(PROCESSOR_UNAVAILABLE) from exc
     session, was_created = CheckoutSession.objects.get_or_create(
         session_id=created.id,
         defaults={
@@ -180,7 +180,7 @@ def checkout_expire(*, session: CheckoutSession) -> str:
         client.v1.checkout.sessions.expire(session.session_id)
         status = CheckoutSession.Status.EXPIRED
     except stripe.InvalidRequestError as exc:
-        # Already complete or expired; Stripe's copy tells which. A late payment is refunded.
+        # Already complete or expired, and the retrieved session shows which. A late payment is refunded.
         status = client.v1.checkout.sessions.retrieve(session.session_id).status
         logger.info("Checkout %s could not be expired (%s): it is %s", session.session_id, _error_text(exc), status)
     if status in (CheckoutSession.Status.EXPIRED, CheckoutSession.Status.COMPLETE):
@@ -370,8 +370,8 @@ def refund_execute(*, refund_id: int, _after_settling: bool = False) -> Refund:
     logger.info("Refund %s: calling Stripe (attempt %s) for payment %s", refund.pk, attempt, payment.pk)
     try:
         # Stripe stores the first response to an idempotency key, errors included, so each try
-        # has its own key; a try after an unclear outcome (a timeout) first looks for a refund
-        # an earlier try created, so the money is never returned twice.
+        # has its own key. A try after an unclear outcome (a timeout) first looks for a refund
+        # that an earlier try created, so the money is not returned twice.
         result = _earlier_refund(refund, params) if refund.attempts else None
         if result is None:
             result = stripe_client().v1.refunds.create(
@@ -652,13 +652,10 @@ def subscription_cancel(*, contract_id: int) -> str:
         return subscription.status if subscription else ""
     Subscription.objects.filter(pk=subscription.pk, cancel_requested_at__isnull=True).update(cancel_requested_at=timezone.now())
     try:
-        result = stripe_client().v1.subscriptions.cancel(subscription.subscription_id)
-        status = result.status
-    except stripe.InvalidRequestError as exc:
-        if getattr(exc, "code", None) != "resource_missing":
-            Subscription.objects.filter(pk=subscription.pk).update(cancel_error=_error_text(exc))
-            raise
-        status = "canceled"  # Already cancelled (Stripe returns 404 for a cancelled subscription).
+        status = _cancel_at_stripe(subscription.subscription_id)
+    except stripe.StripeError as exc:
+        Subscription.objects.filter(pk=subscription.pk).update(cancel_error=_error_text(exc))
+        raise
     Subscription.objects.filter(pk=subscription.pk).update(status=status, cancel_error="", updated_at=timezone.now())
     logger.info("Subscription %s of contract %s cancelled at Stripe", subscription.subscription_id, contract_id)
     return status
@@ -673,12 +670,18 @@ def subscription_cancel_by_id_later(subscription_id: str) -> None:
 
 def subscription_cancel_by_id(*, subscription_id: str) -> None:
     """Cancel a subscription at Stripe by its id; an already cancelled one is fine."""
+    _cancel_at_stripe(subscription_id)
+    logger.info("Subscription %s cancelled at Stripe", subscription_id)
+
+
+def _cancel_at_stripe(subscription_id: str) -> str:
+    """Cancel a subscription at Stripe and return its status ("canceled" if it already was)."""
     try:
-        stripe_client().v1.subscriptions.cancel(subscription_id)
+        return stripe_client().v1.subscriptions.cancel(subscription_id).status
     except stripe.InvalidRequestError as exc:
         if getattr(exc, "code", None) != "resource_missing":
             raise
-    logger.info("Subscription %s cancelled at Stripe", subscription_id)
+        return "canceled"  # Stripe returns 404 for a subscription that is already cancelled.
 
 
 def subscription_cancel_at_period_end(*, contract_id: int) -> None:

@@ -44,14 +44,19 @@ def refunds_retry_due_task() -> None:
         logger.info("Retrying %s refunds: %s", len(due), due)
 
 
+def _retry_after_stripe_error(task, exc: stripe.StripeError, what: str, *, max_countdown: int = 3600):
+    """Log a failed Stripe call of `task` and return the retry to raise, with exponential backoff."""
+    logger.warning("%s failed (try %s): %s", what, task.request.retries + 1, exc)
+    return task.retry(exc=exc, countdown=min(30 * 2**task.request.retries, max_countdown))
+
+
 @shared_task(bind=True, acks_late=True, max_retries=8)
 def subscription_cancel_task(self, contract_id: int) -> None:
     """Cancel a rental's Stripe subscription now; retried with backoff when Stripe fails."""
     try:
         stripe_billing.subscription_cancel(contract_id=contract_id)
     except stripe.StripeError as exc:
-        logger.warning("Contract %s: cancelling the subscription failed (try %s): %s", contract_id, self.request.retries + 1, exc)
-        raise self.retry(exc=exc, countdown=min(30 * 2**self.request.retries, 3600)) from exc
+        raise _retry_after_stripe_error(self, exc, f"Contract {contract_id}: cancelling the subscription") from exc
 
 
 @shared_task(bind=True, acks_late=True, max_retries=8)
@@ -60,8 +65,7 @@ def subscription_cancel_by_id_task(self, subscription_id: str) -> None:
     try:
         stripe_billing.subscription_cancel_by_id(subscription_id=subscription_id)
     except stripe.StripeError as exc:
-        logger.warning("Cancelling subscription %s failed (try %s): %s", subscription_id, self.request.retries + 1, exc)
-        raise self.retry(exc=exc, countdown=min(30 * 2**self.request.retries, 3600)) from exc
+        raise _retry_after_stripe_error(self, exc, f"Cancelling subscription {subscription_id}") from exc
 
 
 @shared_task(bind=True, acks_late=True, max_retries=8)
@@ -70,8 +74,7 @@ def subscription_cancel_at_period_end_task(self, contract_id: int) -> None:
     try:
         stripe_billing.subscription_cancel_at_period_end(contract_id=contract_id)
     except stripe.StripeError as exc:
-        logger.warning("Contract %s: cancel at period end failed (try %s): %s", contract_id, self.request.retries + 1, exc)
-        raise self.retry(exc=exc, countdown=min(30 * 2**self.request.retries, 3600)) from exc
+        raise _retry_after_stripe_error(self, exc, f"Contract {contract_id}: cancel at period end") from exc
 
 
 @shared_task(bind=True, acks_late=True, max_retries=5)
@@ -83,8 +86,7 @@ def checkout_expire_task(self, session_row_id: int) -> None:
     try:
         stripe_billing.checkout_expire(session=session)
     except stripe.StripeError as exc:
-        logger.warning("Checkout %s: expiring failed (try %s): %s", session.session_id, self.request.retries + 1, exc)
-        raise self.retry(exc=exc, countdown=min(30 * 2**self.request.retries, 1800)) from exc
+        raise _retry_after_stripe_error(self, exc, f"Checkout {session.session_id}: expiring", max_countdown=1800) from exc
 
 
 @shared_task(expires=840)

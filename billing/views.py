@@ -155,7 +155,7 @@ def payment_methods_portal(request: HttpRequest) -> HttpResponse:
         url = portal_url(user=request.user, return_url=back)
     except stripe.StripeError as exc:
         logger.warning("Customer portal for user %s failed: %s", request.user.pk, exc)
-        messages.error(request, "The card management page could not be opened; the payment processor did not answer. Try again in a minute.")
+        messages.error(request, "The card management page could not be opened; the payment processor did not respond. Try again in a minute.")
         return redirect(back)
     return redirect(url)
 
@@ -170,12 +170,12 @@ def stripe_webhook(request: HttpRequest) -> HttpResponse:
     try:
         payload = request.body
     except RequestDataTooBig:
-        logger.warning("Stripe webhook refused: body larger than DATA_UPLOAD_MAX_MEMORY_SIZE")
+        logger.warning("Stripe webhook rejected: body larger than DATA_UPLOAD_MAX_MEMORY_SIZE")
         return JsonResponse({"error": "The request body is too large for a Stripe event."}, status=413)
     try:
         event, outcome = webhook_receive(payload=payload, signature=request.headers.get("Stripe-Signature", ""))
     except WebhookRejected as exc:
-        logger.warning("Stripe webhook refused from %s: %s", request.META.get("REMOTE_ADDR"), exc)
+        logger.warning("Stripe webhook rejected from %s: %s", request.META.get("REMOTE_ADDR"), exc)
         return JsonResponse({"error": str(exc)}, status=400)
     return JsonResponse({"received": True, "duplicate": event is None, "outcome": outcome})
 
@@ -222,7 +222,7 @@ def _pdf_response(document: BillingDocument, *, filename_prefix: str) -> HttpRes
     return response
 
 
-# Only the buyer and staff can open an invoice or credit note; for everyone else the selectors
+# Only the buyer and staff can open an invoice or credit note. For everyone else the selectors
 # find nothing, so the pages and PDFs return 404 without revealing that the number exists.
 
 

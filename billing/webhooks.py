@@ -27,7 +27,7 @@ from billing.models import CheckoutSession, Dispute, Payment, Refund, Subscripti
 logger = logging.getLogger(__name__)
 
 
-# What reading a signed event whose fields lack the documented shape raises.
+# Exceptions raised while reading a signed event whose fields lack the documented shape.
 MALFORMED_EVENT_ERRORS = (KeyError, ValueError, TypeError, OverflowError, RecursionError, AttributeError)
 
 
@@ -59,7 +59,7 @@ def webhook_receive(*, payload: bytes, signature: str) -> tuple[WebhookEvent | N
     try:
         return event_apply(event)
     except MALFORMED_EVENT_ERRORS as exc:
-        # A genuine (signed) event whose fields do not have the documented shape; nothing was
+        # A genuine (signed) event whose fields do not have the documented shape. Nothing was
         # stored, and the 400 shows up in Stripe's delivery log for staff.
         logger.exception("Stripe event %s (%s) could not be read", str(event.get("id"))[:120], str(event.get("type"))[:80])
         raise WebhookRejected(f"The event could not be read: {type(exc).__name__}: {exc}"[:500]) from exc

@@ -329,7 +329,7 @@ OFFERING_CSV_MAX_BYTES = env.int("OFFERING_CSV_MAX_BYTES", default=2 * 1024 * 10
 OFFERING_CSV_MAX_ROWS = env.int("OFFERING_CSV_MAX_ROWS", default=1000)
 OFFERING_CSV_PREVIEW_SECONDS = env.int("OFFERING_CSV_PREVIEW_SECONDS", default=3600)
 # Stripe. With a secret key set, rentals of paid offerings are paid by card through Stripe
-# Checkout; without one, only the sandbox method (no money moves) exists.
+# Checkout. Without one, only the sandbox method (no money moves) exists.
 STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
 STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
 # Base address of the Stripe API; tests and local demos point it at a loopback fake.

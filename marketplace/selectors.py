@@ -38,7 +38,7 @@ def _shared_with(user) -> Q | None:
 def catalog_offerings(*, user=None) -> QuerySet[Offering]:
     """Offerings `user` may browse, on a cloud account that is not known to be broken.
 
-    Everyone sees public offerings. A signed-in `user` also sees the shared offerings whose
+    Public offerings are listed for everyone. A signed-in `user` also gets the shared offerings whose
     allowlist contains their email address. Without `user`, only public offerings are returned.
     """
     listed = Q(visibility=Visibility.PUBLIC)
@@ -53,7 +53,7 @@ def catalog_offerings(*, user=None) -> QuerySet[Offering]:
 
 
 def offering_visible_to(*, user) -> QuerySet[Offering]:
-    """Offerings whose page `user` may open: the catalog as `user` sees it, plus the user's own."""
+    """Offerings whose page `user` may open: the catalog as listed for `user`, plus the user's own."""
     queryset = Offering.objects.select_related("provider__user", "recipe_version__recipe", "cloud_account")
     public = Q(visibility=Visibility.PUBLIC)
     if not user.is_authenticated:

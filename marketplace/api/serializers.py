@@ -510,7 +510,7 @@ class RentalDetailSerializer(RentalListSerializer):
 
     @extend_schema_field(RentalPaymentSerializer)
     def get_payment(self, obj: Contract) -> dict:
-        """How the rental is paid and, for an unpaid card rental, where its tenant pays."""
+        """Return the payment method and state and, for an unpaid card rental, the tenant's checkout URL."""
         checkout_url = None
         state = "paid" if obj.paid_at else "unpaid"
         if obj.pays_by_card and obj.status == "requested":

@@ -96,7 +96,7 @@ CONFLICT_RESPONSE = {409: OpenApiResponse(ErrorSerializer, description="The rent
 
 class ServiceUnavailable(APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = "The payment processor did not answer; try again in a minute."
+    default_detail = "The payment processor did not respond; try again in a minute."
     default_code = "payment_processor_unavailable"
 
 
@@ -516,7 +516,7 @@ def _hide_confirmation_error(exc: offering_services.HideConfirmationRequired) ->
     ),
     responses={
         200: CloudCatalogSerializer,
-        502: OpenApiResponse(CatalogErrorSerializer, description="The cloud account's backend did not answer or failed."),
+        502: OpenApiResponse(CatalogErrorSerializer, description="The cloud account's backend did not respond or failed."),
         **ERROR_RESPONSES,
     },
 )

@@ -4,7 +4,7 @@ The offering form and the API read them through `cloud_catalog_get`, which keeps
 Django's cache for OFFERING_CATALOG_CACHE_SECONDS. The cache key contains the account id and a
 fingerprint of its credentials and connection settings, so a replaced token or a changed
 setting never reads an old copy. Saving an offering checks it against `cloud_catalog_fetch`,
-which always asks the backend and refreshes the cached copy.
+which always calls the backend and refreshes the cached copy.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ _CACHE_KEY_VERSION = "v1"
 
 @dataclass(frozen=True)
 class CloudCatalog:
-    """What one cloud account's backend offers, as loaded at `loaded_at`."""
+    """Server types, locations and images of one cloud account's backend, as loaded at `loaded_at`."""
 
     account_id: int
     backend: str

@@ -352,10 +352,10 @@ class ProxmoxBackend(CloudBackend):
         """
         subject = f"VMs with labels {_format_labels(labels)}"
         listing = self._call("find_servers", subject, self._node.qemu.get) or []
-        wanted_tags = {label_tag(key, value) for key, value in labels.items()} or {MARKER_TAG}
+        required_tags = {label_tag(key, value) for key, value in labels.items()} or {MARKER_TAG}
         entries = {int(item["vmid"]): item for item in listing if "vmid" in item}
         configs: dict[int, dict[str, Any]] = {}
-        candidates = {vmid for vmid, item in entries.items() if wanted_tags <= parse_tags(item.get("tags"))}
+        candidates = {vmid for vmid, item in entries.items() if required_tags <= parse_tags(item.get("tags"))}
         if labels:
             for vmid in self.vmid_candidates(labels):
                 config = self._read_config(vmid, subject)
@@ -693,7 +693,7 @@ class ProxmoxBackend(CloudBackend):
         message = f"Proxmox {operation} failed for {subject}: HTTP {status} {reason}{detail}"
         lowered = reason.lower()
         missing = status == 500 and VM_CONFIG_MISSING_RE.search(reason) is not None
-        # A missing VM is the expected answer while looking for a free VM id.
+        # A missing VM is the expected result while looking for a free VM id.
         logger.log(
             logging.DEBUG if missing else logging.WARNING,
             "Proxmox %s failed for %s: HTTP %s %s", operation, subject, status, reason,

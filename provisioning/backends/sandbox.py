@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 class SandboxBackend(CloudBackend):
     executes_recipes = False
-    # No machine exists, so an offering's specs are only what the offering says.
+    # No machine exists, so an offering's specs are only what the offering states.
     editable_spec_fields = frozenset({"vcpu", "memory_mib", "disk_gb"})
 
     def __init__(self, *, account, boot_seconds: float | None = None):

@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from billing.gateway import StripeNotConfigured, stripe_client, stripe_enabled
 from billing.models import (
+    Dispute,
     LedgerEntry,
     PaymentMethod,
     Payout,
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 # Payment methods whose ledger shares are paid out. Sandbox and free payments move no money.
 PAYABLE_PAYMENT_METHODS = (PaymentMethod.STRIPE,)
+# Stripe's dispute statuses that end a dispute. Shares of a payment with any other dispute are
+# held: the bank may still take the money back, and a lost dispute reverses them in the ledger.
+CLOSED_DISPUTE_STATUSES = ("won", "lost", "warning_closed")
 # The monthly payout task queues the transfer of a pending Stripe payout unchanged for this long
 # again, in case its task message was lost.
 # NOTE: so a lost transfer task waits up to a month unless staff look at pending payouts.
@@ -206,14 +210,19 @@ def _queue_transfer(payout: Payout) -> None:
     transaction.on_commit(lambda: payout_send_transfer_task.delay(payout_id))
 
 
-def _payable_entries(*, beneficiary_id: int, currency: str, period_end: dt.datetime):
+def _unpaid_entries(*, period_end: dt.datetime):
+    """Unpaid beneficiary entries of paid periods starting before `period_end`, without disputed payments."""
+    disputed = Dispute.objects.exclude(status__in=CLOSED_DISPUTE_STATUSES).values("payment_id")
     return LedgerEntry.objects.filter(
-        beneficiary_id=beneficiary_id,
-        currency=currency,
+        beneficiary__isnull=False,
         payout__isnull=True,
         period_start__lt=period_end,
         payment__method__in=PAYABLE_PAYMENT_METHODS,
-    )
+    ).exclude(payment_id__in=disputed)
+
+
+def _payable_entries(*, beneficiary_id: int, currency: str, period_end: dt.datetime):
+    return _unpaid_entries(period_end=period_end).filter(beneficiary_id=beneficiary_id, currency=currency)
 
 
 def _payout_create(*, beneficiary_id: int, currency: str, period_start: dt.datetime, period_end: dt.datetime) -> Payout | None:
@@ -277,8 +286,8 @@ def payouts_create_for_period(*, period_start: dt.datetime, period_end: dt.datet
 
     For each beneficiary and currency, one payout sums every unpaid entry whose paid period
     starts before `period_end`, so entries of earlier months that were not paid out yet are
-    included. A total of zero or less creates nothing and stays unpaid for the next month.
-    Raises ValueError unless the bounds are a whole calendar month that has ended.
+    included. A total of zero or less creates nothing and stays unpaid for the next month. Shares
+    of a payment under an open dispute wait until the dispute is closed. Raises ValueError unless the bounds are a whole calendar month that has ended.
     """
     expected_start, expected_end = month_bounds(period_start.astimezone(dt.UTC).date())
     if period_start != expected_start or period_end != expected_end:
@@ -289,10 +298,7 @@ def payouts_create_for_period(*, period_start: dt.datetime, period_end: dt.datet
     if period_end > timezone.now():
         raise ValueError(f"The month starting {period_start:%Y-%m-%d} has not ended yet; pay it out after {period_end.isoformat()}.")
     groups = (
-        LedgerEntry.objects.filter(
-            beneficiary__isnull=False, payout__isnull=True, period_start__lt=period_end,
-            payment__method__in=PAYABLE_PAYMENT_METHODS,
-        )
+        _unpaid_entries(period_end=period_end)
         .values_list("beneficiary_id", "currency")
         .distinct()
         .order_by("beneficiary_id", "currency")

@@ -1,9 +1,10 @@
 from django.contrib import admin
 from django.templatetags.static import static
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from marketplace.api.exceptions import api_not_found
 from marketplace.api.schema import API_DESCRIPTION
 
 urlpatterns = [
@@ -18,4 +19,6 @@ urlpatterns = [
     # Browsers ask for /favicon.ico whatever the page links; the icon is an SVG in static files.
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("", include("marketplace.urls")),
+    # Last: an /api/ path no route above matched answers with JSON, as API clients expect.
+    re_path(r"^api/", api_not_found),
 ]

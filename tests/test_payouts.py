@@ -21,6 +21,7 @@ from rest_framework.test import APIClient
 
 from billing.ledger import ledger_record_payment, ledger_record_refund
 from billing.models import (
+    Dispute,
     LedgerEntry,
     Payment,
     PaymentMethod,
@@ -739,3 +740,40 @@ def test_earnings_page_shows_payouts(client, rental):
     assert "Month not over" in page
     assert "No payouts yet." in stranger_page
     assert "SEPA ref 77" not in stranger_page
+
+
+
+@pytest.mark.django_db
+def test_shares_of_disputed_payment_held_until_dispute_closes(rental):
+    contract = rental["contract"]
+    disputed = card_payment(contract, start=TWO_MONTHS_AGO[0])
+    dispute = Dispute.objects.create(
+        payment=disputed, dispute_id="dp_held", amount_cents=disputed.amount_cents, currency="EUR", status="needs_response"
+    )
+
+    while_open = run_month(TWO_MONTHS_AGO)
+    Dispute.objects.filter(pk=dispute.pk).update(status="won")
+    card_payment(contract, start=LAST_MONTH[0])
+    after_close = run_month(LAST_MONTH)
+
+    held = LedgerEntry.objects.get(payment=disputed, beneficiary=rental["provider"])
+    provider_payout = Payout.objects.get(beneficiary=rental["provider"])
+    assert while_open == []
+    assert provider_payout in after_close
+    assert provider_payout.amount_cents == 2 * PROVIDER_SHARE
+    assert held.payout == provider_payout
+
+
+@pytest.mark.django_db
+def test_open_dispute_holds_only_the_disputed_payment(rental):
+    contract = rental["contract"]
+    disputed = card_payment(contract, start=LAST_MONTH[0])
+    card_payment(contract, start=LAST_MONTH[0] + dt.timedelta(days=3))
+    Dispute.objects.create(
+        payment=disputed, dispute_id="dp_open", amount_cents=disputed.amount_cents, currency="EUR", status="under_review"
+    )
+
+    run_month(LAST_MONTH)
+
+    assert Payout.objects.get(beneficiary=rental["provider"]).amount_cents == PROVIDER_SHARE
+    assert not LedgerEntry.objects.filter(payment=disputed, payout__isnull=False).exists()

@@ -32,6 +32,7 @@ from billing.models import (
     PayoutMethod,
     PayoutStatus,
 )
+from marketplace.validators import validate_multiline_text
 from notifications.models import Event
 from notifications.services import notify
 
@@ -42,6 +43,7 @@ PAYABLE_PAYMENT_METHODS = (PaymentMethod.STRIPE,)
 # Stripe's dispute statuses that end a dispute. Shares of a payment with any other dispute are
 # held: the bank may still take the money back, and a lost dispute reverses them in the ledger.
 CLOSED_DISPUTE_STATUSES = ("won", "lost", "warning_closed")
+PAYOUT_NOTE_MAX_CHARS = 2000
 # The monthly payout task queues the transfer of a pending Stripe payout unchanged for this long
 # again, in case its task message was lost.
 # NOTE: so a lost transfer task waits up to a month unless staff look at pending payouts.
@@ -493,6 +495,14 @@ def payout_mark_paid(*, payout: Payout, staff_user, note: str) -> Payout:
     note = note.strip()
     if not note:
         raise ValidationError({"note": "Missing note: say how the payout was paid, for example the bank transfer reference."})
+    if len(note) > PAYOUT_NOTE_MAX_CHARS:
+        raise ValidationError(
+            {"note": f"Note too long: {len(note)} characters, the limit is {PAYOUT_NOTE_MAX_CHARS}. Shorten it to the reference."}
+        )
+    try:
+        validate_multiline_text(note)
+    except ValidationError as exc:
+        raise ValidationError({"note": exc.messages}) from exc
     if payout.method == PayoutMethod.STRIPE_TRANSFER and payout.status == PayoutStatus.FAILED and stripe_enabled():
         _check_no_transfer(payout)
     with transaction.atomic():
@@ -503,7 +513,7 @@ def payout_mark_paid(*, payout: Payout, staff_user, note: str) -> Payout:
         locked.status = PayoutStatus.PAID
         locked.method = PayoutMethod.MANUAL
         locked.marked_by = staff_user
-        locked.note = note[:2000]
+        locked.note = note
         locked.paid_at = timezone.now()
         locked.save(update_fields=["status", "method", "marked_by", "note", "paid_at", "updated_at"])
         _record_event(locked, from_status=previous, actor=staff_user, reason=f"Marked paid out by staff: {locked.note}")

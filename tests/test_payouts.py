@@ -564,6 +564,30 @@ def test_mark_paid_rejects_paid_and_empty_note(rental):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("note", "message"),
+    [
+        # Found by a review: a right-to-left override made the note read differently in admin.
+        ("SEPA ref \u202e2400-FER", r"U\+202E"),
+        ("ref " + "x" * 2000, "2004 characters, the limit is 2000"),
+    ],
+    ids=["bidi-override", "too-long"],
+)
+def test_mark_paid_rejects_bad_note(rental, note, message):
+    staff = make_superuser(email="staff@example.com")
+    card_payment(rental["contract"], start=LAST_MONTH[0])
+    run_month(LAST_MONTH)
+    payout = Payout.objects.get(beneficiary=rental["provider"])
+
+    with pytest.raises(ValidationError, match=message):
+        payout_mark_paid(payout=payout, staff_user=staff, note=note)
+
+    payout.refresh_from_db()
+    assert payout.status == PayoutStatus.PENDING
+    assert payout.note == ""
+
+
+@pytest.mark.django_db
 def test_mark_paid_rejects_pending_stripe_payout(rental, connect):
     staff = make_superuser(email="staff@example.com")
     onboarded_account(connect, rental["provider"])

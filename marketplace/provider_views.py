@@ -356,7 +356,7 @@ def offering_publish_view(request: HttpRequest, slug: str) -> HttpResponse:
         logger.info("Offering %s not published by user %s: %s", offering.pk, request.user.pk, exc.messages)
         messages.error(request, " ".join(exc.messages))
     else:
-        messages.success(request, f"{offering.name!r} is public now; the catalog lists it for everyone.")
+        messages.success(request, f"{offering.name!r} is public now, and the catalog lists it for everyone.")
     return redirect(safe_next_url(request, offering.get_absolute_url()))
 
 

@@ -274,6 +274,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The onboarding API uses the step choices in two fields; both refer to this one schema enum.
+    "ENUM_NAME_OVERRIDES": {"OnboardingStepEnum": "marketplace.services.onboarding.OnboardingStepKey"},
 }
 
 

@@ -24,8 +24,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from marketplace import selectors
 from marketplace.filters import ProviderRentalFilter
-from marketplace.forms import REJECT_REASON_MAX_LENGTH, OfferingForm
+from marketplace.forms import REJECT_REASON_MAX_LENGTH, OfferingForm, ProviderProfileForm
 from marketplace.models import ContractStatus, Offering, ProviderProfile, Visibility
+from marketplace.redirects import safe_next_url
+from marketplace.services import onboarding
 from marketplace.services.cloud_catalog import (
     SPEC_FIELDS,
     CatalogUnavailable,
@@ -35,6 +37,7 @@ from marketplace.services.cloud_catalog import (
 from marketplace.services.offerings import (
     HideConfirmationRequired,
     offering_duplicate,
+    offering_publish,
     offering_save,
 )
 from marketplace.services.providers import MAX_PRICE_CENTS
@@ -43,6 +46,9 @@ from provisioning.models import CloudAccount
 logger = logging.getLogger(__name__)
 
 RENTAL_REQUESTS_PAGE_SIZE = 50
+
+#: Maximum number of offerings listed on one onboarding step; the dashboard lists them all.
+ONBOARDING_LIST_SIZE = 20
 
 #: Fields of the cloud configuration partial, sent by its htmx requests.
 CLOUD_CONFIG_FIELDS = ("cloud_account", "server_type", "location_code", "image", *SPEC_FIELDS)
@@ -130,7 +136,7 @@ def _own_offering(request: HttpRequest, slug: str) -> Offering:
 
 def _submitted_values(data: QueryDict) -> dict:
     """Return the submitted form values as a dict of strings, without the form's control fields."""
-    return {key: data.get(key) for key in data if key not in ("csrfmiddlewaretoken", "action")}
+    return {key: data.get(key) for key in data if key not in ("csrfmiddlewaretoken", "action", "next")}
 
 
 def _render_form(
@@ -141,6 +147,7 @@ def _render_form(
 ) -> HttpResponse:
     context = {
         "offering": offering,
+        "next_url": safe_next_url(request, ""),
         "preview": _preview_offering(form, request.user),
         **_cloud_config_context(form, catalog_error),
     }
@@ -202,7 +209,7 @@ def offering_edit(request: HttpRequest, slug: str | None = None) -> HttpResponse
             _add_service_errors(form, exc)
         else:
             messages.success(request, f"Offering {saved.name!r} saved.")
-            return redirect(saved.get_absolute_url())
+            return redirect(safe_next_url(request, saved.get_absolute_url()))
     return _render_form(request, form, offering, catalog_error)
 
 
@@ -333,6 +340,74 @@ def offering_duplicate_view(request: HttpRequest, slug: str) -> HttpResponse:
         request, f"Copied {offering.name!r} as a private draft. Change what you need, then make it public."
     )
     return redirect("marketplace:offering_edit", slug=copy.slug)
+
+
+# --- publish ---------------------------------------------------------------------------------
+
+
+@login_required
+@require_POST
+def offering_publish_view(request: HttpRequest, slug: str) -> HttpResponse:
+    """Make one of the user's offerings public, then go to `next` (by default the offering's page)."""
+    offering = _own_offering(request, slug)
+    try:
+        offering = offering_publish(offering=offering, user=request.user)
+    except ValidationError as exc:
+        logger.info("Offering %s not published by user %s: %s", offering.pk, request.user.pk, exc.messages)
+        messages.error(request, " ".join(exc.messages))
+    else:
+        messages.success(request, f"{offering.name!r} is public now, and the catalog lists it for everyone.")
+    return redirect(safe_next_url(request, offering.get_absolute_url()))
+
+
+# --- onboarding -------------------------------------------------------------------------------
+
+
+def render_onboarding(
+    request: HttpRequest, *, step_key: str = "", profile_form: ProviderProfileForm | None = None
+) -> HttpResponse:
+    """Render the guided provider setup at `step_key`, by default at the first step not done.
+
+    With every step done and no step requested, the page shows that setup is complete.
+    """
+    state = onboarding.provider_onboarding_state(user=request.user)
+    if step_key not in onboarding.STEP_KEYS:
+        step_key = state.current.key if state.current is not None else ""
+    flow_url = reverse("marketplace:provider_onboarding")
+    index = onboarding.STEP_KEYS.index(step_key) if step_key else len(onboarding.STEP_KEYS)
+    context = {
+        "state": state,
+        "step": state.step(step_key) if step_key else None,
+        "ready": state.previous_done(step_key) if step_key else True,
+        "previous_step": state.steps[index - 1] if 0 < index <= len(state.steps) else None,
+        "next_step": state.steps[index + 1] if index + 1 < len(state.steps) else None,
+        "flow_url": flow_url,
+        "profile": ProviderProfile.objects.filter(user=request.user).first(),
+    }
+    if step_key == onboarding.STEP_PROFILE:
+        context["profile_form"] = profile_form or ProviderProfileForm(prefix="profile")
+    elif step_key == onboarding.STEP_CLOUD_ACCOUNT:
+        context["cloud_accounts"] = list(CloudAccount.objects.filter(owner=request.user).order_by("label", "id"))
+    elif step_key == onboarding.STEP_OFFERING:
+        context["offerings"] = list(
+            Offering.objects.filter(provider__user=request.user).order_by("-created_at", "-id")[:ONBOARDING_LIST_SIZE]
+        )
+    elif step_key == onboarding.STEP_PUBLISH:
+        context["candidates"] = list(onboarding.publish_candidates(user=request.user)[:ONBOARDING_LIST_SIZE])
+        context["listed"] = list(
+            onboarding.listed_offerings(user=request.user).order_by("-created_at", "-id")[:ONBOARDING_LIST_SIZE]
+        )
+    return render(request, "marketplace/provider_onboarding.html", context)
+
+
+@login_required
+@require_GET
+def provider_onboarding(request: HttpRequest) -> HttpResponse:
+    """Render the guided provider setup: profile, cloud account, first offering, publish.
+
+    `?step=` opens a step, for going back; without it the page opens the first step not done.
+    """
+    return render_onboarding(request, step_key=request.GET.get("step", ""))
 
 
 # --- rental requests ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ urlpatterns = [
     path("dashboard/", views.dashboard, name="dashboard"),
     path("dashboard/provider/", views.provider_dashboard, name="provider_dashboard"),
     path("dashboard/provider/profile/", views.provider_profile_save, name="provider_profile_save"),
+    path("dashboard/provider/onboarding/", provider_views.provider_onboarding, name="provider_onboarding"),
     path("dashboard/provider/cloud-accounts/new/", views.cloud_account_add, name="cloud_account_add"),
     path("dashboard/provider/offerings/new/", provider_views.offering_edit, name="offering_create"),
     path("dashboard/provider/offerings/<slug:slug>/edit/", provider_views.offering_edit, name="offering_edit"),
@@ -24,6 +25,11 @@ urlpatterns = [
         "dashboard/provider/offerings/<slug:slug>/duplicate/",
         provider_views.offering_duplicate_view,
         name="offering_duplicate",
+    ),
+    path(
+        "dashboard/provider/offerings/<slug:slug>/publish/",
+        provider_views.offering_publish_view,
+        name="offering_publish",
     ),
     path(
         "dashboard/provider/offering-form/catalog-options/",

@@ -16,7 +16,6 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST
@@ -47,8 +46,11 @@ from marketplace.models import (
     SshKey,
 )
 from marketplace.pagination import CappedCountPaginator
+from marketplace.provider_views import render_onboarding
+from marketplace.redirects import safe_next_url
 from marketplace.services import contracts as contract_services
 from marketplace.services import offering_csv
+from marketplace.services.onboarding import STEP_PROFILE, provider_onboarding_state
 from marketplace.services.providers import (
     provider_profile_create,
     provider_profile_update,
@@ -79,13 +81,6 @@ COUNTRY_NAMES = {
     "SG": "Singapore",
     "US": "United States",
 }
-
-
-def _safe_next(request: HttpRequest, default: str) -> str:
-    target = request.POST.get("next") or request.GET.get("next") or ""
-    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
-        return target
-    return default
 
 
 # --- catalog and offerings ------------------------------------------------------------------
@@ -454,7 +449,7 @@ def _run_contract_action(request: HttpRequest, contract: Contract, action, succe
         messages.error(request, " ".join(exc.messages))
     else:
         messages.success(request, success)
-    return redirect(_safe_next(request, contract.get_absolute_url()))
+    return redirect(safe_next_url(request, contract.get_absolute_url()))
 
 
 @login_required
@@ -528,6 +523,7 @@ def _provider_dashboard_context(request: HttpRequest, profile: ProviderProfile, 
         "cloud_accounts": CloudAccount.objects.filter(owner=request.user).order_by("label"),
         "profile_form": forms.get("profile_form") or ProviderProfileForm(instance=profile, prefix="profile"),
         "cloud_form": forms.get("cloud_form") or CloudAccountForm(prefix="cloud"),
+        "onboarding": provider_onboarding_state(user=request.user),
     }
 
 
@@ -535,18 +531,21 @@ def _provider_dashboard_context(request: HttpRequest, profile: ProviderProfile, 
 def provider_dashboard(request: HttpRequest) -> HttpResponse:
     """Render the provider's offerings, incoming rentals, cloud accounts and profile.
 
-    Without a provider profile the page shows the "become a provider" form instead.
+    Without a provider profile the page shows the guided setup's first step, the profile form.
     """
     profile = ProviderProfile.objects.filter(user=request.user).first()
     if profile is None:
-        return render(request, "marketplace/provider_become.html", {"form": ProviderProfileForm(prefix="profile")})
+        return render_onboarding(request, step_key=STEP_PROFILE)
     return render(request, "marketplace/provider_dashboard.html", _provider_dashboard_context(request, profile))
 
 
 @login_required
 @require_POST
 def provider_profile_save(request: HttpRequest) -> HttpResponse:
-    """Create the provider profile, or update it when it exists."""
+    """Create the provider profile, or update it when it exists, then go to `next`.
+
+    Without `next`, a new profile continues the guided setup and an update returns to the dashboard.
+    """
     profile = ProviderProfile.objects.filter(user=request.user).first()
     form = ProviderProfileForm(request.POST, instance=profile, prefix="profile")
     if form.is_valid():
@@ -562,10 +561,11 @@ def provider_profile_save(request: HttpRequest) -> HttpResponse:
             logger.info("Provider profile of user %s not saved: %s", request.user.pk, exc.messages)
             form.add_error(None, exc)
         else:
-            return redirect("marketplace:provider_dashboard")
+            default = reverse("marketplace:provider_onboarding" if profile is None else "marketplace:provider_dashboard")
+            return redirect(safe_next_url(request, default))
 
     if profile is None:
-        return render(request, "marketplace/provider_become.html", {"form": form}, status=200)
+        return render_onboarding(request, step_key=STEP_PROFILE, profile_form=form)
     context = _provider_dashboard_context(request, profile, profile_form=form)
     return render(request, "marketplace/provider_dashboard.html", context)
 

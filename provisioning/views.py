@@ -13,8 +13,10 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
 
+from marketplace.redirects import safe_next_url
 from provisioning.forms import (
     HetznerAccountForm,
     ProxmoxAccountForm,
@@ -78,6 +80,7 @@ def _render_list(request: HttpRequest, *, bound: forms.Form | None = None, backe
         "proxmox_form": add_forms[Backend.PROXMOX],
         "sandbox_form": add_forms[Backend.SANDBOX],
         "open_form": backend,
+        "next_url": safe_next_url(request, ""),
     }
     return render(request, "provisioning/cloud_accounts.html", context, status=status)
 
@@ -92,7 +95,10 @@ def cloud_accounts(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def cloud_account_add(request: HttpRequest, backend: str) -> HttpResponse:
-    """Check the submitted account against its backend's API and save it, or show what is wrong."""
+    """Check the submitted account against its backend's API and save it, or show what is wrong.
+
+    After saving, the page goes to `next` when the form carries one, else to the account's page.
+    """
     form_class = ADD_FORMS.get(backend)
     if form_class is None:
         raise Http404(f"Unknown cloud backend {backend!r}.")
@@ -127,7 +133,7 @@ def cloud_account_add(request: HttpRequest, backend: str) -> HttpResponse:
                     f"TLS verification is off for {account.label!r}: the platform does not check who answers at "
                     f"{account.proxmox_api_url}. Install a certificate from a trusted CA and turn verification on.",
                 )
-            return redirect("provisioning:cloud_account", pk=account.pk)
+            return redirect(safe_next_url(request, reverse("provisioning:cloud_account", kwargs={"pk": account.pk})))
     return _render_list(request, bound=form, backend=backend)
 
 

@@ -105,3 +105,26 @@ def make_contract(*, tenant: User, offering: Offering, pay: bool = True) -> Cont
     if pay:
         contract = contract_pay(contract=contract, actor=tenant)
     return contract
+
+
+def offering_form_data(account: CloudAccount, **overrides) -> dict:
+    """Return the offering form's POST data for a Sandbox cx22 in fsn1 on `account`; `overrides` replace fields."""
+    data = {
+        "name": "Onboarding VM",
+        "product_type": "vm",
+        "cloud_account": account.pk,
+        "server_type": "cx22",
+        "location_code": "fsn1",
+        "image": "ubuntu-24.04",
+        "vcpu": "2",
+        "memory_mib": "4096",
+        "disk_gb": "40",
+        "gpu_count": "0",
+        "price": "5.00",
+        "currency": "EUR",
+        "visibility": "private",
+        "stock_status": "in_stock",
+        "action": "save",
+    }
+    data.update(overrides)
+    return data

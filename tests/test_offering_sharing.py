@@ -1,5 +1,5 @@
 """Offering visibility (public, shared with an allowlist, private), the confirmation before a
-public offering is hidden, duplicating, and who may see, edit or copy what."""
+public offering is hidden, duplicating, publishing, and who may see, edit, copy, publish or rent what."""
 
 from __future__ import annotations
 
@@ -16,8 +16,15 @@ from marketplace.models import (
     Visibility,
 )
 from marketplace.services.contracts import contract_create, new_idempotency_key
-from marketplace.services.offerings import offering_duplicate
-from tests.factories import make_contract, make_offering, make_provider, make_user, ssh_public_key
+from marketplace.services.offerings import offering_duplicate, offering_publish
+from tests.factories import (
+    make_cloud_account,
+    make_contract,
+    make_offering,
+    make_provider,
+    make_user,
+    ssh_public_key,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -385,3 +392,90 @@ def test_duplicate_needs_post_and_sign_in(client, provider):
     assert anonymous["Location"].startswith(reverse("account_login"))
     assert get.status_code == 405
     assert Offering.objects.count() == 1
+
+
+def test_other_provider_cannot_publish_draft(client, provider):
+    draft = make_offering(provider=provider, slug="secret-draft", visibility=Visibility.PRIVATE)
+    other = make_provider(display_name="Other Compute")
+    client.force_login(other.user)
+
+    page_response = client.post(reverse("marketplace:offering_publish", kwargs={"slug": draft.slug}))
+
+    assert page_response.status_code == 404
+    with pytest.raises(PermissionError, match=f"does not own offering {draft.pk}"):
+        offering_publish(offering=draft, user=other.user)
+    draft.refresh_from_db()
+    assert draft.visibility == Visibility.PRIVATE
+
+
+def test_publish_needs_post_and_sign_in(client, provider):
+    draft = make_offering(provider=provider, visibility=Visibility.PRIVATE)
+    url = reverse("marketplace:offering_publish", kwargs={"slug": draft.slug})
+
+    anonymous = client.post(url)
+    client.force_login(provider.user)
+    get = client.get(url)
+
+    assert anonymous.status_code == 302
+    assert anonymous["Location"].startswith(reverse("account_login"))
+    assert get.status_code == 405
+    draft.refresh_from_db()
+    assert draft.visibility == Visibility.PRIVATE
+
+
+def test_others_cannot_rent_private_draft(client, provider, stranger):
+    draft = make_offering(provider=provider, slug="secret-draft", visibility=Visibility.PRIVATE)
+    client.force_login(stranger)
+    rent_url = reverse("marketplace:rent", kwargs={"slug": draft.slug})
+    body = {"offering": "secret-draft", "ssh_public_key": ssh_public_key(), "idempotency_key": new_idempotency_key()}
+
+    rent_page = client.get(rent_url)
+    rent_post = client.post(rent_url, {"ssh_public_key": ssh_public_key()})
+    api_response = api_client(stranger).post("/api/v1/rentals/", body, format="json")
+
+    assert rent_page.status_code == 404
+    assert rent_post.status_code == 404
+    assert api_response.status_code == 400
+    assert "No offering with slug 'secret-draft'" in api_response.json()["offering"][0]
+    with pytest.raises(ValidationError, match="private and cannot be rented"):
+        contract_create(tenant=stranger, offering=draft, ssh_public_key=ssh_public_key(), idempotency_key=new_idempotency_key())
+    assert Contract.objects.count() == 0
+
+
+def test_private_draft_not_listed_for_others(client, provider, stranger):
+    make_offering(provider=provider, name="Secret draft", slug="secret-draft", visibility=Visibility.PRIVATE)
+    other = make_provider(display_name="Other Compute")
+
+    anonymous_catalog = client.get(reverse("marketplace:catalog")).content.decode()
+    anonymous_api = api_client().get("/api/v1/offerings/").json()
+    client.force_login(stranger)
+    stranger_catalog = client.get(reverse("marketplace:catalog")).content.decode()
+    stranger_api = api_client(stranger).get("/api/v1/offerings/").json()
+    other_own_list = api_client(other.user).get("/api/v1/provider/offerings/").json()
+    client.force_login(other.user)
+    other_csv = client.get(reverse("marketplace:offering_csv_export")).content.decode()
+    other_dashboard = client.get(reverse("marketplace:provider_dashboard")).content.decode()
+
+    assert "Secret draft" not in anonymous_catalog
+    assert anonymous_api["results"] == []
+    assert "Secret draft" not in stranger_catalog
+    assert stranger_api["results"] == []
+    assert other_own_list["results"] == []
+    assert "secret-draft" not in other_csv
+    assert "Secret draft" not in other_dashboard
+
+
+def test_preview_ignores_other_users_cloud_account(client, provider):
+    own_account = make_cloud_account(owner=provider.user, label="Own sandbox")
+    other_account = make_cloud_account(owner=make_user(), label="Their sandbox")
+    client.force_login(provider.user)
+    values = {"name": "Preview VM", "server_type": "cx22", "location_code": "fsn1", "image": "ubuntu-24.04", "price": "5"}
+
+    own_preview = client.post(reverse("marketplace:offering_preview"), {**values, "cloud_account": own_account.pk})
+    other_preview = client.post(reverse("marketplace:offering_preview"), {**values, "cloud_account": other_account.pk})
+
+    assert own_preview.status_code == 200
+    assert "Falkenstein" in own_preview.content.decode()
+    assert other_preview.status_code == 200
+    assert "Falkenstein" not in other_preview.content.decode()
+    assert "Sandbox" not in other_preview.content.decode()

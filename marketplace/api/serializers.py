@@ -22,6 +22,7 @@ from marketplace.models import (
 )
 from marketplace.selectors import offering_visible_to
 from marketplace.services.offering_csv import RowAction
+from marketplace.services.onboarding import OnboardingStepKey
 from marketplace.services.providers import OFFERING_EDITABLE_FIELDS
 from marketplace.sshkeys import MAX_INPUT_BYTES, parse_public_key
 from marketplace.validators import validate_multiline_text
@@ -579,6 +580,22 @@ class ProviderProfileSerializer(serializers.ModelSerializer):
         model = ProviderProfile
         fields = ("slug", "display_name", "description", "website", "country", "auto_accept", "created_at")
         read_only_fields = ("slug", "created_at")
+
+
+class OnboardingStepSerializer(serializers.Serializer):
+    key = serializers.ChoiceField(choices=OnboardingStepKey.choices, help_text="The step: profile, cloud_account, offering or publish.")
+    title = serializers.CharField(help_text="The step's name as the pages show it.")
+    done = serializers.BooleanField()
+    detail = serializers.CharField(help_text="One sentence on the step's state, or on what to do next.")
+    url = serializers.CharField(help_text="Path of the guided setup page for this step.")
+
+
+class OnboardingSerializer(serializers.Serializer):
+    complete = serializers.BooleanField(help_text="Whether all four steps are done.")
+    current_step = serializers.ChoiceField(
+        choices=OnboardingStepKey.choices, allow_null=True, help_text="The first step that is not done; null when complete."
+    )
+    steps = OnboardingStepSerializer(many=True, help_text="profile, cloud_account, offering and publish, in this order.")
 
 
 class SshKeySerializer(serializers.ModelSerializer):

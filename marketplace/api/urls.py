@@ -30,6 +30,7 @@ router.register("billing/credit-notes", CreditNoteViewSet, basename="api-billing
 
 urlpatterns = [
     path("provider/profile/", views.ProviderProfileView.as_view(), name="api-provider-profile"),
+    path("provider/onboarding/", views.ProviderOnboardingView.as_view(), name="api-provider-onboarding"),
     path(
         "cloud-accounts/<int:pk>/catalog/",
         views.CloudAccountCatalogView.as_view(),

@@ -42,6 +42,7 @@ from marketplace.api.serializers import (
     OfferingCsvUploadSerializer,
     OfferingSerializer,
     OfferingVisibilitySerializer,
+    OnboardingSerializer,
     ProviderOfferingSerializer,
     ProviderProfileSerializer,
     ProviderRentalSerializer,
@@ -73,7 +74,7 @@ from marketplace.selectors import (
     rental_requests_for_provider,
 )
 from marketplace.services import contracts as contract_services
-from marketplace.services import offering_csv
+from marketplace.services import offering_csv, onboarding
 from marketplace.services import offerings as offering_services
 from marketplace.services import providers as provider_services
 from marketplace.services import ssh_keys as ssh_key_services
@@ -581,6 +582,29 @@ class ProviderProfileView(GenericAPIView):
         values.update(serializer.validated_data)
         profile = provider_services.provider_profile_update(profile=profile, actor=request.user, **values)
         return Response(self.get_serializer(profile).data)
+
+
+@extend_schema(
+    summary="Show your provider setup steps",
+    description=(
+        "The four steps of becoming a provider, each with done: true or false, read from your data on every "
+        "request. profile: you have a provider profile. cloud_account: you have a cloud account that passed "
+        "validation. offering: you have an offering. publish: an offering of yours is public or shared and its "
+        "cloud account is not invalid, so a catalog lists it. Works before you have a provider profile."
+    ),
+    responses={200: OnboardingSerializer, **ERROR_RESPONSES},
+)
+class ProviderOnboardingView(APIView):
+    permission_classes = (IsAuthenticated,)
+
+    def get(self, request):
+        state = onboarding.provider_onboarding_state(user=request.user)
+        body = {
+            "complete": state.complete,
+            "current_step": state.current.key if state.current is not None else None,
+            "steps": state.steps,
+        }
+        return Response(OnboardingSerializer(body).data)
 
 
 # --- provider offerings as CSV -------------------------------------------------------------

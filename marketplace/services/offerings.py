@@ -220,3 +220,25 @@ def offering_visibility_set(
         _replace_allowlist(locked, normalized)
         logger.info("Offering %s: allowlist set to %s addresses by user %s", locked.pk, len(normalized), user.pk)
     return locked
+
+
+@transaction.atomic
+def offering_publish(*, offering: Offering, user: User) -> Offering:
+    """Make `user`'s private or shared `offering` public, so the catalog lists it for everyone.
+
+    Raises PermissionError for another user's offering, and ValidationError keyed by
+    cloud_account when the offering's cloud account is invalid or deleted, because the catalog
+    hides offerings of invalid accounts. A public offering stays as it is.
+    """
+    _require_owner(offering, user)
+    account = offering.cloud_account
+    if not account.is_usable:
+        state = "deleted" if account.deleted_at is not None else account.get_validation_status_display().lower()
+        raise ValidationError(
+            {
+                "cloud_account": f"Cloud account {account.label!r} is {state}, so the catalog cannot list this "
+                "offering; re-validate the account or move the offering to another account."
+            },
+            code="account_unusable",
+        )
+    return offering_visibility_set(offering=offering, user=user, visibility=Visibility.PUBLIC)

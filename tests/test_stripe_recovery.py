@@ -17,7 +17,7 @@ from billing.tasks import stripe_sync_task
 from marketplace.models import Contract, ContractStatus
 from marketplace.services import contracts as contract_services
 from tests.factories import make_offering, make_provider, make_user, ssh_public_key
-from tests.journeys import wait_until
+from tests.journeys import wait_for_status, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -118,6 +118,9 @@ def test_sync_ends_rental_whose_subscription_ended(stripe_api, hook, card_offeri
     contract.refresh_from_db()
     assert contract.status in (ContractStatus.TERMINATING, ContractStatus.TERMINATED)
     assert "canceled at Stripe" in contract.events.filter(to_status=ContractStatus.TERMINATING).get().reason
+    # Let the worker finish deleting the server: the database is emptied after this test, and
+    # emptying it while the worker holds row locks deadlocked once.
+    wait_for_status(contract, ContractStatus.TERMINATED)
 
 
 def test_abandoned_request_is_cancelled_and_checkout_expired(stripe_api, card_offering, settings, celery_worker_process):

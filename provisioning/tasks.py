@@ -184,3 +184,30 @@ def reconcile_cloud_accounts_task() -> None:
         sum(len(report.orphans_deleted) for report in reports),
         sum(len(report.missing_flagged) for report in reports),
     )
+
+
+@shared_task(expires=14)
+def health_probe_due_task() -> int:
+    """Claim the contracts due for a platform probe and queue one probe task per contract."""
+    from provisioning.health import health_probes_claim_due
+
+    contract_ids = health_probes_claim_due()
+    for contract_id in contract_ids:
+        health_probe_contract_task.delay(contract_id)
+    if contract_ids:
+        logger.info("Queued health probes for %s contracts", len(contract_ids))
+    return len(contract_ids)
+
+
+@shared_task(acks_late=True)
+def health_probe_contract_task(contract_id: int) -> None:
+    from provisioning.health import health_probe_contract
+
+    health_probe_contract(contract_id=contract_id)
+
+
+@shared_task(expires=3600)
+def health_checks_prune_task() -> int:
+    from provisioning.health import health_checks_prune
+
+    return health_checks_prune()

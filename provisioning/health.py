@@ -1,0 +1,212 @@
+"""Health checks: record probe results, claim contracts for the platform probe, probe, prune.
+
+Reads (uptime, latency series) are in `provisioning.uptime`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from marketplace.models import Contract, ContractStatus
+from notifications.models import Event
+from notifications.services import notify_contract_event
+from provisioning.models import HealthCheck, HealthProbeState, HealthSource, HealthStatus
+
+logger = logging.getLogger(__name__)
+
+# Agents' clocks may run a little ahead of the platform's; reports further ahead are rejected.
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+DETAIL_MAX_LENGTH = HealthCheck._meta.get_field("detail").max_length
+HYPERVISOR_STATE_MAX_LENGTH = HealthCheck._meta.get_field("hypervisor_state").max_length
+
+
+def health_check_record(
+    *,
+    contract: Contract,
+    source: str,
+    up: bool,
+    latency_ms: float | None,
+    checked_at: datetime,
+    hypervisor_state: str = "",
+    detail: str = "",
+) -> HealthCheck:
+    """Store one health check of `contract` and notify on a new outage or a recovery.
+
+    Arguments:
+        contract: the contract whose server was probed.
+        source: `HealthSource.PLATFORM` for the platform probe, `HealthSource.AGENT` for a
+            provider agent's report.
+        up: whether the server answered (a TCP connection to its SSH port was established).
+        latency_ms: milliseconds until the connection was established, or None when down.
+        checked_at: when the probe ran, timezone-aware; at most `MAX_CLOCK_SKEW` in the future.
+        hypervisor_state: the hypervisor's state of the VM as an agent reported it, for
+            example "running"; cut to 64 characters.
+        detail: the probe's error or a short note; cut to 500 characters.
+
+    The failure streak counts checks of every source in `checked_at` order. After
+    `HEALTH_FAILURES_BEFORE_ALERT` down checks in a row the tenant and the provider get one
+    "health check failing" notification, and the next up check sends one "health check
+    recovered". A check older than the newest one already counted is stored for uptime but
+    leaves the streak alone.
+
+    Raises `ValidationError`, keyed by argument name, for an unknown source, a naive or
+    future `checked_at`, or a negative or non-finite latency.
+    """
+    _validate_check(source=source, latency_ms=latency_ms, checked_at=checked_at)
+    with transaction.atomic():
+        HealthProbeState.objects.get_or_create(contract_id=contract.pk)
+        state = HealthProbeState.objects.select_for_update().get(contract_id=contract.pk)
+        check = HealthCheck.objects.create(
+            contract_id=contract.pk,
+            checked_at=checked_at,
+            source=source,
+            status=HealthStatus.UP if up else HealthStatus.DOWN,
+            latency_ms=latency_ms if up else None,
+            hypervisor_state=hypervisor_state[:HYPERVISOR_STATE_MAX_LENGTH],
+            detail=detail[:DETAIL_MAX_LENGTH],
+        )
+        if state.last_checked_at is None or checked_at >= state.last_checked_at:
+            _advance_streak(state=state, contract=contract, up=up, checked_at=checked_at)
+    logger.info(
+        "Contract %s: health check %s recorded (%s, %s, %s ms)",
+        contract.pk, check.pk, source, check.status, "-" if latency_ms is None else f"{latency_ms:.1f}",
+    )
+    return check
+
+
+def _validate_check(*, source: str, latency_ms: float | None, checked_at: datetime) -> None:
+    errors = {}
+    if source not in HealthSource.values:
+        errors["source"] = f"Unknown health check source {source!r}; use one of {', '.join(HealthSource.values)}."
+    if timezone.is_naive(checked_at):
+        errors["checked_at"] = f"checked_at {checked_at.isoformat()} has no timezone; send an aware time, for example in UTC."
+    elif checked_at > timezone.now() + MAX_CLOCK_SKEW:
+        errors["checked_at"] = (
+            f"checked_at {checked_at.isoformat()} is in the future; check the reporting host's clock."
+        )
+    if latency_ms is not None and (not math.isfinite(latency_ms) or latency_ms < 0):
+        errors["latency_ms"] = f"latency_ms must be a finite number of 0 or more, not {latency_ms!r}."
+    if errors:
+        raise ValidationError(errors)
+
+
+def _advance_streak(*, state: HealthProbeState, contract: Contract, up: bool, checked_at: datetime) -> None:
+    """Count one check into the streak of the locked `state`, and notify when an outage opens or closes."""
+    state.last_checked_at = checked_at
+    if up:
+        state.consecutive_failures = 0
+        if state.failing_since is not None:
+            logger.info("Contract %s: health checks recovered (failing since %s)", contract.pk, state.failing_since)
+            state.failing_since = None
+            notify_contract_event(event=Event.HEALTH_CHECK_RECOVERED, contract=contract)
+    else:
+        state.consecutive_failures += 1
+        if state.failing_since is None and state.consecutive_failures >= settings.HEALTH_FAILURES_BEFORE_ALERT:
+            state.failing_since = checked_at
+            logger.warning(
+                "Contract %s: %s health checks failed in a row; notifying tenant and provider",
+                contract.pk, state.consecutive_failures,
+            )
+            notify_contract_event(event=Event.HEALTH_CHECK_FAILING, contract=contract)
+    state.save(update_fields=["last_checked_at", "consecutive_failures", "failing_since"])
+
+
+# --- platform probe ----------------------------------------------------------------------------
+
+
+def probe_eligible_contracts() -> QuerySet[Contract]:
+    """Return the contracts the platform probes: active, with an address, not on a skipped backend."""
+    return Contract.objects.filter(status=ContractStatus.ACTIVE, ip_address__isnull=False).exclude(
+        backend__in=settings.HEALTH_PROBE_SKIP_BACKENDS
+    )
+
+
+def health_probes_claim_due(*, now: datetime | None = None, limit: int | None = None) -> list[int]:
+    """Claim the eligible contracts whose probe is due, and return their ids.
+
+    Each claimed contract's `next_probe_at` moves one `HEALTH_PROBE_INTERVAL_SECONDS` ahead in
+    the same transaction that locked it, and rows another worker holds are skipped, so any
+    number of schedulers can run this at once without probing a contract twice per interval.
+    """
+    now = now or timezone.now()
+    limit = limit or settings.HEALTH_PROBE_BATCH_SIZE
+    eligible = probe_eligible_contracts()
+    missing = eligible.filter(health_state__isnull=True).values_list("pk", flat=True)
+    HealthProbeState.objects.bulk_create(
+        [HealthProbeState(contract_id=contract_id, next_probe_at=now) for contract_id in missing],
+        ignore_conflicts=True,
+    )
+    with transaction.atomic():
+        due = list(
+            HealthProbeState.objects.select_for_update(skip_locked=True)
+            .filter(next_probe_at__lte=now, contract__in=eligible)
+            .order_by("next_probe_at", "pk")
+            .values_list("pk", "contract_id")[:limit]
+        )
+        HealthProbeState.objects.filter(pk__in=[pk for pk, _ in due]).update(
+            next_probe_at=now + timedelta(seconds=settings.HEALTH_PROBE_INTERVAL_SECONDS)
+        )
+    return [contract_id for _, contract_id in due]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """The outcome of one TCP connect: `latency_ms` when it connected, else the error in `detail`."""
+
+    up: bool
+    latency_ms: float | None
+    detail: str
+
+
+def tcp_probe(*, host: str, port: int, timeout: float) -> ProbeResult:
+    """Open a TCP connection to `host`:`port` and close it; measure the time to connect."""
+    started = time.perf_counter()
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            elapsed_ms = (time.perf_counter() - started) * 1000
+    except TimeoutError:
+        return ProbeResult(up=False, latency_ms=None, detail=f"Connecting to {host} port {port} timed out after {timeout:g} s.")
+    except OSError as exc:
+        return ProbeResult(up=False, latency_ms=None, detail=f"Connecting to {host} port {port} failed: {exc.strerror or exc}.")
+    return ProbeResult(up=True, latency_ms=round(elapsed_ms, 2), detail="")
+
+
+def health_probe_contract(*, contract_id: int) -> HealthCheck | None:
+    """Probe the SSH port of one contract's server from the platform and record the result.
+
+    Returns None without a check when the contract is gone or no longer eligible.
+    """
+    contract = probe_eligible_contracts().select_related("provider__user", "tenant").filter(pk=contract_id).first()
+    if contract is None:
+        logger.info("Contract %s: not probed, no longer active with an address", contract_id)
+        return None
+    checked_at = timezone.now()
+    result = tcp_probe(host=contract.ip_address, port=contract.ssh_port, timeout=settings.HEALTH_PROBE_TIMEOUT_SECONDS)
+    return health_check_record(
+        contract=contract,
+        source=HealthSource.PLATFORM,
+        up=result.up,
+        latency_ms=result.latency_ms,
+        checked_at=checked_at,
+        detail=result.detail,
+    )
+
+
+def health_checks_prune(*, now: datetime | None = None) -> int:
+    """Delete health checks older than `HEALTH_CHECK_RETENTION_DAYS`; return how many were deleted."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.HEALTH_CHECK_RETENTION_DAYS)
+    deleted, _ = HealthCheck.objects.filter(checked_at__lt=cutoff).delete()
+    logger.info("Pruned %s health checks older than %s", deleted, cutoff.isoformat())
+    return deleted

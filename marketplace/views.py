@@ -56,8 +56,15 @@ from marketplace.services.providers import (
 from marketplace.services.ssh_keys import ssh_key_create, ssh_key_delete
 from marketplace.sshkeys import parse_public_key
 from marketplace.uploads import SizeLimitedUploadHandler
+from provisioning.health_chart import health_panel_context
 from provisioning.models import Backend, CloudAccount
 from provisioning.services import cloud_account_create
+from provisioning.uptime import (
+    contract_latency_series,
+    contract_uptime,
+    provider_latency_series,
+    provider_uptime,
+)
 from recipes.models import RecipeRun, RecipeRunStatus
 
 logger = logging.getLogger(__name__)
@@ -419,6 +426,14 @@ def _render_rental_page(request: HttpRequest, contract: Contract, *, reject_form
             and not (contract.is_ended and contract.activated_at is None),
         }
     )
+    # Only a server that ran has health checks to show.
+    if contract.activated_at is not None:
+        context["health"] = health_panel_context(
+            windows=contract_uptime(contract=contract),
+            series=contract_latency_series(contract=contract),
+            subject="this rental's server",
+            probed=contract.backend not in settings.HEALTH_PROBE_SKIP_BACKENDS,
+        )
     return render(request, "marketplace/rental_detail.html", context)
 
 
@@ -732,7 +747,12 @@ def offering_import_apply(request: HttpRequest, public_id) -> HttpResponse:
 def provider_detail(request: HttpRequest, slug: str) -> HttpResponse:
     profile = get_object_or_404(ProviderProfile, slug=slug)
     offerings = selectors.catalog_offerings(user=request.user).filter(provider=profile).order_by("price_cents", "id")
-    return render(request, "marketplace/provider_detail.html", {"profile": profile, "offerings": offerings})
+    health = health_panel_context(
+        windows=provider_uptime(provider=profile),
+        series=provider_latency_series(provider=profile),
+        subject="this provider's rented servers",
+    )
+    return render(request, "marketplace/provider_detail.html", {"profile": profile, "offerings": offerings, "health": health})
 
 
 @login_required

@@ -1,4 +1,4 @@
-"""Admin for cloud accounts and simulated Sandbox servers.
+"""Admin for cloud accounts, simulated Sandbox servers, reconciliation findings and health checks.
 
 The API token of a cloud account is write-only: the admin form takes a new one and never
 renders the stored token or its ciphertext.
@@ -17,6 +17,8 @@ from provisioning.backends.base import CloudError
 from provisioning.models import (
     Backend,
     CloudAccount,
+    HealthCheck,
+    HealthProbeState,
     OrphanServer,
     SandboxServer,
     ServerMissingReport,
@@ -216,3 +218,32 @@ class ServerMissingReportAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="Contract status", ordering="contract__status")
     def contract_status(self, obj: ServerMissingReport):
         return status_badge(obj.contract.get_status_display(), obj.contract.status_colour)
+
+
+# --- health checks ---------------------------------------------------------------------------
+
+
+@admin.register(HealthCheck)
+class HealthCheckAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Health checks of contracts, read-only: the platform probe and agents record them."""
+
+    list_display = ("checked_at", "contract", "source", "status_display", "latency_ms", "hypervisor_state", "detail")
+    list_filter = ("status", "source", "contract__backend", "contract__status")
+    list_select_related = ("contract",)
+    search_fields = ("contract__offering_name", "contract__public_id", "contract__tenant__email", "detail")
+    date_hierarchy = "checked_at"
+    show_full_result_count = False
+
+    @admin.display(description="Status", ordering="status")
+    def status_display(self, obj: HealthCheck):
+        return status_badge(obj.get_status_display(), obj.status_colour)
+
+
+@admin.register(HealthProbeState)
+class HealthProbeStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Per-contract probe schedule and failure streak, read-only: recording a check updates it."""
+
+    list_display = ("contract", "next_probe_at", "last_checked_at", "consecutive_failures", "failing_since")
+    list_filter = (("failing_since", admin.EmptyFieldListFilter), "contract__backend")
+    list_select_related = ("contract",)
+    search_fields = ("contract__offering_name", "contract__public_id")

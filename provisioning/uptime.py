@@ -7,6 +7,7 @@ up nor as down, and it lowers the coverage, so a silent server never looks healt
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -29,7 +30,7 @@ from django.db.models.functions import Coalesce, Greatest, Lead, Least, TruncHou
 from django.utils import timezone
 
 from marketplace.models import Contract, ProviderProfile
-from provisioning.models import HealthCheck, HealthStatus
+from provisioning.models import HealthCheck, HealthProbeState, HealthStatus
 
 WINDOW_DAYS = (1, 7, 30)
 
@@ -76,6 +77,14 @@ class UptimeWindow:
     def uptime_percent(self) -> float | None:
         uptime = self.uptime
         return None if uptime is None else uptime * 100
+
+    @property
+    def uptime_text(self) -> str:
+        """Uptime rounded down to 0.01 %, so a server with any downtime never shows 100.00 %."""
+        percent = self.uptime_percent
+        if percent is None:
+            return "Not enough data"
+        return f"{math.floor(percent * 100) / 100:.2f} %"
 
     @property
     def coverage_percent(self) -> float:
@@ -238,4 +247,31 @@ def provider_latency_series(*, provider: ProviderProfile, now: datetime | None =
     """Return the probe latency per hour of all the provider's contracts over the last `hours` hours."""
     return _latency_series(
         HealthCheck.objects.filter(contract__provider=provider), now=now or timezone.now(), hours=hours
+    )
+
+
+@dataclass(frozen=True)
+class ContractHealth:
+    """Everything the rental health API returns about one contract."""
+
+    failing: bool
+    consecutive_failures: int
+    uptime: list[UptimeWindow]
+    latency_hours: list[LatencyBucket]
+    recent_checks: list[HealthCheck]
+
+
+RECENT_CHECK_COUNT = 20
+
+
+def contract_health(*, contract: Contract, now: datetime | None = None) -> ContractHealth:
+    """Return the contract's failure streak, uptime, hourly latency and newest checks."""
+    now = now or timezone.now()
+    state = HealthProbeState.objects.filter(contract=contract).first()
+    return ContractHealth(
+        failing=state is not None and state.is_failing,
+        consecutive_failures=state.consecutive_failures if state is not None else 0,
+        uptime=contract_uptime(contract=contract, now=now),
+        latency_hours=contract_latency_series(contract=contract, now=now).buckets,
+        recent_checks=list(HealthCheck.objects.filter(contract=contract).order_by("-checked_at", "-id")[:RECENT_CHECK_COUNT]),
     )

@@ -196,7 +196,7 @@ CELERY_TASK_ROUTES = {
     "provisioning.tasks.reconcile_cloud_accounts_task": {"queue": "periodic"},
     "billing.tasks.payouts_create_monthly_task": {"queue": "periodic"},
     "provisioning.tasks.health_probe_due_task": {"queue": "periodic"},
-    "provisioning.tasks.health_probe_contract_task": {"queue": "periodic"},
+    "provisioning.tasks.health_probe_contracts_task": {"queue": "periodic"},
     "provisioning.tasks.health_checks_prune_task": {"queue": "periodic"},
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
@@ -448,6 +448,9 @@ HEALTH_PROBE_INTERVAL_SECONDS = env.int("HEALTH_PROBE_INTERVAL_SECONDS", default
 HEALTH_PROBE_TIMEOUT_SECONDS = env.float("HEALTH_PROBE_TIMEOUT_SECONDS", default=5.0)
 # Contracts one run of the probe scheduler claims at most; the rest wait for the next run.
 HEALTH_PROBE_BATCH_SIZE = env.int("HEALTH_PROBE_BATCH_SIZE", default=2000)
+# Contracts per probe task, and TCP connects one task runs at once.
+HEALTH_PROBE_TASK_SIZE = env.int("HEALTH_PROBE_TASK_SIZE", default=50)
+HEALTH_PROBE_CONCURRENCY = env.int("HEALTH_PROBE_CONCURRENCY", default=25)
 # Backends whose servers the platform does not probe: the Sandbox's addresses lead nowhere.
 HEALTH_PROBE_SKIP_BACKENDS = env.list("HEALTH_PROBE_SKIP_BACKENDS", default=["sandbox"])
 # Seconds one check vouches for at most; a longer silence counts as unknown time in uptime.

@@ -9,6 +9,7 @@ import logging
 import math
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,7 +26,7 @@ from provisioning.models import HealthCheck, HealthProbeState, HealthSource, Hea
 
 logger = logging.getLogger(__name__)
 
-# Agents' clocks may run a little ahead of the platform's; reports further ahead are rejected.
+# Agents' clocks may run a little ahead of the platform's, so only reports further ahead are rejected.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 DETAIL_MAX_LENGTH = HealthCheck._meta.get_field("detail").max_length
 HYPERVISOR_STATE_MAX_LENGTH = HealthCheck._meta.get_field("hypervisor_state").max_length
@@ -47,7 +48,7 @@ def health_check_record(
         contract: the contract whose server was probed.
         source: `HealthSource.PLATFORM` for the platform probe, `HealthSource.AGENT` for a
             provider agent's report.
-        up: whether the server answered (a TCP connection to its SSH port was established).
+        up: whether a TCP connection to the server's SSH port was established.
         latency_ms: milliseconds until the connection was established, or None when down.
         checked_at: when the probe ran, timezone-aware; at most `MAX_CLOCK_SKEW` in the future.
         hypervisor_state: the hypervisor's state of the VM as an agent reported it, for
@@ -170,7 +171,7 @@ class ProbeResult:
 
 
 def tcp_probe(*, host: str, port: int, timeout: float) -> ProbeResult:
-    """Open a TCP connection to `host`:`port` and close it; measure the time to connect."""
+    """Open a TCP connection to `host`:`port`, close it, and return the time it took to connect."""
     started = time.perf_counter()
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -182,25 +183,42 @@ def tcp_probe(*, host: str, port: int, timeout: float) -> ProbeResult:
     return ProbeResult(up=True, latency_ms=round(elapsed_ms, 2), detail="")
 
 
-def health_probe_contract(*, contract_id: int) -> HealthCheck | None:
-    """Probe the SSH port of one contract's server from the platform and record the result.
+def health_probe_contracts(*, contract_ids: list[int]) -> list[HealthCheck]:
+    """Probe the SSH ports of the given contracts' servers from the platform and record the results.
 
-    Returns None without a check when the contract is gone or no longer eligible.
+    The TCP connects run in up to `HEALTH_PROBE_CONCURRENCY` threads, so one batch takes about
+    one `HEALTH_PROBE_TIMEOUT_SECONDS` per `HEALTH_PROBE_CONCURRENCY` unreachable servers.
+    The database writes stay in the calling thread. Contracts that are gone or no longer
+    eligible are skipped with a log line.
     """
-    contract = probe_eligible_contracts().select_related("provider__user", "tenant").filter(pk=contract_id).first()
-    if contract is None:
-        logger.info("Contract %s: not probed, no longer active with an address", contract_id)
-        return None
-    checked_at = timezone.now()
-    result = tcp_probe(host=contract.ip_address, port=contract.ssh_port, timeout=settings.HEALTH_PROBE_TIMEOUT_SECONDS)
-    return health_check_record(
-        contract=contract,
-        source=HealthSource.PLATFORM,
-        up=result.up,
-        latency_ms=result.latency_ms,
-        checked_at=checked_at,
-        detail=result.detail,
+    contracts = list(
+        probe_eligible_contracts().select_related("provider__user", "tenant").filter(pk__in=contract_ids).order_by("pk")
     )
+    skipped = sorted(set(contract_ids) - {contract.pk for contract in contracts})
+    if skipped:
+        logger.info("Contracts %s: not probed, no longer active with an address", skipped)
+    if not contracts:
+        return []
+
+    def probe(contract: Contract) -> tuple[datetime, ProbeResult]:
+        checked_at = timezone.now()
+        return checked_at, tcp_probe(
+            host=contract.ip_address, port=contract.ssh_port, timeout=settings.HEALTH_PROBE_TIMEOUT_SECONDS
+        )
+
+    with ThreadPoolExecutor(max_workers=min(len(contracts), settings.HEALTH_PROBE_CONCURRENCY)) as pool:
+        results = list(pool.map(probe, contracts))
+    return [
+        health_check_record(
+            contract=contract,
+            source=HealthSource.PLATFORM,
+            up=result.up,
+            latency_ms=result.latency_ms,
+            checked_at=checked_at,
+            detail=result.detail,
+        )
+        for contract, (checked_at, result) in zip(contracts, results, strict=True)
+    ]
 
 
 def health_checks_prune(*, now: datetime | None = None) -> int:

@@ -124,8 +124,8 @@ def latency_chart(series: LatencySeries) -> LatencyChart:
 def health_panel_context(*, windows: list[UptimeWindow], series: LatencySeries, subject: str, probed: bool = True) -> dict:
     """Return the `health` context of `provisioning/includes/health_panel.html`.
 
-    `subject` names what was probed in the panel's text; `probed` is False for servers the
-    platform does not probe (Sandbox), so the empty state does not promise checks.
+    `subject` names what was probed in the panel's text. `probed` is False for servers the
+    platform does not probe (Sandbox), so that the empty state promises no checks.
     """
     return {
         "uptime_windows": windows,

@@ -188,22 +188,23 @@ def reconcile_cloud_accounts_task() -> None:
 
 @shared_task(expires=14)
 def health_probe_due_task() -> int:
-    """Claim the contracts due for a platform probe and queue one probe task per contract."""
+    """Claim the contracts due for a platform probe and queue probe tasks of up to `HEALTH_PROBE_TASK_SIZE` each."""
     from provisioning.health import health_probes_claim_due
 
     contract_ids = health_probes_claim_due()
-    for contract_id in contract_ids:
-        health_probe_contract_task.delay(contract_id)
+    size = settings.HEALTH_PROBE_TASK_SIZE
+    for offset in range(0, len(contract_ids), size):
+        health_probe_contracts_task.delay(contract_ids[offset : offset + size])
     if contract_ids:
         logger.info("Queued health probes for %s contracts", len(contract_ids))
     return len(contract_ids)
 
 
-@shared_task(acks_late=True)
-def health_probe_contract_task(contract_id: int) -> None:
-    from provisioning.health import health_probe_contract
+@shared_task(acks_late=True, expires=120)
+def health_probe_contracts_task(contract_ids: list[int]) -> None:
+    from provisioning.health import health_probe_contracts
 
-    health_probe_contract(contract_id=contract_id)
+    health_probe_contracts(contract_ids=contract_ids)
 
 
 @shared_task(expires=3600)

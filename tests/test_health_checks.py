@@ -17,7 +17,7 @@ from notifications.models import Event, Notification
 from provisioning.health import (
     health_check_record,
     health_checks_prune,
-    health_probe_contract,
+    health_probe_contracts,
     health_probes_claim_due,
     tcp_probe,
 )
@@ -209,8 +209,7 @@ def test_probe_records_up_and_down(listener, closed_port):
     healthy = _active_contract(port=listener)
     broken = _active_contract(port=closed_port)
 
-    up = health_probe_contract(contract_id=healthy.pk)
-    down = health_probe_contract(contract_id=broken.pk)
+    up, down = health_probe_contracts(contract_ids=[healthy.pk, broken.pk])
 
     assert up.status == HealthStatus.UP
     assert up.source == HealthSource.PLATFORM
@@ -225,10 +224,10 @@ def test_probe_failures_notify_and_recovery(listener, closed_port):
     contract = _active_contract(port=closed_port)
 
     for _ in range(4):
-        health_probe_contract(contract_id=contract.pk)
+        health_probe_contracts(contract_ids=[contract.pk])
     Contract.objects.filter(pk=contract.pk).update(ssh_port=listener)
-    health_probe_contract(contract_id=contract.pk)
-    health_probe_contract(contract_id=contract.pk)
+    health_probe_contracts(contract_ids=[contract.pk])
+    health_probe_contracts(contract_ids=[contract.pk])
 
     assert len(_health_notifications(contract, Event.HEALTH_CHECK_FAILING)) == 2
     assert len(_health_notifications(contract, Event.HEALTH_CHECK_RECOVERED)) == 2
@@ -247,8 +246,7 @@ def test_probe_skips_ineligible_contracts(listener):
     claimed = health_probes_claim_due()
 
     assert claimed == []
-    assert health_probe_contract(contract_id=sandbox.pk) is None
-    assert health_probe_contract(contract_id=ended.pk) is None
+    assert health_probe_contracts(contract_ids=[sandbox.pk, ended.pk, no_address.pk]) == []
     assert HealthCheck.objects.count() == 0
 
 
@@ -300,12 +298,12 @@ def test_prune_deletes_old_checks(settings):
     contract = _active_contract()
     now = timezone.now()
     _record(contract, up=True, at=now - timedelta(days=91))
-    kept = _record(contract, up=True, at=now - timedelta(days=89))
+    recent = _record(contract, up=True, at=now - timedelta(days=89))
 
     deleted = health_checks_prune(now=now)
 
     assert deleted == 1
-    assert list(HealthCheck.objects.all()) == [kept]
+    assert list(HealthCheck.objects.all()) == [recent]
 
 
 # --- with a real worker -------------------------------------------------------------------------

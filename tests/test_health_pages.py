@@ -6,6 +6,8 @@ import re
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -242,3 +244,25 @@ def test_admin_health_check_list(client, contract):
     assert listing.context["cl"].result_count == 3
     assert states.status_code == 200
     assert add.status_code == 403
+
+
+@pytest.mark.django_db
+def test_health_queries_do_not_grow_with_rentals(client, contract, provider, tenant):
+    _record_day(contract)
+    client.force_login(tenant)
+    with CaptureQueriesContext(connection) as one_rental:
+        client.get(provider.get_absolute_url())
+    with CaptureQueriesContext(connection) as rental_page_one:
+        client.get(contract.get_absolute_url())
+
+    for _ in range(3):
+        other = make_contract(tenant=tenant, offering=contract.offering)
+        Contract.objects.filter(pk=other.pk).update(status=ContractStatus.ACTIVE, activated_at=timezone.now())
+        _record_day(other)
+    with CaptureQueriesContext(connection) as four_rentals:
+        client.get(provider.get_absolute_url())
+    with CaptureQueriesContext(connection) as rental_page_four:
+        client.get(contract.get_absolute_url())
+
+    assert len(four_rentals) == len(one_rental)
+    assert len(rental_page_four) == len(rental_page_one)

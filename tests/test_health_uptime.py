@@ -125,7 +125,7 @@ def test_uptime_flapping_vm(provider):
     assert day.down_seconds == 12 * 3600
     assert day.coverage == 1.0
     assert day.uptime == 0.5
-    # Never two failures in a row, so nobody was told the server is down.
+    # Never two failures in a row, so no "failing" notification was sent.
     assert contract.notifications.filter(event__startswith="health_check").count() == 0
     assert contract.health_state.consecutive_failures == 1
     assert contract.health_state.failing_since is None

@@ -198,6 +198,7 @@ CELERY_TASK_ROUTES = {
     "provisioning.tasks.health_probe_due_task": {"queue": "periodic"},
     "provisioning.tasks.health_probe_contracts_task": {"queue": "periodic"},
     "provisioning.tasks.health_checks_prune_task": {"queue": "periodic"},
+    "provisioning.tasks.health_rollups_update_task": {"queue": "periodic"},
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
@@ -243,6 +244,11 @@ CELERY_BEAT_SCHEDULE = {
         # running it more often than the interval costs one query.
         "schedule": 15.0,
         "options": {"expires": 14},
+    },
+    "roll-up-health-checks": {
+        "task": "provisioning.tasks.health_rollups_update_task",
+        "schedule": crontab(minute="*/5"),
+        "options": {"expires": 290},
     },
     "prune-health-checks": {
         "task": "provisioning.tasks.health_checks_prune_task",
@@ -457,11 +463,16 @@ HEALTH_PROBE_SKIP_BACKENDS = env.list("HEALTH_PROBE_SKIP_BACKENDS", default=["sa
 HEALTH_CHECK_MAX_COVER_SECONDS = env.int(
     "HEALTH_CHECK_MAX_COVER_SECONDS", default=2 * HEALTH_PROBE_INTERVAL_SECONDS
 )
+# Extra seconds before an hour's checks are summed into rollups. A report for an hour already
+# summed makes the platform sum that contract's hours again, so this only saves work.
+HEALTH_ROLLUP_DELAY_SECONDS = env.int("HEALTH_ROLLUP_DELAY_SECONDS", default=600)
 # Failed checks in a row before the tenant and the provider are notified.
 HEALTH_FAILURES_BEFORE_ALERT = env.int("HEALTH_FAILURES_BEFORE_ALERT", default=3)
 # Fraction of an uptime window that checks must cover before a percentage is shown.
 HEALTH_UPTIME_MIN_COVERAGE = env.float("HEALTH_UPTIME_MIN_COVERAGE", default=0.5)
 HEALTH_CHECK_RETENTION_DAYS = env.int("HEALTH_CHECK_RETENTION_DAYS", default=90)
+# Seconds the public provider page reuses a provider's computed uptime.
+HEALTH_PROVIDER_UPTIME_CACHE_SECONDS = env.int("HEALTH_PROVIDER_UPTIME_CACHE_SECONDS", default=300)
 
 LOGGING = {
     "version": 1,

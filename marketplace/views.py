@@ -11,6 +11,7 @@ import logging
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
@@ -747,8 +748,15 @@ def offering_import_apply(request: HttpRequest, public_id) -> HttpResponse:
 def provider_detail(request: HttpRequest, slug: str) -> HttpResponse:
     profile = get_object_or_404(ProviderProfile, slug=slug)
     offerings = selectors.catalog_offerings(user=request.user).filter(provider=profile).order_by("price_cents", "id")
+    # The page is public and a provider's uptime reads every contract's hourly sums, so it is
+    # cached for a few minutes.
+    windows = cache.get_or_set(
+        f"provider-uptime:{profile.pk}",
+        lambda: provider_uptime(provider=profile),
+        settings.HEALTH_PROVIDER_UPTIME_CACHE_SECONDS,
+    )
     health = health_panel_context(
-        windows=provider_uptime(provider=profile),
+        windows=windows,
         series=provider_latency_series(provider=profile),
         subject="this provider's rented servers",
     )

@@ -19,6 +19,8 @@ from provisioning.models import (
     CloudAccount,
     HealthCheck,
     HealthProbeState,
+    HealthRollup,
+    HealthRollupProgress,
     OrphanServer,
     SandboxServer,
     ServerMissingReport,
@@ -247,3 +249,22 @@ class HealthProbeStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = (("failing_since", admin.EmptyFieldListFilter), "contract__backend")
     list_select_related = ("contract",)
     search_fields = ("contract__offering_name", "contract__public_id")
+
+
+@admin.register(HealthRollup)
+class HealthRollupAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Hourly sums of health checks per contract, read-only: the rollup task writes them."""
+
+    list_display = ("hour", "contract", "up_seconds", "down_seconds", "up_count", "down_count", "latency_max_ms")
+    list_filter = ("contract__backend",)
+    list_select_related = ("contract",)
+    search_fields = ("contract__offering_name", "contract__public_id")
+    date_hierarchy = "hour"
+    show_full_result_count = False
+
+
+@admin.register(HealthRollupProgress)
+class HealthRollupProgressAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """The end of the hours whose rollups are complete, read-only."""
+
+    list_display = ("pk", "rolled_until")

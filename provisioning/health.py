@@ -22,7 +22,15 @@ from django.utils import timezone
 from marketplace.models import Contract, ContractStatus
 from notifications.models import Event
 from notifications.services import notify_contract_event
-from provisioning.models import HealthCheck, HealthProbeState, HealthSource, HealthStatus
+from provisioning.models import (
+    HealthCheck,
+    HealthProbeState,
+    HealthRollup,
+    HealthRollupProgress,
+    HealthSource,
+    HealthStatus,
+)
+from provisioning.uptime import covered_segments, floor_hour, rolled_until
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +87,9 @@ def health_check_record(
         )
         if state.last_checked_at is None or checked_at >= state.last_checked_at:
             _advance_streak(state=state, contract=contract, up=up, checked_at=checked_at)
+        complete_until = rolled_until()
+        if complete_until is not None and checked_at < complete_until:
+            _rollup_late_check(contract_id=contract.pk, checked_at=checked_at, complete_until=complete_until)
     logger.info(
         "Contract %s: health check %s recorded (%s, %s, %s ms)",
         contract.pk, check.pk, source, check.status, "-" if latency_ms is None else f"{latency_ms:.1f}",
@@ -221,10 +232,89 @@ def health_probe_contracts(*, contract_ids: list[int]) -> list[HealthCheck]:
     ]
 
 
+# --- hourly rollups ----------------------------------------------------------------------------
+
+
+def health_rollups_update(*, now: datetime | None = None, max_hours: int = 48) -> int:
+    """Sum the health checks of each complete hour into `HealthRollup` rows; return how many hours were rolled up.
+
+    An hour is complete once `HEALTH_CHECK_MAX_COVER_SECONDS` plus `HEALTH_ROLLUP_DELAY_SECONDS`
+    have passed since it ended: by then its last check's cover is known and most agents'
+    reports have arrived. `health_check_record` redoes a contract's hours for a later one. The first run starts at the oldest check. One run rolls up at most
+    `max_hours` hours, so a long backlog is spread over several runs. The progress row is
+    locked for the run, so concurrent runs wait instead of rolling up an hour twice.
+    """
+    now = now or timezone.now()
+    lag = timedelta(seconds=settings.HEALTH_CHECK_MAX_COVER_SECONDS + settings.HEALTH_ROLLUP_DELAY_SECONDS)
+    complete_until = floor_hour(now - lag)
+    with transaction.atomic():
+        HealthRollupProgress.objects.get_or_create(pk=1)
+        progress = HealthRollupProgress.objects.select_for_update().get(pk=1)
+        hour = progress.rolled_until
+        if hour is None:
+            oldest = HealthCheck.objects.order_by("checked_at").values_list("checked_at", flat=True).first()
+            hour = complete_until if oldest is None else min(floor_hour(oldest), complete_until)
+        rolled = 0
+        while hour < complete_until and rolled < max_hours:
+            _rollup_hour(hour=hour, now=now)
+            hour += timedelta(hours=1)
+            rolled += 1
+        progress.rolled_until = hour
+        progress.save(update_fields=["rolled_until"])
+    if rolled:
+        logger.info("Rolled up health checks of %s hours, complete until %s", rolled, hour.isoformat())
+    return rolled
+
+
+def _rollup_late_check(*, contract_id: int, checked_at: datetime, complete_until: datetime) -> None:
+    """Redo the contract's rollups of the complete hours that a check arriving after them covers."""
+    logger.info("Contract %s: late health check from %s; redoing its rollups", contract_id, checked_at.isoformat())
+    # The check shortens the previous check's cover, which began at most one max cover earlier.
+    max_cover = timedelta(seconds=settings.HEALTH_CHECK_MAX_COVER_SECONDS)
+    hour = floor_hour(checked_at - max_cover)
+    last_hour = floor_hour(checked_at + max_cover)
+    while hour <= last_hour and hour < complete_until:
+        _rollup_hour(hour=hour, now=timezone.now(), checks=HealthCheck.objects.filter(contract_id=contract_id))
+        hour += timedelta(hours=1)
+
+
+def _rollup_hour(*, hour: datetime, now: datetime, checks: QuerySet[HealthCheck] | None = None) -> None:
+    """Write one `HealthRollup` row per contract with checks covering part of the hour from `hour`."""
+    end = hour + timedelta(hours=1)
+    checks = HealthCheck.objects.all() if checks is None else checks
+    rows = covered_segments(checks, start=hour, end=end, now=now).values_list(
+        "contract_id", "status", "covered", "checked_at", "latency_ms"
+    )
+    rollups: dict[int, HealthRollup] = {}
+    for contract_id, status, covered, checked_at, latency_ms in rows.iterator(chunk_size=5000):
+        rollup = rollups.setdefault(contract_id, HealthRollup(contract_id=contract_id, hour=hour))
+        if status == HealthStatus.UP:
+            rollup.up_seconds += covered.total_seconds()
+        else:
+            rollup.down_seconds += covered.total_seconds()
+        # A check from the previous hour covers time here but is counted in its own hour.
+        if checked_at < hour:
+            continue
+        if status == HealthStatus.UP:
+            rollup.up_count += 1
+            if latency_ms is not None:
+                rollup.latency_sum_ms += latency_ms
+                rollup.latency_max_ms = max(rollup.latency_max_ms or 0.0, latency_ms)
+        else:
+            rollup.down_count += 1
+    HealthRollup.objects.bulk_create(
+        rollups.values(),
+        update_conflicts=True,
+        unique_fields=["contract", "hour"],
+        update_fields=["up_seconds", "down_seconds", "up_count", "down_count", "latency_sum_ms", "latency_max_ms"],
+    )
+
+
 def health_checks_prune(*, now: datetime | None = None) -> int:
-    """Delete health checks older than `HEALTH_CHECK_RETENTION_DAYS`; return how many were deleted."""
+    """Delete health checks and rollups older than `HEALTH_CHECK_RETENTION_DAYS`; return how many checks were deleted."""
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.HEALTH_CHECK_RETENTION_DAYS)
     deleted, _ = HealthCheck.objects.filter(checked_at__lt=cutoff).delete()
+    HealthRollup.objects.filter(hour__lt=cutoff).delete()
     logger.info("Pruned %s health checks older than %s", deleted, cutoff.isoformat())
     return deleted

@@ -369,3 +369,38 @@ class HealthProbeState(models.Model):
     @property
     def is_failing(self) -> bool:
         return self.failing_since is not None
+
+
+class HealthRollup(models.Model):
+    """Up and down time, check counts and latency of one contract in one UTC hour.
+
+    `provisioning.health.health_rollups_update` sums them from the health checks once the hour
+    is complete, so uptime over days reads one row per contract and hour instead of every check.
+    """
+
+    contract = models.ForeignKey("marketplace.Contract", on_delete=models.CASCADE, related_name="health_rollups")
+    hour = models.DateTimeField()
+    up_seconds = models.FloatField(default=0)
+    down_seconds = models.FloatField(default=0)
+    up_count = models.PositiveIntegerField(default=0)
+    down_count = models.PositiveIntegerField(default=0)
+    # Sum and maximum of the latencies of the hour's up checks, in milliseconds.
+    latency_sum_ms = models.FloatField(default=0)
+    latency_max_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-hour", "contract_id"]
+        constraints = [models.UniqueConstraint(fields=["contract", "hour"], name="healthrollup_unique_contract_hour")]
+        indexes = [models.Index(fields=["hour"], name="healthrollup_hour")]
+
+    def __str__(self) -> str:
+        return f"Contract {self.contract_id} health in the hour from {self.hour:%Y-%m-%d %H:%M}"
+
+
+class HealthRollupProgress(models.Model):
+    """The single row (pk 1) that records the end of the hours whose `HealthRollup` rows are complete."""
+
+    rolled_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Health rollups complete until {self.rolled_until}"

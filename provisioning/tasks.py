@@ -207,6 +207,13 @@ def health_probe_contracts_task(contract_ids: list[int]) -> None:
     health_probe_contracts(contract_ids=contract_ids)
 
 
+@shared_task(expires=290)
+def health_rollups_update_task() -> int:
+    from provisioning.health import health_rollups_update
+
+    return health_rollups_update()
+
+
 @shared_task(expires=3600)
 def health_checks_prune_task() -> int:
     from provisioning.health import health_checks_prune

@@ -13,7 +13,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from marketplace.models import Contract, ContractStatus
-from provisioning.health import health_check_record
+from provisioning.health import health_check_record, health_rollups_update
 from provisioning.models import Backend, HealthSource
 from tests.factories import (
     make_cloud_account,
@@ -134,8 +134,11 @@ def test_rental_page_health_hidden_from_others(client, contract):
 
 
 @pytest.mark.django_db
-def test_provider_page_shows_uptime(client, contract, provider):
+@pytest.mark.parametrize("rollups", [False, True], ids=["checks", "rollups"])
+def test_provider_page_shows_uptime(client, contract, provider, rollups):
     _record_day(contract)
+    if rollups:
+        assert health_rollups_update() > 20
 
     html = client.get(provider.get_absolute_url()).content.decode()
 
@@ -247,7 +250,8 @@ def test_admin_health_check_list(client, contract):
 
 
 @pytest.mark.django_db
-def test_health_queries_do_not_grow_with_rentals(client, contract, provider, tenant):
+def test_health_queries_do_not_grow_with_rentals(client, contract, provider, tenant, settings):
+    settings.HEALTH_PROVIDER_UPTIME_CACHE_SECONDS = 0
     _record_day(contract)
     client.force_login(tenant)
     with CaptureQueriesContext(connection) as one_rental:

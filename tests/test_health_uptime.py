@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from marketplace.models import Contract, ContractStatus
-from provisioning.health import health_check_record
+from provisioning.health import health_check_record, health_rollups_update
 from provisioning.models import HealthSource
 from provisioning.uptime import (
     contract_latency_series,
@@ -61,12 +61,19 @@ def _times(start: datetime, end: datetime):
         at += STEP
 
 
+def _roll_up_if(rollups: bool, now: datetime = NOW) -> None:
+    """Sum the complete hours into rollups, so the reads below take the rollup path."""
+    if rollups:
+        assert health_rollups_update(now=now, max_hours=1000) > 0
+
+
 def _window(windows, days: int):
     return next(window for window in windows if window.days == days)
 
 
 @pytest.mark.django_db
-def test_uptime_day_with_gap(provider):
+@pytest.mark.parametrize("rollups", [False, True], ids=["checks", "rollups"])
+def test_uptime_day_with_gap(provider, rollups):
     contract = _active_contract(provider)
     # The day before: one check at 23:50, which covers the 10 minutes up to midnight.
     _record(contract, DAY_START - STEP, up=True)
@@ -77,6 +84,7 @@ def test_uptime_day_with_gap(provider):
     for at in _times(DAY_START + timedelta(hours=12), NOW):
         _record(contract, at, up=at not in down)
 
+    _roll_up_if(rollups)
     windows = contract_uptime(contract=contract, now=NOW)
     day = _window(windows, 1)
     week = _window(windows, 7)
@@ -114,10 +122,12 @@ def test_uptime_gap_is_not_healthy(provider):
 
 
 @pytest.mark.django_db
-def test_uptime_flapping_vm(provider):
+@pytest.mark.parametrize("rollups", [False, True], ids=["checks", "rollups"])
+def test_uptime_flapping_vm(provider, rollups):
     contract = _active_contract(provider)
     for index, at in enumerate(_times(DAY_START, NOW)):
         _record(contract, at, up=index % 2 == 0)
+    _roll_up_if(rollups)
 
     day = _window(contract_uptime(contract=contract, now=NOW), 1)
 
@@ -158,7 +168,8 @@ def test_uptime_one_hour_is_not_enough(provider):
 
 
 @pytest.mark.django_db
-def test_provider_uptime_adds_contract_time(provider):
+@pytest.mark.parametrize("rollups", [False, True], ids=["checks", "rollups"])
+def test_provider_uptime_adds_contract_time(provider, rollups):
     healthy = _active_contract(provider)
     broken = _active_contract(provider)
     other_provider_contract = _active_contract(make_provider())
@@ -166,6 +177,7 @@ def test_provider_uptime_adds_contract_time(provider):
         _record(healthy, at, up=True)
         _record(broken, at, up=False)
         _record(other_provider_contract, at, up=True)
+    _roll_up_if(rollups)
 
     day = _window(provider_uptime(provider=provider, now=NOW), 1)
 
@@ -177,7 +189,8 @@ def test_provider_uptime_adds_contract_time(provider):
 
 
 @pytest.mark.django_db
-def test_latency_series_hourly(provider):
+@pytest.mark.parametrize("rollups", [False, True], ids=["checks", "rollups"])
+def test_latency_series_hourly(provider, rollups):
     contract = _active_contract(provider)
     _record(contract, NOW - timedelta(minutes=50), up=True, latency_ms=10.0)
     _record(contract, NOW - timedelta(minutes=40), up=True, latency_ms=30.0)
@@ -185,6 +198,7 @@ def test_latency_series_hourly(provider):
     _record(contract, NOW - timedelta(hours=5, minutes=30), up=True, latency_ms=5.0)
     # Older than the 24 hours shown.
     _record(contract, NOW - timedelta(hours=30), up=True, latency_ms=500.0)
+    _roll_up_if(rollups)
 
     # One second before midnight, so the last bucket is the hour 23:00-24:00.
     series = contract_latency_series(contract=contract, now=NOW - timedelta(seconds=1))
@@ -201,3 +215,39 @@ def test_latency_series_hourly(provider):
     assert series.max_latency_ms == 30.0
     assert provider_latency_series(provider=provider, now=NOW - timedelta(seconds=1)).check_count == 4
     assert provider_latency_series(provider=make_provider(), now=NOW).has_checks is False
+
+
+@pytest.mark.django_db
+def test_late_check_updates_rollups(provider):
+    contract = _active_contract(provider)
+    for at in _times(DAY_START, NOW):
+        if at != DAY_START + timedelta(hours=5):
+            _record(contract, at, up=True)
+    _roll_up_if(True)
+    before = _window(contract_uptime(contract=contract, now=NOW), 1)
+
+    # An agent's down report for the one missing slot arrives after its hour was rolled up.
+    _record(contract, DAY_START + timedelta(hours=5), up=False)
+    after = _window(contract_uptime(contract=contract, now=NOW), 1)
+
+    assert before.down_seconds == 0
+    assert before.up_seconds == 86400
+    assert after.down_seconds == 600
+    assert after.up_seconds == 86400 - 600
+
+
+@pytest.mark.django_db
+def test_rollups_resume_after_backlog(provider):
+    contract = _active_contract(provider)
+    for at in _times(DAY_START, NOW):
+        _record(contract, at, up=True)
+
+    first = health_rollups_update(now=NOW, max_hours=10)
+    second = health_rollups_update(now=NOW, max_hours=100)
+    third = health_rollups_update(now=NOW, max_hours=100)
+
+    assert first == 10
+    assert second == 13
+    assert third == 0
+    assert contract.health_rollups.count() == 23
+    assert _window(contract_uptime(contract=contract, now=NOW), 1).up_seconds == 86400

@@ -759,6 +759,7 @@ def provider_detail(request: HttpRequest, slug: str) -> HttpResponse:
         windows=windows,
         series=provider_latency_series(provider=profile),
         subject="this provider's rented servers",
+        many_servers=True,
     )
     return render(request, "marketplace/provider_detail.html", {"profile": profile, "offerings": offerings, "health": health})
 

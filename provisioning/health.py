@@ -66,8 +66,9 @@ def health_check_record(
     The failure streak counts checks of every source in `checked_at` order. After
     `HEALTH_FAILURES_BEFORE_ALERT` down checks in a row the tenant and the provider get one
     "health check failing" notification, and the next up check sends one "health check
-    recovered". A check older than the newest one already counted is stored for uptime but
-    leaves the streak alone.
+    recovered". Only active contracts notify, so reports about an ended rental send nothing.
+    A check older than the newest one already counted is stored for uptime but leaves the
+    streak alone.
 
     Raises `ValidationError`, keyed by argument name, for an unknown source, a naive or
     future `checked_at`, or a negative or non-finite latency.
@@ -121,7 +122,8 @@ def _advance_streak(*, state: HealthProbeState, contract: Contract, up: bool, ch
         if state.failing_since is not None:
             logger.info("Contract %s: health checks recovered (failing since %s)", contract.pk, state.failing_since)
             state.failing_since = None
-            notify_contract_event(event=Event.HEALTH_CHECK_RECOVERED, contract=contract)
+            if contract.status == ContractStatus.ACTIVE:
+                notify_contract_event(event=Event.HEALTH_CHECK_RECOVERED, contract=contract)
     else:
         state.consecutive_failures += 1
         if state.failing_since is None and state.consecutive_failures >= settings.HEALTH_FAILURES_BEFORE_ALERT:
@@ -130,7 +132,8 @@ def _advance_streak(*, state: HealthProbeState, contract: Contract, up: bool, ch
                 "Contract %s: %s health checks failed in a row; notifying tenant and provider",
                 contract.pk, state.consecutive_failures,
             )
-            notify_contract_event(event=Event.HEALTH_CHECK_FAILING, contract=contract)
+            if contract.status == ContractStatus.ACTIVE:
+                notify_contract_event(event=Event.HEALTH_CHECK_FAILING, contract=contract)
     state.save(update_fields=["last_checked_at", "consecutive_failures", "failing_since"])
 
 

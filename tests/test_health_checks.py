@@ -174,6 +174,22 @@ def test_second_outage_notified_again():
 
 
 @pytest.mark.django_db
+def test_ended_rental_not_notified():
+    contract = _active_contract()
+    Contract.objects.filter(pk=contract.pk).update(status=ContractStatus.TERMINATED)
+    contract.refresh_from_db()
+    start = timezone.now() - timedelta(minutes=30)
+
+    for minute in range(4):
+        _record(contract, up=False, at=start + timedelta(minutes=minute))
+    _record(contract, up=True, at=start + timedelta(minutes=4))
+
+    assert _health_notifications(contract, Event.HEALTH_CHECK_FAILING) == []
+    assert _health_notifications(contract, Event.HEALTH_CHECK_RECOVERED) == []
+    assert HealthCheck.objects.filter(contract=contract).count() == 5
+
+
+@pytest.mark.django_db
 def test_late_report_leaves_streak_alone():
     contract = _active_contract()
     now = timezone.now()

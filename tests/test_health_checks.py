@@ -21,8 +21,15 @@ from provisioning.health import (
     health_probes_claim_due,
     tcp_probe,
 )
-from provisioning.models import Backend, HealthCheck, HealthProbeState, HealthSource, HealthStatus
-from provisioning.tasks import health_probe_due_task
+from provisioning.models import (
+    Backend,
+    HealthCheck,
+    HealthProbeState,
+    HealthRollupProgress,
+    HealthSource,
+    HealthStatus,
+)
+from provisioning.tasks import health_probe_due_task, health_rollups_update_task
 from tests.factories import (
     make_cloud_account,
     make_contract,
@@ -344,3 +351,21 @@ def test_probe_task_in_worker(celery_worker_process, session_sshd, closed_port):
     assert up.latency_ms is not None
     assert down.status == HealthStatus.DOWN
     assert HealthProbeState.objects.get(contract=healthy).next_probe_at > timezone.now()
+
+
+@pytest.mark.journey
+@pytest.mark.django_db(transaction=True)
+def test_rollup_task_in_worker(celery_worker_process):
+    contract = _active_contract()
+    two_hours_ago = timezone.now() - timedelta(hours=2)
+    _record(contract, up=True, at=two_hours_ago)
+
+    health_rollups_update_task.delay()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not HealthRollupProgress.objects.exclude(rolled_until=None).exists():
+        time.sleep(0.2)
+
+    progress = HealthRollupProgress.objects.first()
+    assert progress is not None, celery_worker_process.log_tail()
+    assert progress.rolled_until > two_hours_ago
+    assert contract.health_rollups.count() >= 1

@@ -195,6 +195,10 @@ CELERY_TASK_ROUTES = {
     "provisioning.tasks.resume_stalled_provisioning_task": {"queue": "periodic"},
     "provisioning.tasks.reconcile_cloud_accounts_task": {"queue": "periodic"},
     "billing.tasks.payouts_create_monthly_task": {"queue": "periodic"},
+    "provisioning.tasks.health_probe_due_task": {"queue": "periodic"},
+    "provisioning.tasks.health_probe_contracts_task": {"queue": "periodic"},
+    "provisioning.tasks.health_checks_prune_task": {"queue": "periodic"},
+    "provisioning.tasks.health_rollups_update_task": {"queue": "periodic"},
 }
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
@@ -233,6 +237,23 @@ CELERY_BEAT_SCHEDULE = {
         "task": "marketplace.tasks.reject_unanswered_rentals_task",
         "schedule": crontab(minute="*/5"),
         "options": {"expires": 290},
+    },
+    "probe-contract-health": {
+        "task": "provisioning.tasks.health_probe_due_task",
+        # Claims only contracts whose interval (HEALTH_PROBE_INTERVAL_SECONDS) has passed, so
+        # running it more often than the interval costs one query.
+        "schedule": 15.0,
+        "options": {"expires": 14},
+    },
+    "roll-up-health-checks": {
+        "task": "provisioning.tasks.health_rollups_update_task",
+        "schedule": crontab(minute="*/5"),
+        "options": {"expires": 290},
+    },
+    "prune-health-checks": {
+        "task": "provisioning.tasks.health_checks_prune_task",
+        "schedule": crontab(minute=15, hour=3),
+        "options": {"expires": 3600},
     },
     "retry-pending-notifications": {
         "task": "notifications.tasks.retry_pending_notifications_task",
@@ -427,6 +448,33 @@ SANDBOX_BOOT_SECONDS = env.float("SANDBOX_BOOT_SECONDS", default=4.0)
 SANDBOX_STEP_SECONDS = env.float("SANDBOX_STEP_SECONDS", default=2.0)
 RECIPE_TIMEOUT_SECONDS = env.int("RECIPE_TIMEOUT_SECONDS", default=1800)
 RECIPE_MAX_OUTPUT_BYTES = env.int("RECIPE_MAX_OUTPUT_BYTES", default=1_000_000)
+
+# Health checks.
+# Seconds between two platform probes of one active contract (TCP connect to its SSH port).
+HEALTH_PROBE_INTERVAL_SECONDS = env.int("HEALTH_PROBE_INTERVAL_SECONDS", default=60)
+# Seconds the probe waits for the TCP connection before it records the server as down.
+HEALTH_PROBE_TIMEOUT_SECONDS = env.float("HEALTH_PROBE_TIMEOUT_SECONDS", default=5.0)
+# Contracts one run of the probe scheduler claims at most; the rest wait for the next run.
+HEALTH_PROBE_BATCH_SIZE = env.int("HEALTH_PROBE_BATCH_SIZE", default=2000)
+# Contracts per probe task, and TCP connects one task runs at once.
+HEALTH_PROBE_TASK_SIZE = env.int("HEALTH_PROBE_TASK_SIZE", default=50)
+HEALTH_PROBE_CONCURRENCY = env.int("HEALTH_PROBE_CONCURRENCY", default=25)
+# Backends whose servers the platform does not probe: the Sandbox's addresses lead nowhere.
+HEALTH_PROBE_SKIP_BACKENDS = env.list("HEALTH_PROBE_SKIP_BACKENDS", default=["sandbox"])
+# Seconds one check vouches for at most; a longer silence counts as unknown time in uptime.
+HEALTH_CHECK_MAX_COVER_SECONDS = env.int(
+    "HEALTH_CHECK_MAX_COVER_SECONDS", default=2 * HEALTH_PROBE_INTERVAL_SECONDS
+)
+# Extra seconds before an hour's checks are summed into rollups. A report for an hour already
+# summed makes the platform sum that contract's hours again, so this only saves work.
+HEALTH_ROLLUP_DELAY_SECONDS = env.int("HEALTH_ROLLUP_DELAY_SECONDS", default=600)
+# Failed checks in a row before the tenant and the provider are notified.
+HEALTH_FAILURES_BEFORE_ALERT = env.int("HEALTH_FAILURES_BEFORE_ALERT", default=3)
+# Fraction of an uptime window that checks must cover before a percentage is shown.
+HEALTH_UPTIME_MIN_COVERAGE = env.float("HEALTH_UPTIME_MIN_COVERAGE", default=0.5)
+HEALTH_CHECK_RETENTION_DAYS = env.int("HEALTH_CHECK_RETENTION_DAYS", default=90)
+# Seconds the public provider page reuses a provider's computed uptime.
+HEALTH_PROVIDER_UPTIME_CACHE_SECONDS = env.int("HEALTH_PROVIDER_UPTIME_CACHE_SECONDS", default=300)
 
 LOGGING = {
     "version": 1,

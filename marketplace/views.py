@@ -11,6 +11,7 @@ import logging
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
@@ -58,8 +59,15 @@ from marketplace.services.providers import (
 from marketplace.services.ssh_keys import ssh_key_create, ssh_key_delete
 from marketplace.sshkeys import parse_public_key
 from marketplace.uploads import SizeLimitedUploadHandler
+from provisioning.health_chart import health_panel_context
 from provisioning.models import Backend, CloudAccount
 from provisioning.services import cloud_account_create
+from provisioning.uptime import (
+    contract_latency_series,
+    contract_uptime,
+    provider_latency_series,
+    provider_uptime,
+)
 from recipes.models import RecipeRun, RecipeRunStatus
 
 logger = logging.getLogger(__name__)
@@ -414,6 +422,14 @@ def _render_rental_page(request: HttpRequest, contract: Contract, *, reject_form
             and not (contract.is_ended and contract.activated_at is None),
         }
     )
+    # Only a server that ran has health checks to show.
+    if contract.activated_at is not None:
+        context["health"] = health_panel_context(
+            windows=contract_uptime(contract=contract),
+            series=contract_latency_series(contract=contract),
+            subject="this rental's server",
+            probed=contract.backend not in settings.HEALTH_PROBE_SKIP_BACKENDS,
+        )
     return render(request, "marketplace/rental_detail.html", context)
 
 
@@ -732,7 +748,20 @@ def offering_import_apply(request: HttpRequest, public_id) -> HttpResponse:
 def provider_detail(request: HttpRequest, slug: str) -> HttpResponse:
     profile = get_object_or_404(ProviderProfile, slug=slug)
     offerings = selectors.catalog_offerings(user=request.user).filter(provider=profile).order_by("price_cents", "id")
-    return render(request, "marketplace/provider_detail.html", {"profile": profile, "offerings": offerings})
+    # The page is public and a provider's uptime reads every contract's hourly sums, so it is
+    # cached for a few minutes.
+    windows = cache.get_or_set(
+        f"provider-uptime:{profile.pk}",
+        lambda: provider_uptime(provider=profile),
+        settings.HEALTH_PROVIDER_UPTIME_CACHE_SECONDS,
+    )
+    health = health_panel_context(
+        windows=windows,
+        series=provider_latency_series(provider=profile),
+        subject="this provider's rented servers",
+        many_servers=True,
+    )
+    return render(request, "marketplace/provider_detail.html", {"profile": profile, "offerings": offerings, "health": health})
 
 
 @login_required

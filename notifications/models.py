@@ -18,6 +18,8 @@ class Event(models.TextChoices):
     TERMINATION_FAILED = "termination_failed", "Termination failed"
     CREDENTIALS_INVALID = "credentials_invalid", "Cloud credentials invalid"
     SERVER_MISSING = "server_missing", "Server missing"
+    HEALTH_CHECK_FAILING = "health_check_failing", "Health check failing"
+    HEALTH_CHECK_RECOVERED = "health_check_recovered", "Health check recovered"
     RENEWAL_PAYMENT_FAILED = "renewal_payment_failed", "Renewal payment failed"
     REFUND_FAILED = "refund_failed", "Refund failed"
     REFUND_COMPLETED = "refund_completed", "Refund completed"

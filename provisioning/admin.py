@@ -1,4 +1,4 @@
-"""Admin for cloud accounts and simulated Sandbox servers.
+"""Admin for cloud accounts, simulated Sandbox servers, reconciliation findings and health checks.
 
 The API token of a cloud account is write-only: the admin form takes a new one and never
 renders the stored token or its ciphertext.
@@ -17,6 +17,10 @@ from provisioning.backends.base import CloudError
 from provisioning.models import (
     Backend,
     CloudAccount,
+    HealthCheck,
+    HealthProbeState,
+    HealthRollup,
+    HealthRollupProgress,
     OrphanServer,
     SandboxServer,
     ServerMissingReport,
@@ -216,3 +220,51 @@ class ServerMissingReportAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="Contract status", ordering="contract__status")
     def contract_status(self, obj: ServerMissingReport):
         return status_badge(obj.contract.get_status_display(), obj.contract.status_colour)
+
+
+# --- health checks ---------------------------------------------------------------------------
+
+
+@admin.register(HealthCheck)
+class HealthCheckAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Health checks of contracts, read-only: the platform probe and agents record them."""
+
+    list_display = ("checked_at", "contract", "source", "status_display", "latency_ms", "hypervisor_state", "detail")
+    list_filter = ("status", "source", "contract__backend", "contract__status")
+    list_select_related = ("contract",)
+    search_fields = ("contract__offering_name", "contract__public_id", "contract__tenant__email", "detail")
+    date_hierarchy = "checked_at"
+    show_full_result_count = False
+
+    @admin.display(description="Status", ordering="status")
+    def status_display(self, obj: HealthCheck):
+        return status_badge(obj.get_status_display(), obj.status_colour)
+
+
+@admin.register(HealthProbeState)
+class HealthProbeStateAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Per-contract probe schedule and failure streak, read-only: recording a check updates it."""
+
+    list_display = ("contract", "next_probe_at", "last_checked_at", "consecutive_failures", "failing_since")
+    list_filter = (("failing_since", admin.EmptyFieldListFilter), "contract__backend")
+    list_select_related = ("contract",)
+    search_fields = ("contract__offering_name", "contract__public_id")
+
+
+@admin.register(HealthRollup)
+class HealthRollupAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Hourly sums of health checks per contract, read-only: the rollup task writes them."""
+
+    list_display = ("hour", "contract", "up_seconds", "down_seconds", "up_count", "down_count", "latency_max_ms")
+    list_filter = ("contract__backend",)
+    list_select_related = ("contract",)
+    search_fields = ("contract__offering_name", "contract__public_id")
+    date_hierarchy = "hour"
+    show_full_result_count = False
+
+
+@admin.register(HealthRollupProgress)
+class HealthRollupProgressAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """The end of the hours whose rollups are complete, read-only."""
+
+    list_display = ("pk", "rolled_until")

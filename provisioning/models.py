@@ -293,3 +293,114 @@ class ServerMissingReport(models.Model):
     @property
     def is_open(self) -> bool:
         return self.resolved_at is None
+
+
+class HealthSource(models.TextChoices):
+    PLATFORM = "platform", "Platform probe"
+    AGENT = "agent", "Provider agent"
+
+
+class HealthStatus(models.TextChoices):
+    UP = "up", "Up"
+    DOWN = "down", "Down"
+
+
+HEALTH_STATUS_COLOURS = {
+    HealthStatus.UP: "green",
+    HealthStatus.DOWN: "red",
+}
+
+
+class HealthCheck(models.Model):
+    """One probe of one contract's server: up or down at `checked_at`, with the TCP connect latency.
+
+    The platform probe connects to the server's SSH port; agents report the same probe from the
+    host plus the hypervisor's state. `provisioning.health.health_check_record` writes the rows,
+    and `health_checks_prune` deletes them after `HEALTH_CHECK_RETENTION_DAYS`.
+    """
+
+    contract = models.ForeignKey("marketplace.Contract", on_delete=models.CASCADE, related_name="health_checks")
+    checked_at = models.DateTimeField()
+    source = models.CharField(max_length=16, choices=HealthSource.choices)
+    status = models.CharField(max_length=8, choices=HealthStatus.choices)
+    # Milliseconds until the TCP connection was established; empty when the server was down.
+    latency_ms = models.FloatField(null=True, blank=True)
+    # The hypervisor's word for the VM's state (for example "running"), as an agent reported it.
+    hypervisor_state = models.CharField(max_length=64, blank=True)
+    detail = models.CharField(max_length=500, blank=True)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-checked_at", "-id"]
+        indexes = [
+            models.Index(fields=["contract", "checked_at"], name="healthcheck_contract_time"),
+            models.Index(fields=["checked_at"], name="healthcheck_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Contract {self.contract_id} {self.status} at {self.checked_at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def status_colour(self) -> str:
+        return HEALTH_STATUS_COLOURS.get(self.status, "grey")
+
+
+class HealthProbeState(models.Model):
+    """A contract's health-check bookkeeping: when the platform probes it next, and its failure streak.
+
+    Workers claim a due row by moving `next_probe_at` forward while holding its row lock, so
+    two workers never probe one contract in the same interval. `failing_since` is set while a
+    "health check failing" notification is open, so it is sent once per outage.
+    """
+
+    contract = models.OneToOneField("marketplace.Contract", on_delete=models.CASCADE, related_name="health_state")
+    next_probe_at = models.DateTimeField(default=timezone.now)
+    # Newest `checked_at` counted in the streak; older reports that arrive late do not change it.
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    failing_since = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["next_probe_at"], name="healthprobestate_next_probe")]
+
+    def __str__(self) -> str:
+        return f"Health of contract {self.contract_id}"
+
+    @property
+    def is_failing(self) -> bool:
+        return self.failing_since is not None
+
+
+class HealthRollup(models.Model):
+    """Up and down time, check counts and latency of one contract in one UTC hour.
+
+    `provisioning.health.health_rollups_update` sums them from the health checks once the hour
+    is complete, so uptime over days reads one row per contract and hour instead of every check.
+    """
+
+    contract = models.ForeignKey("marketplace.Contract", on_delete=models.CASCADE, related_name="health_rollups")
+    hour = models.DateTimeField()
+    up_seconds = models.FloatField(default=0)
+    down_seconds = models.FloatField(default=0)
+    up_count = models.PositiveIntegerField(default=0)
+    down_count = models.PositiveIntegerField(default=0)
+    # Sum and maximum of the latencies of the hour's up checks, in milliseconds.
+    latency_sum_ms = models.FloatField(default=0)
+    latency_max_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-hour", "contract_id"]
+        constraints = [models.UniqueConstraint(fields=["contract", "hour"], name="healthrollup_unique_contract_hour")]
+        indexes = [models.Index(fields=["hour"], name="healthrollup_hour")]
+
+    def __str__(self) -> str:
+        return f"Contract {self.contract_id} health in the hour from {self.hour:%Y-%m-%d %H:%M}"
+
+
+class HealthRollupProgress(models.Model):
+    """The single row (pk 1) that records the end of the hours whose `HealthRollup` rows are complete."""
+
+    rolled_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Health rollups complete until {self.rolled_until}"

@@ -184,3 +184,38 @@ def reconcile_cloud_accounts_task() -> None:
         sum(len(report.orphans_deleted) for report in reports),
         sum(len(report.missing_flagged) for report in reports),
     )
+
+
+@shared_task(expires=14)
+def health_probe_due_task() -> int:
+    """Claim the contracts due for a platform probe and queue probe tasks of up to `HEALTH_PROBE_TASK_SIZE` each."""
+    from provisioning.health import health_probes_claim_due
+
+    contract_ids = health_probes_claim_due()
+    size = settings.HEALTH_PROBE_TASK_SIZE
+    for offset in range(0, len(contract_ids), size):
+        health_probe_contracts_task.delay(contract_ids[offset : offset + size])
+    if contract_ids:
+        logger.info("Queued health probes for %s contracts", len(contract_ids))
+    return len(contract_ids)
+
+
+@shared_task(acks_late=True, expires=120)
+def health_probe_contracts_task(contract_ids: list[int]) -> None:
+    from provisioning.health import health_probe_contracts
+
+    health_probe_contracts(contract_ids=contract_ids)
+
+
+@shared_task(expires=290)
+def health_rollups_update_task() -> int:
+    from provisioning.health import health_rollups_update
+
+    return health_rollups_update()
+
+
+@shared_task(expires=3600)
+def health_checks_prune_task() -> int:
+    from provisioning.health import health_checks_prune
+
+    return health_checks_prune()

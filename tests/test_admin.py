@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.apps import apps
 from django.contrib import admin
@@ -20,8 +22,10 @@ from marketplace.services.offering_csv import offering_import_create
 from marketplace.services.offerings import offering_visibility_set
 from marketplace.services.ssh_keys import ssh_key_create
 from notifications.models import DeliveryStatus, Notification
+from provisioning.health import health_check_record, health_rollups_update
 from provisioning.models import (
     CloudAccount,
+    HealthSource,
     OrphanServer,
     SandboxServer,
     ServerMissingReport,
@@ -80,6 +84,15 @@ def dataset():
         reason="no_contract_label", first_seen_at=timezone.now(), last_seen_at=timezone.now(),
     )
     ServerMissingReport.objects.create(contract=provisioning, cloud_server_id="998", detected_at=timezone.now())
+    health_check_record(
+        contract=provisioning, source=HealthSource.PLATFORM, up=True, latency_ms=4.5,
+        checked_at=timezone.now() - timedelta(hours=3),
+    )
+    health_check_record(
+        contract=provisioning, source=HealthSource.AGENT, up=False, latency_ms=None, checked_at=timezone.now(),
+        hypervisor_state="stopped", detail="example: connection refused",
+    )
+    health_rollups_update()
 
     manual = make_provider(display_name="Careful Cloud", auto_accept=False)
     rejected = make_contract(tenant=tenant, offering=make_offering(provider=manual))

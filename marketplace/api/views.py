@@ -80,7 +80,9 @@ from marketplace.services import providers as provider_services
 from marketplace.services import ssh_keys as ssh_key_services
 from marketplace.services.cloud_catalog import CatalogUnavailable, cloud_catalog_get
 from marketplace.uploads import SizeLimitedUploadHandler
+from provisioning.api.serializers import RentalHealthSerializer
 from provisioning.models import CloudAccount
+from provisioning.uptime import contract_health
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +266,22 @@ class RentalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
                 "output": run.output if run is not None else "",
             }
         )
+
+    @extend_schema(
+        summary="Show a rental's health checks and uptime",
+        description=(
+            "Uptime over the last 1, 7 and 30 days, time-weighted: each check covers the time until the "
+            "next one, for at most HEALTH_CHECK_MAX_COVER_SECONDS, and longer gaps count as unknown. "
+            "uptime_percent is null while checks cover too little of the period. Also returns the mean "
+            "latency per hour of the last 24 hours and the newest checks. The tenant, the provider and "
+            "staff may read it."
+        ),
+        responses={200: RentalHealthSerializer, **ERROR_RESPONSES},
+    )
+    @action(detail=True, methods=["get"])
+    def health(self, request, public_id=None):
+        contract = self.get_object()
+        return Response(RentalHealthSerializer(contract_health(contract=contract)).data)
 
     @extend_schema(
         summary="Cancel a rental",

@@ -131,3 +131,42 @@ class CloudAccountInUseSerializer(serializers.Serializer):
     detail = serializers.CharField()
     offerings = DependentOfferingSerializer(many=True)
     rentals = DependentRentalSerializer(many=True)
+
+
+class UptimeWindowSerializer(serializers.Serializer):
+    days = serializers.IntegerField(help_text="Length of the period, ending now: 1, 7 or 30 days.")
+    enough_data = serializers.BooleanField(
+        source="has_enough_data",
+        help_text="False while checks cover less than HEALTH_UPTIME_MIN_COVERAGE of the period; uptime is null then.",
+    )
+    uptime_percent = serializers.FloatField(
+        allow_null=True, help_text="Time up divided by time with a known status, in percent; null without enough data."
+    )
+    coverage_percent = serializers.FloatField(help_text="Share of the period that checks cover, in percent.")
+    up_seconds = serializers.FloatField()
+    down_seconds = serializers.FloatField()
+
+
+class LatencyHourSerializer(serializers.Serializer):
+    start = serializers.DateTimeField(help_text="Start of the hour, UTC.")
+    mean_latency_ms = serializers.FloatField(allow_null=True, help_text="Mean TCP connect time of the up checks; null without any.")
+    max_latency_ms = serializers.FloatField(allow_null=True)
+    up_count = serializers.IntegerField()
+    down_count = serializers.IntegerField()
+
+
+class HealthCheckSerializer(serializers.Serializer):
+    checked_at = serializers.DateTimeField()
+    source = serializers.CharField(help_text="platform (the platform's probe) or agent (the provider's agent).")
+    status = serializers.CharField(help_text="up or down.")
+    latency_ms = serializers.FloatField(allow_null=True, help_text="TCP connect time to the SSH port; null when down.")
+    hypervisor_state = serializers.CharField(help_text="The VM's state reported by an agent's hypervisor; empty otherwise.")
+    detail = serializers.CharField()
+
+
+class RentalHealthSerializer(serializers.Serializer):
+    failing = serializers.BooleanField(help_text="True from the failed check that notified you until the next up check.")
+    consecutive_failures = serializers.IntegerField(help_text="Down checks since the last up check.")
+    uptime = UptimeWindowSerializer(many=True)
+    latency_hours = LatencyHourSerializer(many=True, help_text="The last 24 hours, oldest first.")
+    recent_checks = HealthCheckSerializer(many=True, help_text="The newest checks, newest first.")

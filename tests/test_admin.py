@@ -117,6 +117,11 @@ def dataset():
     ledger_record_payment(payment=card)
     payouts_create_for_period(period_start=last_month_start, period_end=last_month_end)
     PayoutAccount.objects.create(user=provider.user, stripe_account_id="acct_admin_test")
+    # An agent pool with one agent that used its setup token.
+    from tests.agent_helpers import make_agent, make_pool
+
+    _agent_provider, pool, _agent_offering = make_pool(name="Acme rack")
+    make_agent(pool)
     return {"provisioning": provisioning, "rejected": rejected, "hetzner": hetzner, "run": run}
 
 

@@ -14,6 +14,7 @@ from billing.api.views import (
     PayoutOnboardingLinkView,
 )
 from marketplace.api import views
+from provisioning.api import agent_views
 from provisioning.api.views import CloudAccountViewSet
 from recipes.api.views import RecipeViewSet
 
@@ -56,4 +57,16 @@ urlpatterns += [
     path("billing/payouts/<int:pk>/", PayoutDetailView.as_view(), name="api-billing-payout"),
     path("billing/payouts/onboarding-link/", PayoutOnboardingLinkView.as_view(), name="api-billing-payout-onboarding"),
     path("billing/profile/", BillingProfileView.as_view(), name="api-billing-profile"),
+]
+
+urlpatterns += [
+    path("agent/setup/", agent_views.AgentSetupView.as_view(), name="api-agent-setup"),
+    path("agent/heartbeat/", agent_views.HeartbeatView.as_view(), name="api-agent-heartbeat"),
+    path("agent/work/", agent_views.WorkView.as_view(), name="api-agent-work"),
+    path("agent/reconcile/", agent_views.ReconcileView.as_view(), name="api-agent-reconcile"),
+    path("agent/contracts/<int:pk>/claim/", agent_views.ClaimView.as_view(), name="api-agent-claim"),
+    path("agent/contracts/<int:pk>/progress/", agent_views.ProgressView.as_view(), name="api-agent-progress"),
+    path("agent/contracts/<int:pk>/success/", agent_views.SuccessView.as_view(), name="api-agent-success"),
+    path("agent/contracts/<int:pk>/failure/", agent_views.FailureView.as_view(), name="api-agent-failure"),
+    path("agent/contracts/<int:pk>/terminated/", agent_views.TerminatedView.as_view(), name="api-agent-terminated"),
 ]

@@ -15,6 +15,7 @@ from billing.api.views import (
 )
 from marketplace.api import views
 from provisioning.api import agent_views
+from provisioning.api.agent_pool_views import AgentPoolViewSet
 from provisioning.api.views import CloudAccountViewSet
 from recipes.api.views import RecipeViewSet
 
@@ -24,6 +25,7 @@ router.register("rentals", views.RentalViewSet, basename="api-rental")
 router.register("provider/rentals", views.ProviderRentalViewSet, basename="api-provider-rental")
 router.register("provider/offerings", views.ProviderOfferingViewSet, basename="api-provider-offering")
 router.register("cloud-accounts", CloudAccountViewSet, basename="api-cloud-account")
+router.register("agent-pools", AgentPoolViewSet, basename="api-agent-pool")
 router.register("ssh-keys", views.SshKeyViewSet, basename="api-ssh-key")
 router.register("recipes", RecipeViewSet, basename="api-recipe")
 router.register("billing/invoices", InvoiceViewSet, basename="api-billing-invoice")

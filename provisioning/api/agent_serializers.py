@@ -143,3 +143,41 @@ class ReconcileAnswerSerializer(serializers.Serializer):
 
 class ReconcileResponseSerializer(serializers.Serializer):
     decisions = ReconcileAnswerSerializer(many=True)
+
+
+# --- the provider's pool API -------------------------------------------------------------------
+
+
+class AgentSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    version = serializers.CharField()
+    capabilities = serializers.JSONField()
+    free_resources = serializers.JSONField()
+    last_heartbeat_at = serializers.DateTimeField(allow_null=True)
+    online = serializers.SerializerMethodField()
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    credential_prefix = serializers.CharField(help_text="The credential's first characters; the credential itself is never returned.")
+
+    def get_online(self, agent) -> bool:
+        return agent.is_online()
+
+
+class AgentPoolSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    name = serializers.CharField(max_length=80)
+    region = serializers.CharField(max_length=40)
+    provisioner_type = serializers.ChoiceField(choices=ProvisionerType.choices)
+    cloud_account_id = serializers.IntegerField(read_only=True, help_text="Offerings of the pool use this cloud account.")
+    created_at = serializers.DateTimeField(read_only=True)
+    agents = AgentSerializer(many=True, read_only=True)
+
+
+class SetupTokenResponseSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    token = serializers.CharField(help_text="The one-time setup token; shown only in this response.")
+    expires_at = serializers.DateTimeField()
+
+
+class AgentRenameSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=80)

@@ -407,3 +407,75 @@ def test_agent_package_imports_no_django():
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --- the Docker provisioner ------------------------------------------------------------------
+
+
+@pytest.fixture
+def docker_api(session_sshd):
+    from tests.peers.docker_api import DockerApiServer
+
+    with DockerApiServer(sshd=session_sshd) as api:
+        yield api
+
+
+def test_docker_provisioner_lifecycle(live_server, docker_api, session_sshd, tmp_path, agents):
+    _provider, pool, offering = make_pool(provisioner_type="docker")
+    offering.image = "cloudmarket/sshd:latest"
+    offering.save()
+    settings = {"type": "docker", "docker_url": docker_api.url, "public_address": "127.0.0.1", "poll_interval": 0.2}
+    config = set_up_agent(live_server, pool, tmp_path / "agent.json", settings, name="host-1")
+    agent = agents(config)
+    wait_for(lambda: offering in catalog_offerings(), what="the offering to be listed", log=agent.log)
+    assert Agent.objects.get(pool=pool).capabilities["images"] == ["cloudmarket/sshd:latest"]
+
+    contract = make_contract(tenant=make_user(), offering=offering)
+    wait_for(lambda: contract_status(contract.pk) == ContractStatus.ACTIVE, what="the rental to become active", log=agent.log)
+    contract.refresh_from_db()
+    container = docker_api.containers[contract.cloud_server_id]
+    assert container["Name"] == f"/cm-local-{contract.pk}"
+    assert container["Config"]["Labels"]["cloudmarket-contract"] == str(contract.pk)
+    assert container["HostConfig"]["NanoCpus"] == contract.vcpu * 1_000_000_000
+    assert contract.ssh_port == session_sshd.port
+    assert host_key_presented(session_sshd.port) == " ".join(contract.host_public_key.split()[:2])
+
+    contract_services.contract_terminate(contract=contract, actor=None, actor_label="staff", reason="Test ends.")
+    wait_for(lambda: contract_status(contract.pk) == ContractStatus.TERMINATED, what="termination", log=agent.log)
+    assert docker_api.containers == {}
+
+    orphan = docker_api.add_container_behind_back(
+        name=f"cm-local-{contract.pk}", labels={"cloudmarket-contract": str(contract.pk)}
+    )
+    wait_for(lambda: orphan not in docker_api.containers, what="the orphan container to be deleted", log=agent.log)
+
+    offering.image = "missing/image:1"
+    offering.save()
+    failing = make_contract(tenant=make_user(), offering=offering)
+    wait_for(lambda: contract_status(failing.pk) == ContractStatus.FAILED, what="the rental to fail", log=agent.log)
+    assert "No such image" in Contract.objects.get(pk=failing.pk).status_reason
+
+
+def test_docker_provisioner_over_unix_socket(tmp_path):
+    from provisioning.agent.provisioners import build_provisioner
+    from tests.peers.docker_api import DockerApiServer
+
+    with DockerApiServer(unix_path=str(tmp_path / "docker.sock")) as api:
+        provisioner = build_provisioner({"type": "docker", "docker_url": api.url, "public_address": "192.0.2.1"})
+
+        health = provisioner.health()
+        images = provisioner.images()
+
+    assert health["free"] == {"vcpu": 8, "memory_mib": 32768}
+    assert images == ["cloudmarket/sshd:latest"]
+    assert ("GET", "/info") in api.requests
+
+
+@pytest.mark.parametrize(
+    "docker_url", ["", "tcp://127.0.0.1:2375", "http://192.0.2.1:2375", "https://docker.example.com"]
+)
+def test_docker_provisioner_rejects_url(docker_url):
+    from provisioning.agent.provisioners import build_provisioner
+
+    with pytest.raises(ValueError, match="docker_url"):
+        build_provisioner({"type": "docker", "docker_url": docker_url, "public_address": "192.0.2.1"})

@@ -74,7 +74,7 @@ def load_config(path: Path) -> AgentConfig:
     config = AgentConfig(**raw)
     config.platform_url = check_platform_url(config.platform_url)
     if not isinstance(config.provisioner, dict) or not config.provisioner_type:
-        raise ConfigError(f'Configuration file {path}: provisioner must be an object with a "type" (proxmox or script).')
+        raise ConfigError(f'Configuration file {path}: provisioner must be an object with a "type" (proxmox, script or docker).')
     if not isinstance(config.max_parallel, int) or config.max_parallel < 1:
         raise ConfigError(f"Configuration file {path}: max_parallel must be a whole number of 1 or more.")
     return config

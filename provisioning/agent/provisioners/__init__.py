@@ -97,4 +97,8 @@ def build_provisioner(settings: dict[str, Any]) -> Provisioner:
         from provisioning.agent.provisioners.script import ScriptProvisioner
 
         return ScriptProvisioner(settings)
-    raise ValueError(f"Unknown provisioner type {kind!r}; use proxmox or script (docker is not available yet).")
+    if kind == "docker":
+        from provisioning.agent.provisioners.docker import DockerProvisioner
+
+        return DockerProvisioner(settings)
+    raise ValueError(f"Unknown provisioner type {kind!r}; use proxmox, script or docker.")

@@ -23,11 +23,10 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import requests
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from proxmoxer.backends.https import Backend as ProxmoxHttpsTransport
 from proxmoxer.core import ProxmoxResource, ResourceException
 
+from provisioning.agent.hostkeys import generate_host_key
 from provisioning.agent.provisioners import (
     ProgressCallback,
     Provisioner,
@@ -63,16 +62,6 @@ def _base_url(api_url: str) -> tuple[str, str, int]:
     port = parts.port or 8006
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}:{port}/api2/json", parts.hostname, port
-
-
-def generate_host_key(comment: str) -> tuple[str, str]:
-    """Return (OpenSSH private key, public key line) of a new ed25519 key."""
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    ).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-    return private, f"{public} {comment}"
 
 
 class ProxmoxProvisioner(Provisioner):

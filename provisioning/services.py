@@ -165,6 +165,10 @@ def cloud_account_replace_token(*, account: CloudAccount, actor, token: str, pro
     _check_owner(account, actor)
     if account.backend == Backend.SANDBOX:
         raise ValidationError({"token": "A Sandbox account has no API token."})
+    if account.backend == Backend.AGENT:
+        raise ValidationError(
+            {"token": "An agent pool's account has no API token; each agent has its own credential on the Agent pools page."}
+        )
     candidate = copy.copy(account)
     if account.backend == Backend.PROXMOX and (proxmox_token_id or "").strip():
         candidate.proxmox_token_id = proxmox_token_id.strip()

@@ -155,3 +155,30 @@ def test_cloud_account_api_rejects_agent_backend():
 
     with pytest.raises(ValidationError, match="Agent pools page"):
         cloud_account_create(owner=provider.user, backend=Backend.AGENT, label="x", token="")
+
+
+def test_agent_account_page_has_no_token_form():
+    _provider, pool, _offering = make_pool()
+    client = signed_in(pool.cloud_account.owner)
+
+    page = client.get(reverse("provisioning:cloud_account", kwargs={"pk": pool.cloud_account_id})).content.decode()
+    response = client.post(reverse("provisioning:cloud_account_token", kwargs={"pk": pool.cloud_account_id}), {"token-token": "x"})
+
+    assert "agents have their own credentials" in page
+    assert reverse("agents:pool", kwargs={"pk": pool.pk}) in page
+    assert response.status_code == 302
+    assert not CloudAccount.objects.get(pk=pool.cloud_account_id).has_token
+
+
+def test_offering_catalog_lists_agent_images():
+    from marketplace.services.cloud_catalog import cloud_catalog_fetch
+
+    _provider, pool, _offering = make_pool()
+    make_agent(pool)
+
+    catalog = cloud_catalog_fetch(pool.cloud_account)
+
+    assert [image.name for image in catalog.images] == ["ubuntu-24.04"]
+    assert [location.code for location in catalog.locations] == ["fra-home-1"]
+    assert {"pve-small", "pve-medium", "pve-large"} == {server_type.name for server_type in catalog.server_types}
+    assert "vcpu" in catalog.editable_spec_fields

@@ -422,3 +422,31 @@ def test_retry_sending_queues_unsent_notifications(staff_client, dataset, django
     assert len(callbacks) == len(selected) - 1
     assert any(f"Queued {len(selected) - 1} notification(s)" in message for message in messages)
     assert any(f"Skipped notification(s) {sent.pk}" in message for message in messages)
+
+
+def test_agent_revoke_action(staff_client) -> None:
+    from provisioning.models import Agent
+    from tests.agent_helpers import make_agent, make_pool
+
+    _provider, pool, _offering = make_pool()
+    agent, _credential = make_agent(pool)
+
+    response = staff_client.post(admin_url(Agent, "changelist"), {"action": "revoke", "_selected_action": [agent.pk]})
+
+    agent.refresh_from_db()
+    assert response.status_code == 302
+    assert agent.revoked_at is not None
+    assert agent.revoked_by.email == "staff@example.com"
+
+
+def test_agent_change_page_hides_credential_hash(staff_client) -> None:
+    from provisioning.models import Agent
+    from tests.agent_helpers import make_agent, make_pool
+
+    _provider, pool, _offering = make_pool()
+    agent, _credential = make_agent(pool)
+
+    page = staff_client.get(admin_url(Agent, "change", agent.pk)).content.decode()
+
+    assert agent.credential_hash not in page
+    assert agent.credential_prefix in page

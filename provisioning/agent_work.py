@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 class AgentFailureReason(models.TextChoices):
-    """Why an agent could not provision or delete a VM; the first four are worth another try."""
+    """Reason codes of an agent's failed provisioning or deletion; the first four are retried."""
 
     HYPERVISOR_UNAVAILABLE = "hypervisor_unavailable", "The hypervisor could not be reached"
     TIMEOUT = "timeout", "A step timed out"
@@ -70,7 +70,7 @@ class ReconcileAnswer:
 
 
 def _provisioner_matches(agent: Agent) -> bool:
-    """Whether the agent runs the pool's provisioner type, as its latest heartbeat reported."""
+    """Return whether the agent runs the pool's provisioner type, as its latest heartbeat reported."""
     return (agent.capabilities or {}).get("provisioner") == agent.pool.provisioner_type
 
 

@@ -295,8 +295,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
-    # The onboarding API uses the step choices in two fields; both refer to this one schema enum.
-    "ENUM_NAME_OVERRIDES": {"OnboardingStepEnum": "marketplace.services.onboarding.OnboardingStepKey"},
+    "ENUM_NAME_OVERRIDES": {
+        "AgentWorkActionEnum": ["provision", "terminate"],
+        "ProvisioningStepEnum": "marketplace.models.ProvisioningStep",
+        # The onboarding API uses the step choices in two fields; both refer to this one schema enum.
+        "OnboardingStepEnum": "marketplace.services.onboarding.OnboardingStepKey",
+    },
 }
 
 
@@ -446,6 +450,14 @@ PROVISIONING_STALL_SECONDS = env.int("PROVISIONING_STALL_SECONDS", default=900)
 SANDBOX_BOOT_SECONDS = env.float("SANDBOX_BOOT_SECONDS", default=4.0)
 # Simulated duration of the Sandbox's SSH and recipe steps.
 SANDBOX_STEP_SECONDS = env.float("SANDBOX_STEP_SECONDS", default=2.0)
+# Provider agents. Offerings of an agent pool leave the catalog when no agent of the pool sent
+# a heartbeat for this many seconds; agents send one every 30 seconds by default.
+AGENT_OFFLINE_AFTER_SECONDS = env.int("AGENT_OFFLINE_AFTER_SECONDS", default=180)
+AGENT_SETUP_TOKEN_TTL_SECONDS = env.int("AGENT_SETUP_TOKEN_TTL_SECONDS", default=86400)
+# An agent's lease on a contract; the agent renews it with every progress report.
+AGENT_LEASE_SECONDS = env.int("AGENT_LEASE_SECONDS", default=300)
+# Retryable failures an agent may report for one contract before it is failed and refunded.
+AGENT_MAX_RETRIES = env.int("AGENT_MAX_RETRIES", default=5)
 RECIPE_TIMEOUT_SECONDS = env.int("RECIPE_TIMEOUT_SECONDS", default=1800)
 RECIPE_MAX_OUTPUT_BYTES = env.int("RECIPE_MAX_OUTPUT_BYTES", default=1_000_000)
 
@@ -459,8 +471,9 @@ HEALTH_PROBE_BATCH_SIZE = env.int("HEALTH_PROBE_BATCH_SIZE", default=2000)
 # Contracts per probe task, and TCP connects one task runs at once.
 HEALTH_PROBE_TASK_SIZE = env.int("HEALTH_PROBE_TASK_SIZE", default=50)
 HEALTH_PROBE_CONCURRENCY = env.int("HEALTH_PROBE_CONCURRENCY", default=25)
-# Backends whose servers the platform does not probe: the Sandbox's addresses lead nowhere.
-HEALTH_PROBE_SKIP_BACKENDS = env.list("HEALTH_PROBE_SKIP_BACKENDS", default=["sandbox"])
+# Backends whose servers the platform does not probe: the Sandbox's addresses lead nowhere, and
+# agents probe their own servers from the host (their addresses are often private).
+HEALTH_PROBE_SKIP_BACKENDS = env.list("HEALTH_PROBE_SKIP_BACKENDS", default=["sandbox", "agent"])
 # Seconds one check vouches for at most; a longer silence counts as unknown time in uptime.
 HEALTH_CHECK_MAX_COVER_SECONDS = env.int(
     "HEALTH_CHECK_MAX_COVER_SECONDS", default=2 * HEALTH_PROBE_INTERVAL_SECONDS

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from django.db.models import Q, QuerySet
+from datetime import timedelta
+
+from django.conf import settings
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
 
 from marketplace.models import (
     RUNNING_STATUSES,
@@ -11,7 +15,7 @@ from marketplace.models import (
     OfferingAllowlistEntry,
     Visibility,
 )
-from provisioning.models import ValidationStatus
+from provisioning.models import Agent, Backend, ValidationStatus
 
 #: Up to this many shared offerings of one user are matched by id; more by a subquery.
 _SHARED_IDS_INLINE_MAX = 1000
@@ -35,8 +39,24 @@ def _shared_with(user) -> Q | None:
     return Q(visibility=Visibility.SHARED, pk__in=ids)
 
 
+def served_q(*, prefix: str = "") -> Q:
+    """Match offerings whose cloud account can serve a rental now.
+
+    An agent pool's offering needs an agent of the pool that is not revoked and sent a heartbeat
+    within AGENT_OFFLINE_AFTER_SECONDS. The check runs in the query, so an offering comes back as
+    soon as an agent reports again.
+    """
+    cutoff = timezone.now() - timedelta(seconds=settings.AGENT_OFFLINE_AFTER_SECONDS)
+    online_agents = Agent.objects.filter(
+        pool__cloud_account=OuterRef(f"{prefix}cloud_account"), revoked_at__isnull=True, last_heartbeat_at__gte=cutoff
+    )
+    return ~Q(**{f"{prefix}cloud_account__backend": Backend.AGENT}) | Q(Exists(online_agents))
+
+
 def catalog_offerings(*, user=None) -> QuerySet[Offering]:
     """Offerings `user` may browse, on a cloud account that is not known to be broken.
+
+    Offerings of an agent pool with no online agent are left out (see `served_q`).
 
     Public offerings are listed for everyone. A signed-in `user` also gets the shared offerings whose
     allowlist contains their email address. Without `user`, only public offerings are returned.
@@ -47,6 +67,7 @@ def catalog_offerings(*, user=None) -> QuerySet[Offering]:
         listed |= shared
     return (
         Offering.objects.filter(listed)
+        .filter(served_q())
         .exclude(cloud_account__validation_status=ValidationStatus.INVALID)
         .select_related("provider", "recipe_version__recipe", "cloud_account")
     )
@@ -57,10 +78,12 @@ def offering_visible_to(*, user) -> QuerySet[Offering]:
     queryset = Offering.objects.select_related("provider__user", "recipe_version__recipe", "cloud_account")
     public = Q(visibility=Visibility.PUBLIC)
     if not user.is_authenticated:
-        return queryset.filter(public).exclude(cloud_account__validation_status=ValidationStatus.INVALID)
+        return queryset.filter(public & served_q()).exclude(cloud_account__validation_status=ValidationStatus.INVALID)
     shared = _shared_with(user)
-    listed = (public | shared if shared is not None else public) & ~Q(
-        cloud_account__validation_status=ValidationStatus.INVALID
+    listed = (
+        (public | shared if shared is not None else public)
+        & ~Q(cloud_account__validation_status=ValidationStatus.INVALID)
+        & served_q()
     )
     return queryset.filter(listed | Q(provider__user=user))
 

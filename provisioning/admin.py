@@ -1,4 +1,4 @@
-"""Admin for cloud accounts, simulated Sandbox servers, reconciliation findings and health checks.
+"""Admin for cloud accounts, simulated Sandbox servers, reconciliation findings, health checks and agent pools.
 
 The API token of a cloud account is write-only: the admin form takes a new one and never
 renders the stored token or its ciphertext.
@@ -13,8 +13,12 @@ from django.contrib import admin, messages
 
 from marketplace.admin import ReadOnlyAdminMixin, status_badge
 from marketplace.validators import validate_visible_text
+from provisioning.agent_services import agent_revoke
 from provisioning.backends.base import CloudError
 from provisioning.models import (
+    Agent,
+    AgentPool,
+    AgentSetupToken,
     Backend,
     CloudAccount,
     HealthCheck,
@@ -268,3 +272,73 @@ class HealthRollupProgressAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """The end of the hours whose rollups are complete, read-only."""
 
     list_display = ("pk", "rolled_until")
+
+
+# --- agent pools -----------------------------------------------------------------------------
+
+
+class AgentInline(admin.TabularInline):
+    model = Agent
+    fields = ("name", "version", "last_heartbeat_at", "revoked_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(AgentPool)
+class AgentPoolAdmin(admin.ModelAdmin):
+    """Agent pools; the provider creates them, and staff can change region and provisioner type."""
+
+    list_display = ("name", "owner", "region", "provisioner_type", "created_at")
+    list_filter = ("provisioner_type",)
+    list_select_related = ("cloud_account__owner",)
+    search_fields = ("cloud_account__label", "region", "cloud_account__owner__email")
+    fields = ("cloud_account", "region", "provisioner_type", "created_at")
+    readonly_fields = ("cloud_account", "created_at")
+    inlines = (AgentInline,)
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    """Agents with their latest heartbeat; the credential hash is never shown, and revoking is an action."""
+
+    list_display = ("name", "pool", "version", "last_heartbeat_at", "status_display", "credential_prefix")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "pool__provisioner_type")
+    list_select_related = ("pool__cloud_account",)
+    search_fields = ("name", "pool__cloud_account__label", "credential_prefix")
+    fields = (
+        "pool", "name", "version", "credential_prefix", "capabilities", "free_resources", "last_heartbeat_at",
+        "created_at", "revoked_at", "revoked_by",
+    )
+    # Renaming and revoking go through the services, so every field is read-only here.
+    readonly_fields = fields
+    actions = ("revoke",)
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="Status")
+    def status_display(self, obj: Agent):
+        return status_badge(obj.status_label, obj.status_colour)
+
+    @admin.action(description="Revoke the credential", permissions=["change"])
+    def revoke(self, request, queryset) -> None:
+        for agent in queryset.select_related("pool__cloud_account").order_by("pk"):
+            agent_revoke(agent=agent, actor=request.user)
+            self.message_user(request, f"Agent {agent.name} revoked; its next request is rejected.", messages.SUCCESS)
+
+
+@admin.register(AgentSetupToken)
+class AgentSetupTokenAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Setup tokens, read-only; only their hashes are stored."""
+
+    list_display = ("pk", "pool", "created_by", "created_at", "expires_at", "used_at", "agent")
+    list_select_related = ("pool__cloud_account", "created_by", "agent")
+    exclude = ("token_hash",)

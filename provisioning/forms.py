@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from marketplace.validators import validate_visible_text
-from provisioning.models import CloudAccount
+from provisioning.models import CloudAccount, ProvisionerType
 from provisioning.services import LABEL_MAX_LENGTH, TOKEN_MAX_LENGTH
 
 
@@ -117,3 +117,15 @@ class ReplaceProxmoxTokenForm(ReplaceTokenForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["token"].label = "New token secret"
+
+
+class AgentPoolForm(forms.Form):
+    name = forms.CharField(max_length=80, help_text="Shown in the offering form's cloud account list, for example 'Home rack'.")
+    region = forms.CharField(max_length=40, help_text="Where the hosts are, for example fra-home-1; offerings use it as location code.")
+    provisioner_type = forms.ChoiceField(
+        choices=ProvisionerType.choices, help_text="How the pool's agents create VMs; every agent of the pool uses this one."
+    )
+
+
+class AgentRenameForm(forms.Form):
+    name = forms.CharField(max_length=80)

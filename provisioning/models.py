@@ -1,4 +1,4 @@
-"""Cloud accounts: a provider's credentials for one cloud backend."""
+"""Cloud accounts (a provider's credentials for one cloud backend), orphans and agent pools."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ class Backend(models.TextChoices):
     HETZNER = "hetzner", "Hetzner Cloud"
     PROXMOX = "proxmox", "Proxmox VE"
     SANDBOX = "sandbox", "Sandbox (simulated, no real machine)"
+    AGENT = "agent", "Provider agent pool"
 
 
 class ValidationStatus(models.TextChoices):
@@ -404,3 +405,126 @@ class HealthRollupProgress(models.Model):
 
     def __str__(self) -> str:
         return f"Health rollups complete until {self.rolled_until}"
+
+
+# --- provider agents -----------------------------------------------------------------------------
+
+
+class ProvisionerType(models.TextChoices):
+    PROXMOX = "proxmox", "Proxmox VE"
+    SCRIPT = "script", "Script (external commands)"
+    DOCKER = "docker", "Docker"
+
+
+class AgentPool(models.Model):
+    """A group of agents on a provider's own hardware that serve the offerings of one cloud account.
+
+    The pool is backed by a `CloudAccount` with backend `agent`, so offerings and contracts
+    refer to it like to any other account. The account's label is the pool's name. Platform
+    workers never provision or reconcile agent-backed contracts; the pool's agents do.
+    """
+
+    cloud_account = models.OneToOneField(CloudAccount, on_delete=models.CASCADE, related_name="agent_pool")
+    region = models.CharField(
+        max_length=40, validators=[validate_visible_text],
+        help_text="Where the pool's hosts are, for example fra-home-1; offerings use it as their location code.",
+    )
+    provisioner_type = models.CharField(max_length=16, choices=ProvisionerType.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["cloud_account__label", "id"]
+
+    def __str__(self) -> str:
+        return f"Agent pool {self.cloud_account.label} ({self.get_provisioner_type_display()}, {self.region})"
+
+    @property
+    def name(self) -> str:
+        return self.cloud_account.label
+
+    @property
+    def owner(self):
+        return self.cloud_account.owner
+
+
+class AgentSetupToken(models.Model):
+    """A one-time token an agent exchanges for its credential; only its SHA-256 hash is stored."""
+
+    pool = models.ForeignKey(AgentPool, on_delete=models.CASCADE, related_name="setup_tokens")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+    agent = models.OneToOneField(
+        "Agent", null=True, blank=True, on_delete=models.SET_NULL, related_name="setup_token",
+        help_text="The agent that used the token.",
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Setup token {self.pk} of pool {self.pool_id}"
+
+    def is_usable(self, *, now=None) -> bool:
+        now = now or timezone.now()
+        return self.used_at is None and self.expires_at > now
+
+
+class Agent(models.Model):
+    """One agent process on a provider's host, with its revocable credential (stored as a SHA-256 hash).
+
+    `last_heartbeat_at`, `version`, `capabilities` and `free_resources` are what the agent sent
+    in its latest heartbeat. An agent is online while its latest heartbeat is younger than
+    AGENT_OFFLINE_AFTER_SECONDS.
+    """
+
+    pool = models.ForeignKey(AgentPool, on_delete=models.CASCADE, related_name="agents")
+    name = models.CharField(max_length=80, validators=[validate_visible_text])
+    credential_hash = models.CharField(max_length=64, unique=True)
+    # The credential's first characters, so the provider can tell agents' credentials apart.
+    credential_prefix = models.CharField(max_length=16)
+    version = models.CharField(max_length=40, blank=True)
+    capabilities = models.JSONField(default=dict, blank=True)
+    free_resources = models.JSONField(default=dict, blank=True)
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["name", "id"]
+        indexes = [models.Index(fields=["pool", "last_heartbeat_at"], name="agent_pool_heartbeat")]
+
+    def __str__(self) -> str:
+        return f"Agent {self.name} ({self.pk})"
+
+    @property
+    def lease_owner(self) -> str:
+        """The `Contract.lease_owner` value of the leases this agent holds."""
+        return f"agent:{self.pk}"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_online(self, *, now=None) -> bool:
+        if self.revoked_at is not None or self.last_heartbeat_at is None:
+            return False
+        now = now or timezone.now()
+        return (now - self.last_heartbeat_at).total_seconds() < settings.AGENT_OFFLINE_AFTER_SECONDS
+
+    @property
+    def status_label(self) -> str:
+        if self.is_revoked:
+            return "Revoked"
+        return "Online" if self.is_online() else "Offline"
+
+    @property
+    def status_colour(self) -> str:
+        if self.is_revoked:
+            return "red"
+        return "green" if self.is_online() else "grey"

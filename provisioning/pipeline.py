@@ -408,8 +408,10 @@ def stalled_contract_ids(*, now=None) -> tuple[list[int], list[int]]:
     # period overdue (its task was lost).
     not_waiting = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lt=quiet)
     free = (Q(lease_owner="", updated_at__lt=quiet) & not_waiting) | Q(lease_expires_at__lt=now)
-    provisioning = list(Contract.objects.filter(free, status=ContractStatus.PROVISIONING).values_list("pk", flat=True)[:500])
-    terminating = list(Contract.objects.filter(free, status=ContractStatus.TERMINATING).values_list("pk", flat=True)[:500])
+    # Agent pools' contracts wait in their pool's queue for an agent, not for a platform worker.
+    workers = Contract.objects.filter(free).exclude(backend="agent")
+    provisioning = list(workers.filter(status=ContractStatus.PROVISIONING).values_list("pk", flat=True)[:500])
+    terminating = list(workers.filter(status=ContractStatus.TERMINATING).values_list("pk", flat=True)[:500])
     return provisioning, terminating
 
 

@@ -33,6 +33,7 @@ from provisioning.backends.base import (
     ServerNotFound,
 )
 from provisioning.models import (
+    Backend,
     CloudAccount,
     OrphanReason,
     OrphanServer,
@@ -172,7 +173,8 @@ def reconcile_all(*, now: datetime | None = None) -> list[ReconcileReport]:
     """Reconcile every cloud account in primary-key order; one failing account does not stop the rest."""
     now = now or timezone.now()
     reports = []
-    for account in CloudAccount.objects.order_by("pk"):
+    # Agents reconcile their own hosts through the agent API.
+    for account in CloudAccount.objects.exclude(backend=Backend.AGENT).order_by("pk"):
         try:
             reports.append(reconcile_account(account=account, now=now))
         except Exception as exc:  # A sweeper must go on to the next account; the error is logged.

@@ -59,6 +59,10 @@ def cloud_account_create(*, owner, backend: str, label: str, token: str) -> Clou
             {"backend": "A Proxmox VE account needs its API URL, token ID, token secret and node; "
              "add it with the Proxmox VE form on the Cloud accounts page."}
         )
+    if backend == Backend.AGENT:
+        raise ValidationError(
+            {"backend": "An agent pool's account is created with the pool; add the pool on the Agent pools page."}
+        )
     if backend not in Backend.values:
         raise ValidationError({"backend": f"Unknown backend {backend!r}; use one of {', '.join(Backend.values)}."})
     label = _clean_label(owner=owner, label=label)
@@ -161,6 +165,10 @@ def cloud_account_replace_token(*, account: CloudAccount, actor, token: str, pro
     _check_owner(account, actor)
     if account.backend == Backend.SANDBOX:
         raise ValidationError({"token": "A Sandbox account has no API token."})
+    if account.backend == Backend.AGENT:
+        raise ValidationError(
+            {"token": "An agent pool's account has no API token; each agent has its own credential on the Agent pools page."}
+        )
     candidate = copy.copy(account)
     if account.backend == Backend.PROXMOX and (proxmox_token_id or "").strip():
         candidate.proxmox_token_id = proxmox_token_id.strip()

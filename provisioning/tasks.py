@@ -43,6 +43,8 @@ def backoff_seconds(retries: int, retry_after: float | None = None) -> float:
 
 @shared_task(bind=True, acks_late=True, max_retries=MAX_TRANSIENT_RETRIES)
 def provision_contract_task(self, contract_id: int) -> None:
+    if _served_by_agents(contract_id):
+        return
     owner = worker_id(self.request)
     lease = pipeline.lease_claim(contract_id=contract_id, owner=owner)
     if lease is None:
@@ -82,6 +84,17 @@ def provision_contract_task(self, contract_id: int) -> None:
         _fail(contract_id, f"Provisioning stopped on an internal error ({type(exc).__name__}); staff have been alerted.", owner)
 
 
+def _served_by_agents(contract_id: int) -> bool:
+    """Whether the contract belongs to an agent pool, whose agents provision and delete its VM."""
+    from provisioning.models import Backend
+
+    backend = Contract.objects.filter(pk=contract_id).values_list("backend", flat=True).first()
+    if backend == Backend.AGENT:
+        logger.info("Contract %s: served by a provider agent pool; no platform worker touches it", contract_id)
+        return True
+    return False
+
+
 def _retries_so_far(contract_id: int, task_retries: int) -> int:
     """Count retries from the database too: a task re-queued by the sweeper starts at zero.
 
@@ -103,6 +116,8 @@ def _fail(contract_id: int, reason: str, owner: str) -> None:
 @shared_task(bind=True, acks_late=True, max_retries=MAX_TERMINATION_RETRIES)
 def cleanup_contract_servers_task(self, contract_id: int) -> None:
     """Delete whatever a failed contract created at the cloud."""
+    if _served_by_agents(contract_id):
+        return
     contract = Contract.objects.select_related("cloud_account").filter(pk=contract_id).first()
     if contract is None:
         return
@@ -129,6 +144,8 @@ def cleanup_contract_servers_task(self, contract_id: int) -> None:
 
 @shared_task(bind=True, acks_late=True, max_retries=MAX_TERMINATION_RETRIES)
 def terminate_contract_task(self, contract_id: int) -> None:
+    if _served_by_agents(contract_id):
+        return
     owner = worker_id(self.request)
     lease = pipeline.lease_claim(contract_id=contract_id, owner=owner, status=ContractStatus.TERMINATING)
     if lease is None:

@@ -146,7 +146,7 @@ def _render_detail(request: HttpRequest, account: CloudAccount, **forms_in) -> H
         "rentals": dependents.rentals,
         "rename_form": forms_in.get("rename_form") or RenameForm(initial={"label": account.label}, prefix="rename"),
         "token_form": (
-            forms_in.get("token_form") or (token_form_class(prefix="token") if account.backend != Backend.SANDBOX else None)
+            forms_in.get("token_form") or (token_form_class(prefix="token") if account.backend not in (Backend.SANDBOX, Backend.AGENT) else None)
         ),
     }
     return render(request, "provisioning/cloud_account_detail.html", context)
@@ -179,8 +179,8 @@ def cloud_account_rename_view(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def cloud_account_token_view(request: HttpRequest, pk: int) -> HttpResponse:
     account = _own_account(request, pk)
-    if account.backend == Backend.SANDBOX:
-        messages.error(request, "A Sandbox account has no API token to replace.")
+    if account.backend in (Backend.SANDBOX, Backend.AGENT):
+        messages.error(request, f"A {account.get_backend_display()} account has no API token to replace.")
         return redirect("provisioning:cloud_account", pk=account.pk)
     form_class = ReplaceProxmoxTokenForm if account.backend == Backend.PROXMOX else ReplaceTokenForm
     form = form_class(request.POST, prefix="token")

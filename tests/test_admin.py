@@ -130,6 +130,11 @@ def dataset():
     ledger_record_payment(payment=card)
     payouts_create_for_period(period_start=last_month_start, period_end=last_month_end)
     PayoutAccount.objects.create(user=provider.user, stripe_account_id="acct_admin_test")
+    # An agent pool with one agent that used its setup token.
+    from tests.agent_helpers import make_agent, make_pool
+
+    _agent_provider, pool, _agent_offering = make_pool(name="Acme rack")
+    make_agent(pool)
     return {"provisioning": provisioning, "rejected": rejected, "hetzner": hetzner, "run": run}
 
 
@@ -430,3 +435,31 @@ def test_retry_sending_queues_unsent_notifications(staff_client, dataset, django
     assert len(callbacks) == len(selected) - 1
     assert any(f"Queued {len(selected) - 1} notification(s)" in message for message in messages)
     assert any(f"Skipped notification(s) {sent.pk}" in message for message in messages)
+
+
+def test_agent_revoke_action(staff_client) -> None:
+    from provisioning.models import Agent
+    from tests.agent_helpers import make_agent, make_pool
+
+    _provider, pool, _offering = make_pool()
+    agent, _credential = make_agent(pool)
+
+    response = staff_client.post(admin_url(Agent, "changelist"), {"action": "revoke", "_selected_action": [agent.pk]})
+
+    agent.refresh_from_db()
+    assert response.status_code == 302
+    assert agent.revoked_at is not None
+    assert agent.revoked_by.email == "staff@example.com"
+
+
+def test_agent_change_page_hides_credential_hash(staff_client) -> None:
+    from provisioning.models import Agent
+    from tests.agent_helpers import make_agent, make_pool
+
+    _provider, pool, _offering = make_pool()
+    agent, _credential = make_agent(pool)
+
+    page = staff_client.get(admin_url(Agent, "change", agent.pk)).content.decode()
+
+    assert agent.credential_hash not in page
+    assert agent.credential_prefix in page

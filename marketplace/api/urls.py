@@ -14,6 +14,8 @@ from billing.api.views import (
     PayoutOnboardingLinkView,
 )
 from marketplace.api import views
+from provisioning.api import agent_views
+from provisioning.api.agent_pool_views import AgentPoolViewSet
 from provisioning.api.views import CloudAccountViewSet
 from recipes.api.views import RecipeViewSet
 
@@ -23,6 +25,7 @@ router.register("rentals", views.RentalViewSet, basename="api-rental")
 router.register("provider/rentals", views.ProviderRentalViewSet, basename="api-provider-rental")
 router.register("provider/offerings", views.ProviderOfferingViewSet, basename="api-provider-offering")
 router.register("cloud-accounts", CloudAccountViewSet, basename="api-cloud-account")
+router.register("agent-pools", AgentPoolViewSet, basename="api-agent-pool")
 router.register("ssh-keys", views.SshKeyViewSet, basename="api-ssh-key")
 router.register("recipes", RecipeViewSet, basename="api-recipe")
 router.register("billing/invoices", InvoiceViewSet, basename="api-billing-invoice")
@@ -57,4 +60,16 @@ urlpatterns += [
     path("billing/payouts/<int:pk>/", PayoutDetailView.as_view(), name="api-billing-payout"),
     path("billing/payouts/onboarding-link/", PayoutOnboardingLinkView.as_view(), name="api-billing-payout-onboarding"),
     path("billing/profile/", BillingProfileView.as_view(), name="api-billing-profile"),
+]
+
+urlpatterns += [
+    path("agent/setup/", agent_views.AgentSetupView.as_view(), name="api-agent-setup"),
+    path("agent/heartbeat/", agent_views.HeartbeatView.as_view(), name="api-agent-heartbeat"),
+    path("agent/work/", agent_views.WorkView.as_view(), name="api-agent-work"),
+    path("agent/reconcile/", agent_views.ReconcileView.as_view(), name="api-agent-reconcile"),
+    path("agent/contracts/<int:pk>/claim/", agent_views.ClaimView.as_view(), name="api-agent-claim"),
+    path("agent/contracts/<int:pk>/progress/", agent_views.ProgressView.as_view(), name="api-agent-progress"),
+    path("agent/contracts/<int:pk>/success/", agent_views.SuccessView.as_view(), name="api-agent-success"),
+    path("agent/contracts/<int:pk>/failure/", agent_views.FailureView.as_view(), name="api-agent-failure"),
+    path("agent/contracts/<int:pk>/terminated/", agent_views.TerminatedView.as_view(), name="api-agent-terminated"),
 ]

@@ -28,7 +28,7 @@ from marketplace.models import (
     Visibility,
 )
 from marketplace.periods import add_months
-from marketplace.selectors import offering_is_shared_with
+from marketplace.selectors import offering_is_shared_with, served_q
 from marketplace.sshkeys import parse_public_key
 
 logger = logging.getLogger(__name__)
@@ -142,6 +142,8 @@ def contract_create(
         raise ValidationError("This offering is out of stock.")
     if not offering.cloud_account.is_usable:
         raise ValidationError("This offering is unavailable because the provider's cloud account needs attention.")
+    if offering.cloud_account.backend == "agent" and not Offering.objects.filter(pk=offering.pk).filter(served_q()).exists():
+        raise ValidationError("This offering is unavailable because none of the provider's agents is online; try again later.")
     if expected_price_cents is not None and expected_price_cents != offering.price_cents:
         raise ValidationError(
             f"The price of this offering changed from {expected_price_cents / 100:.2f} to "

@@ -54,6 +54,10 @@ def get_backend(account) -> CloudBackend:
             settings.PROXMOX_TASK_TIMEOUT,
         )
         return _cached(account, key, lambda: _proxmox_backend(account))
+    if account.backend == "agent":
+        from provisioning.backends.agent_pool import AgentPoolBackend
+
+        return AgentPoolBackend(account=account)
     raise ValueError(f"Unknown cloud backend {account.backend!r} on cloud account {account.pk}.")
 
 

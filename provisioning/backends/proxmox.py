@@ -24,7 +24,6 @@ cloud-init and the QEMU guest agent installed. The agent also reports the VM's I
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import logging
 import re
@@ -39,6 +38,12 @@ import requests
 import yaml
 from proxmoxer.backends.https import Backend as ProxmoxHttpsTransport
 from proxmoxer.core import ProxmoxResource, ResourceException
+
+from provisioning.agent.proxmox_guest import (
+    AGENT_NOT_READY_MARKERS,
+    HOST_KEY_SCRIPT,
+    first_guest_ipv4,
+)
 
 from .base import (
     CloudBackend,
@@ -75,32 +80,11 @@ MARKER_TAG = "cloudmarket"
 
 DISK_KEY_RE = re.compile(r"^(scsi|virtio|sata|ide)\d+$")
 SIZE_RE = re.compile(r"(?:^|,)size=(\d+(?:\.\d+)?)([KMGT]?)(?:,|$)")
-# NOTE: the error texts matched here and in AGENT_NOT_READY_MARKERS come from public bug reports
-# about Proxmox VE 8. They were not checked against a real host.
+# NOTE: the error texts matched here and in AGENT_NOT_READY_MARKERS (provisioning.agent.proxmox_guest)
+# come from public bug reports about Proxmox VE 8. They were not checked against a real host.
 VM_CONFIG_MISSING_RE = re.compile(r"Configuration file '[^']*qemu-server/\d+\.conf' does not exist")
-# Agent errors that mean "not up yet" rather than a failure.
-AGENT_NOT_READY_MARKERS = (
-    "guest agent is not running",
-    "no qemu guest agent configured",
-    "got timeout",
-    "is not running",
-)
 # Messages of Proxmox 500 responses that mean another operation has locked the VM for now.
 BUSY_MARKERS = ("is locked", "can't lock file", "got timeout", "timeout")
-
-# The guest-side script that installs the host key passed on standard input. It waits for
-# cloud-init first, because cloud-init's first boot deletes and regenerates the host keys.
-HOST_KEY_SCRIPT = """\
-set -eu
-if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1 || true; fi
-umask 077
-key=/etc/ssh/ssh_host_ed25519_key
-cat > "$key.cloudmarket-new"
-mv "$key.cloudmarket-new" "$key"
-printf '%s\\n' {public_line} > "$key.pub"
-chmod 644 "$key.pub"
-systemctl restart ssh 2>/dev/null || systemctl restart sshd 2>/dev/null || service ssh restart 2>/dev/null || service sshd restart
-"""
 
 
 # --- labels -----------------------------------------------------------------------------------
@@ -627,20 +611,7 @@ class ProxmoxBackend(CloudBackend):
             raise self._api_error(exc, "get_server (guest agent)", f"VM {vmid}") from exc
         except requests.RequestException as exc:
             raise self._transport_error(exc, "get_server (guest agent)", f"VM {vmid}") from exc
-        interfaces = result.get("result", []) if isinstance(result, dict) else []
-        for interface in interfaces:
-            if interface.get("name") == "lo":
-                continue
-            for address in interface.get("ip-addresses") or []:
-                if address.get("ip-address-type") != "ipv4":
-                    continue
-                try:
-                    ip = ipaddress.IPv4Address(address.get("ip-address", ""))
-                except ValueError:
-                    continue
-                if not ip.is_link_local:
-                    return str(ip)
-        return None
+        return first_guest_ipv4(result)
 
     def _await_task(
         self, upid: Any, action: str, subject: str, *, failure: type[CloudError] = RequestRejected

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from provisioning.agent.proxmox_guest import is_loopback
 
 from .base import ServerType
 
@@ -72,7 +73,7 @@ def parse_api_url(url: str) -> ApiEndpoint:
         raise ValueError(f"The API URL {text!r} has an invalid port.") from exc
     # NOTE: any https host is accepted, private and loopback addresses included, so a user can
     # make the platform send requests to hosts on the platform's own network.
-    if parts.scheme == "http" and not _is_loopback(host):
+    if parts.scheme == "http" and not is_loopback(host):
         raise ValueError(
             f"The API URL {text!r} uses http://, which would send the API token unencrypted; use https://."
         )
@@ -80,15 +81,6 @@ def parse_api_url(url: str) -> ApiEndpoint:
     if path.endswith("api2/json"):
         path = path[: -len("api2/json")].strip("/")
     return ApiEndpoint(scheme=parts.scheme, host=host, port=port, path_prefix=path)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_token_id(token_id: str) -> tuple[str, str]:

@@ -1,0 +1,5 @@
+import sys
+
+from provisioning.agent.cli import main
+
+sys.exit(main())

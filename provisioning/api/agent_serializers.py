@@ -1,0 +1,183 @@
+"""Request and response bodies of the agent API."""
+
+from __future__ import annotations
+
+import json
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from marketplace.models import ProvisioningStep
+from marketplace.sshkeys import parse_public_key
+from provisioning.agent_services import HEARTBEAT_JSON_MAX_CHARS
+from provisioning.agent_work import AgentFailureReason, ReconcileDecision
+from provisioning.models import ProvisionerType
+
+
+def _bounded_object(value, field: str):
+    if not isinstance(value, dict):
+        raise serializers.ValidationError(f"{field} must be a JSON object.")
+    if len(json.dumps(value)) > HEARTBEAT_JSON_MAX_CHARS:
+        raise serializers.ValidationError(f"{field} is larger than {HEARTBEAT_JSON_MAX_CHARS} characters of JSON.")
+    return value
+
+
+class AgentSetupRequestSerializer(serializers.Serializer):
+    token = serializers.CharField(max_length=200, help_text="The one-time setup token from the agent pool's page.")
+    name = serializers.CharField(max_length=80, help_text="A name for this agent, for example the host name.")
+    version = serializers.CharField(max_length=40, required=False, allow_blank=True, default="")
+
+
+class AgentPoolSummarySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    region = serializers.CharField()
+    provisioner_type = serializers.ChoiceField(choices=ProvisionerType.choices)
+
+
+class AgentSetupResponseSerializer(serializers.Serializer):
+    agent_id = serializers.IntegerField()
+    credential = serializers.CharField(help_text="Send as `Authorization: Bearer <credential>`; shown only in this response.")
+    pool = AgentPoolSummarySerializer()
+
+
+class HeartbeatRequestSerializer(serializers.Serializer):
+    version = serializers.CharField(max_length=40)
+    capabilities = serializers.JSONField(
+        help_text='What the agent can do: {"provisioner": "proxmox", "images": ["ubuntu-24.04"], "max_parallel": 2}.'
+    )
+    free_resources = serializers.JSONField(
+        help_text='Free capacity of the host: {"vcpu": 12, "memory_mib": 32768, "disk_gb": 900}.'
+    )
+
+    def validate_capabilities(self, value):
+        return _bounded_object(value, "capabilities")
+
+    def validate_free_resources(self, value):
+        return _bounded_object(value, "free_resources")
+
+
+class HeartbeatResponseSerializer(serializers.Serializer):
+    agent_id = serializers.IntegerField()
+    pool = AgentPoolSummarySerializer()
+    offline_after_seconds = serializers.IntegerField()
+    provisioner_matches = serializers.BooleanField(help_text="False when the agent runs another provisioner type than the pool's.")
+
+
+class WorkItemSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    action = serializers.ChoiceField(choices=["provision", "terminate"])
+
+
+class WorkResponseSerializer(serializers.Serializer):
+    items = WorkItemSerializer(many=True)
+
+
+class ContractSpecSerializer(serializers.Serializer):
+    """What the agent needs to create or delete one contract's VM."""
+
+    id = serializers.IntegerField()
+    public_id = serializers.UUIDField()
+    action = serializers.ChoiceField(choices=["provision", "terminate"])
+    name = serializers.CharField(help_text="The VM name to use; it contains the contract id.")
+    labels = serializers.DictField(child=serializers.CharField())
+    vcpu = serializers.IntegerField()
+    memory_mib = serializers.IntegerField()
+    disk_gb = serializers.IntegerField()
+    image = serializers.CharField()
+    server_type = serializers.CharField()
+    location_code = serializers.CharField()
+    ssh_public_keys = serializers.ListField(child=serializers.CharField())
+    cloud_server_id = serializers.CharField(help_text="The VM id stored so far; empty before success.")
+    lease_expires_at = serializers.DateTimeField()
+    lease_seconds = serializers.IntegerField()
+
+
+class ProgressRequestSerializer(serializers.Serializer):
+    step = serializers.ChoiceField(choices=ProvisioningStep.choices, required=False, allow_blank=True, default="")
+
+
+class ContractStateSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    lease_expires_at = serializers.DateTimeField(allow_null=True)
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+
+
+class SuccessRequestSerializer(serializers.Serializer):
+    server_id = serializers.CharField(max_length=64)
+    address = serializers.IPAddressField()
+    port = serializers.IntegerField(min_value=1, max_value=65535)
+    host_public_key = serializers.CharField(
+        max_length=2000, help_text="The VM's SSH host key as an OpenSSH public key line, so tenants can check it."
+    )
+
+    def validate_host_public_key(self, value: str) -> str:
+        try:
+            return parse_public_key(value).normalized
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError([f"Invalid SSH host key: {message}" for message in exc.messages]) from exc
+
+
+class FailureRequestSerializer(serializers.Serializer):
+    reason_code = serializers.ChoiceField(choices=AgentFailureReason.choices)
+    message = serializers.CharField(max_length=2000, allow_blank=True, default="")
+    server_id = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+
+
+class ReconcileServerSerializer(serializers.Serializer):
+    server_id = serializers.CharField(max_length=64)
+    contract_id = serializers.IntegerField(allow_null=True, required=False, default=None)
+
+
+class ReconcileRequestSerializer(serializers.Serializer):
+    servers = ReconcileServerSerializer(many=True, max_length=5000)
+
+
+class ReconcileAnswerSerializer(serializers.Serializer):
+    server_id = serializers.CharField()
+    contract_id = serializers.IntegerField(allow_null=True)
+    decision = serializers.ChoiceField(choices=ReconcileDecision.choices)
+    reason = serializers.CharField()
+
+
+class ReconcileResponseSerializer(serializers.Serializer):
+    decisions = ReconcileAnswerSerializer(many=True)
+
+
+# --- the provider's pool API -------------------------------------------------------------------
+
+
+class AgentSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    version = serializers.CharField()
+    capabilities = serializers.JSONField()
+    free_resources = serializers.JSONField()
+    last_heartbeat_at = serializers.DateTimeField(allow_null=True)
+    online = serializers.SerializerMethodField()
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    credential_prefix = serializers.CharField(help_text="The credential's first characters; the credential itself is never returned.")
+
+    def get_online(self, agent) -> bool:
+        return agent.is_online()
+
+
+class AgentPoolSerializer(serializers.Serializer):
+    id = serializers.IntegerField(read_only=True)
+    name = serializers.CharField(max_length=80)
+    region = serializers.CharField(max_length=40)
+    provisioner_type = serializers.ChoiceField(choices=ProvisionerType.choices)
+    cloud_account_id = serializers.IntegerField(read_only=True, help_text="Offerings of the pool use this cloud account.")
+    created_at = serializers.DateTimeField(read_only=True)
+    agents = AgentSerializer(many=True, read_only=True)
+
+
+class SetupTokenResponseSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    token = serializers.CharField(help_text="The one-time setup token; shown only in this response.")
+    expires_at = serializers.DateTimeField()
+
+
+class AgentRenameSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=80)

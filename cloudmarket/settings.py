@@ -425,6 +425,11 @@ SANDBOX_BOOT_SECONDS = env.float("SANDBOX_BOOT_SECONDS", default=4.0)
 SANDBOX_STEP_SECONDS = env.float("SANDBOX_STEP_SECONDS", default=2.0)
 RECIPE_TIMEOUT_SECONDS = env.int("RECIPE_TIMEOUT_SECONDS", default=1800)
 RECIPE_MAX_OUTPUT_BYTES = env.int("RECIPE_MAX_OUTPUT_BYTES", default=1_000_000)
+# Most self-provisioned resources one user may have at a time; deleted ones do not count.
+RESOURCE_QUOTA_PER_USER = env.int("RESOURCE_QUOTA_PER_USER", default=10)
+# The file sshd reads root's authorized keys from on self-provisioned VMs. The rental hand-over
+# rewrites it; tests point it at the loopback sshd's AuthorizedKeysFile.
+RESOURCE_AUTHORIZED_KEYS_PATH = env.str("RESOURCE_AUTHORIZED_KEYS_PATH", default="/root/.ssh/authorized_keys")
 
 LOGGING = {
     "version": 1,

@@ -15,6 +15,7 @@ urlpatterns = [
     path("recipes/", include("recipes.urls")),
     path("billing/", include("billing.urls")),
     path("dashboard/provider/cloud-accounts/", include("provisioning.urls")),
+    path("resources/", include("provisioning.resource_urls")),
     # Browsers ask for /favicon.ico whatever the page links; the icon is an SVG in static files.
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("", include("marketplace.urls")),

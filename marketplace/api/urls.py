@@ -14,6 +14,7 @@ from billing.api.views import (
     PayoutOnboardingLinkView,
 )
 from marketplace.api import views
+from provisioning.api.resource_views import ResourceViewSet
 from provisioning.api.views import CloudAccountViewSet
 from recipes.api.views import RecipeViewSet
 
@@ -23,6 +24,7 @@ router.register("rentals", views.RentalViewSet, basename="api-rental")
 router.register("provider/rentals", views.ProviderRentalViewSet, basename="api-provider-rental")
 router.register("provider/offerings", views.ProviderOfferingViewSet, basename="api-provider-offering")
 router.register("cloud-accounts", CloudAccountViewSet, basename="api-cloud-account")
+router.register("resources", ResourceViewSet, basename="api-resource")
 router.register("ssh-keys", views.SshKeyViewSet, basename="api-ssh-key")
 router.register("recipes", RecipeViewSet, basename="api-recipe")
 router.register("billing/invoices", InvoiceViewSet, basename="api-billing-invoice")

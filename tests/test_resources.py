@@ -1,0 +1,486 @@
+"""Self-provisioned resources: creation, quota, listing, stock, pages, API and authorization.
+
+The cloud work itself (create, stop, start, delete, hand-over) runs in worker processes and is
+tested in test_journey_resources.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.test import Client
+from django.urls import reverse
+from rest_framework.test import APIClient
+
+from marketplace.models import ContractStatus, Offering, StockStatus, Visibility
+from marketplace.services import contracts as contract_services
+from provisioning.models import Backend, Resource, ResourceEvent, ResourceStatus
+from provisioning.resource_services import (
+    ResourceInvalidTransition,
+    ResourceRented,
+    resource_create,
+    resource_delete,
+    resource_list,
+    resource_start,
+    resource_stop,
+    resource_unlist,
+)
+from tests.factories import make_cloud_account, make_provider, make_user, ssh_public_key
+
+pytestmark = pytest.mark.django_db
+
+
+def make_resource(*, owner, status: str = ResourceStatus.RUNNING, name: str = "Build box") -> Resource:
+    """Create a resource row directly, as if a worker had provisioned it on the Sandbox."""
+    account = make_cloud_account(owner=owner, backend=Backend.SANDBOX)
+    key = ssh_public_key("owner@laptop")
+    return Resource.objects.create(
+        owner=owner, cloud_account=account, name=name, status=status, backend=Backend.SANDBOX,
+        location_code="fsn1", country="DE", city="Falkenstein", server_type="cx22", vcpu=2, memory_mib=4096,
+        disk_gb=40, image="ubuntu-24.04", ssh_public_key=key, ssh_key_fingerprint="SHA256:owner",
+        cloud_server_id="1", ip_address="203.0.113.9",
+    )
+
+
+def list_resource(resource: Resource, *, price_cents: int = 1500) -> Offering:
+    return resource_list(
+        resource=resource, actor=resource.owner, name="Rent my build box", description="Fast disks.",
+        price_cents=price_cents, currency="EUR", remove_owner_keys=True,
+    )
+
+
+# --- creation and quota -------------------------------------------------------------------------
+
+
+def test_create_uses_live_catalog():
+    owner = make_user()
+    account = make_cloud_account(owner=owner, backend=Backend.SANDBOX)
+
+    resource = resource_create(
+        owner=owner, cloud_account=account, name="Build box", location_code="fsn1", server_type="cx22",
+        image="ubuntu-24.04", ssh_public_key=ssh_public_key(),
+    )
+
+    assert resource.status == ResourceStatus.PROVISIONING
+    assert resource.provisioning_step == "creating_server"
+    assert (resource.vcpu, resource.memory_mib, resource.disk_gb) == (2, 4096, 40)
+    assert resource.country == "DE"
+    assert ResourceEvent.objects.filter(resource=resource, actor=owner).count() == 1
+
+
+def test_create_rejects_unknown_choices():
+    owner = make_user()
+    account = make_cloud_account(owner=owner, backend=Backend.SANDBOX)
+
+    with pytest.raises(ValidationError) as caught:
+        resource_create(
+            owner=owner, cloud_account=account, name="Box", location_code="mars1", server_type="cx999",
+            image="plan9", ssh_public_key=ssh_public_key(),
+        )
+
+    errors = caught.value.message_dict
+    assert "Unknown location 'mars1'" in errors["location_code"][0]
+    assert "Unknown server type 'cx999'" in errors["server_type"][0]
+    assert "Unknown image 'plan9'" in errors["image"][0]
+    assert not Resource.objects.exists()
+
+
+def test_create_rejects_foreign_cloud_account():
+    owner = make_user()
+    account = make_cloud_account(owner=make_user(), backend=Backend.SANDBOX)
+
+    with pytest.raises(ValidationError) as caught:
+        resource_create(
+            owner=owner, cloud_account=account, name="Box", location_code="fsn1", server_type="cx22",
+            image="ubuntu-24.04", ssh_public_key=ssh_public_key(),
+        )
+
+    assert "not yours" in caught.value.message_dict["cloud_account"][0]
+
+
+def test_quota_error_names_limit(settings):
+    settings.RESOURCE_QUOTA_PER_USER = 2
+    owner = make_user()
+    make_resource(owner=owner)
+    make_resource(owner=owner, status=ResourceStatus.STOPPED)
+    make_resource(owner=owner, status=ResourceStatus.DELETED)
+    account = make_cloud_account(owner=owner, backend=Backend.SANDBOX)
+
+    with pytest.raises(ValidationError) as caught:
+        resource_create(
+            owner=owner, cloud_account=account, name="Third", location_code="fsn1", server_type="cx22",
+            image="ubuntu-24.04", ssh_public_key=ssh_public_key(),
+        )
+
+    message = " ".join(caught.value.messages)
+    assert "You have 2 resources" in message
+    assert "the limit is 2 per account" in message
+    assert "RESOURCE_QUOTA_PER_USER" in message
+
+
+def test_quota_default_is_ten(settings):
+    from cloudmarket import settings as project_settings
+
+    assert project_settings.RESOURCE_QUOTA_PER_USER == 10
+
+
+# --- power and deletion ---------------------------------------------------------------------
+
+
+def test_stop_start_delete_transitions():
+    resource = make_resource(owner=make_user())
+
+    resource = resource_stop(resource=resource, actor=resource.owner)
+    assert resource.status == ResourceStatus.STOPPING
+    with pytest.raises(ResourceInvalidTransition):
+        resource_start(resource=resource, actor=resource.owner)
+
+    Resource.objects.filter(pk=resource.pk).update(status=ResourceStatus.STOPPED)
+    resource = resource_start(resource=resource, actor=resource.owner)
+    assert resource.status == ResourceStatus.STARTING
+
+    Resource.objects.filter(pk=resource.pk).update(status=ResourceStatus.RUNNING)
+    resource = resource_delete(resource=resource, actor=resource.owner)
+    assert resource.status == ResourceStatus.DELETING
+
+
+# --- listing and stock -----------------------------------------------------------------------
+
+
+def test_list_needs_provider_profile():
+    resource = make_resource(owner=make_user())
+
+    with pytest.raises(ValidationError) as caught:
+        list_resource(resource)
+
+    assert "provider profile" in " ".join(caught.value.messages)
+
+
+def test_list_creates_offering_with_stock_one():
+    owner = make_provider().user
+    resource = make_resource(owner=owner)
+
+    offering = list_resource(resource)
+
+    assert offering.resource_id == resource.pk
+    assert offering.visibility == Visibility.PUBLIC
+    assert offering.stock_status == StockStatus.IN_STOCK
+    assert offering.price_cents == 1500
+    assert offering.cloud_account_id == resource.cloud_account_id
+    assert (offering.vcpu, offering.memory_mib, offering.disk_gb) == (2, 4096, 40)
+    resource.refresh_from_db()
+    assert resource.remove_owner_keys_while_rented is True
+
+
+def test_list_rejects_stopped_resource():
+    resource = make_resource(owner=make_provider().user, status=ResourceStatus.STOPPED)
+
+    with pytest.raises(ValidationError) as caught:
+        list_resource(resource)
+
+    assert "only a running resource can be listed" in " ".join(caught.value.messages)
+
+
+def test_relist_reuses_offering():
+    resource = make_resource(owner=make_provider().user)
+    first = list_resource(resource)
+    resource_unlist(resource=resource, actor=resource.owner)
+
+    second = list_resource(resource, price_cents=900)
+
+    assert second.pk == first.pk
+    assert second.visibility == Visibility.PUBLIC
+    assert second.price_cents == 900
+
+
+def test_renting_takes_stock_and_cancel_returns_it():
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource(resource)
+    tenant = make_user()
+    second_tenant = make_user()
+
+    contract, created = contract_services.contract_create(
+        tenant=tenant, offering=offering, ssh_public_key=ssh_public_key(), idempotency_key="first"
+    )
+
+    assert created
+    offering.refresh_from_db()
+    assert offering.stock_status == StockStatus.OUT_OF_STOCK
+    assert contract.commission_bps == 2000
+    assert contract.price_cents == 1500
+    with pytest.raises(ValidationError) as caught:
+        contract_services.contract_create(
+            tenant=second_tenant, offering=offering, ssh_public_key=ssh_public_key(), idempotency_key="second"
+        )
+    assert "out of stock" in " ".join(caught.value.messages)
+
+    contract_services.contract_cancel(contract=contract, actor=tenant)
+
+    contract.refresh_from_db()
+    offering.refresh_from_db()
+    assert contract.status == ContractStatus.CANCELLED
+    assert offering.stock_status == StockStatus.IN_STOCK
+
+
+def test_rented_resource_refuses_stop_and_delete():
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource(resource)
+    contract_services.contract_create(
+        tenant=make_user(), offering=offering, ssh_public_key=ssh_public_key(), idempotency_key="rent"
+    )
+
+    with pytest.raises(ResourceRented) as stop_error:
+        resource_stop(resource=resource, actor=resource.owner)
+    with pytest.raises(ResourceRented) as delete_error:
+        resource_delete(resource=resource, actor=resource.owner)
+
+    assert "cannot be stopped while it is rented" in str(stop_error.value)
+    assert "cannot be deleted while it is rented" in str(delete_error.value)
+    resource.refresh_from_db()
+    assert resource.status == ResourceStatus.RUNNING
+
+
+def test_stopped_resource_cannot_be_rented():
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource(resource)
+    Resource.objects.filter(pk=resource.pk).update(status=ResourceStatus.STOPPED)
+
+    with pytest.raises(ValidationError) as caught:
+        contract_services.contract_create(
+            tenant=make_user(), offering=offering, ssh_public_key=ssh_public_key(), idempotency_key="rent"
+        )
+
+    assert "not running" in " ".join(caught.value.messages)
+
+
+def test_delete_hides_listing():
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource(resource)
+
+    resource_delete(resource=resource, actor=resource.owner)
+
+    offering.refresh_from_db()
+    assert offering.visibility == Visibility.PRIVATE
+    assert offering.stock_status == StockStatus.OUT_OF_STOCK
+
+
+# --- pages -------------------------------------------------------------------------------------
+
+
+def test_list_page_empty_state():
+    client = Client()
+    client.force_login(make_user())
+
+    response = client.get(reverse("resources:list"))
+
+    assert response.status_code == 200
+    assert b"You have no resources yet." in response.content
+    assert reverse("resources:create").encode() in response.content
+
+
+def test_navigation_links_my_resources():
+    client = Client()
+    client.force_login(make_user())
+
+    response = client.get(reverse("marketplace:catalog"))
+
+    assert b">My resources</a>" in response.content
+
+
+def test_wizard_creates_resource():
+    owner = make_user()
+    account = make_cloud_account(owner=owner, backend=Backend.SANDBOX)
+    client = Client()
+    client.force_login(owner)
+
+    form_page = client.get(reverse("resources:create"), {"cloud_account": account.pk})
+    response = client.post(
+        reverse("resources:create"),
+        {
+            "cloud_account": account.pk, "location_code": "fsn1", "server_type": "cx22", "image": "ubuntu-24.04",
+            "name": "Wizard box", "ssh_public_key": ssh_public_key(),
+        },
+    )
+
+    assert form_page.status_code == 200
+    assert b'value="cx22"' in form_page.content
+    resource = Resource.objects.get(owner=owner)
+    assert response.status_code == 302
+    assert response["Location"] == resource.get_absolute_url()
+    assert resource.name == "Wizard box"
+
+
+def test_detail_page_shows_connection():
+    resource = make_resource(owner=make_user())
+    client = Client()
+    client.force_login(resource.owner)
+
+    response = client.get(resource.get_absolute_url())
+
+    assert response.status_code == 200
+    assert b"203.0.113.9" in response.content
+    assert b"Only a running resource can be listed" not in response.content
+    assert b"List on marketplace" in response.content
+
+
+def test_stop_page_rented_shows_error():
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource(resource)
+    contract_services.contract_create(
+        tenant=make_user(), offering=offering, ssh_public_key=ssh_public_key(), idempotency_key="rent"
+    )
+    client = Client()
+    client.force_login(resource.owner)
+
+    confirm = client.get(reverse("resources:stop", kwargs={"public_id": resource.public_id}))
+    response = client.post(reverse("resources:stop", kwargs={"public_id": resource.public_id}), follow=True)
+
+    assert confirm.status_code == 200
+    assert b"powered off" in confirm.content
+    assert b"cannot be stopped while it is rented" in response.content
+
+
+# --- authorization -----------------------------------------------------------------------------
+
+
+PAGE_REQUESTS = [
+    ("get", "detail", {}),
+    ("get", "status", {}),
+    ("post", "start", {}),
+    ("get", "stop", {}),
+    ("post", "stop", {}),
+    ("get", "delete", {}),
+    ("post", "delete", {}),
+    ("post", "list_on_marketplace", {"name": "Mine now", "price": "1", "currency": "EUR"}),
+    ("post", "unlist", {}),
+]
+
+
+@pytest.mark.parametrize(("method", "name", "data"), PAGE_REQUESTS, ids=[f"{m}-{n}" for m, n, _ in PAGE_REQUESTS])
+def test_pages_of_other_users_resource_are_404(method, name, data):
+    victim = make_resource(owner=make_provider().user, name="Victim box")
+    intruder = make_provider().user
+    client = Client()
+    client.force_login(intruder)
+
+    response = getattr(client, method)(reverse(f"resources:{name}", kwargs={"public_id": victim.public_id}), data)
+
+    assert response.status_code == 404
+    assert b"Victim box" not in response.content
+    victim.refresh_from_db()
+    assert victim.status == ResourceStatus.RUNNING
+    assert not Offering.objects.filter(resource=victim).exists()
+
+
+def test_list_page_hides_other_users_resources():
+    make_resource(owner=make_user(), name="Victim box")
+    client = Client()
+    client.force_login(make_user())
+
+    response = client.get(reverse("resources:list"))
+
+    assert b"Victim box" not in response.content
+
+
+API_REQUESTS = [
+    ("get", ""),
+    ("post", "start/"),
+    ("post", "stop/"),
+    ("delete", ""),
+    ("post", "listing/"),
+    ("post", "unlist/"),
+]
+
+
+@pytest.mark.parametrize(("method", "suffix"), API_REQUESTS, ids=[f"{m}-{s or 'detail'}" for m, s in API_REQUESTS])
+def test_api_other_users_resource_is_404(method, suffix):
+    victim = make_resource(owner=make_provider().user, name="Victim box")
+    client = APIClient()
+    client.force_authenticate(make_provider().user)
+    data = {"name": "Mine now", "price_cents": 100} if suffix == "listing/" else None
+
+    response = getattr(client, method)(f"/api/v1/resources/{victim.public_id}/{suffix}", data, format="json")
+
+    assert response.status_code == 404
+    victim.refresh_from_db()
+    assert victim.status == ResourceStatus.RUNNING
+    assert not Offering.objects.filter(resource=victim).exists()
+
+
+def test_api_list_shows_only_own():
+    mine = make_resource(owner=make_user(), name="My box")
+    make_resource(owner=make_user(), name="Victim box")
+    client = APIClient()
+    client.force_authenticate(mine.owner)
+
+    response = client.get("/api/v1/resources/")
+
+    assert response.status_code == 200
+    names = [item["name"] for item in response.json()["results"]] if "results" in response.json() else [
+        item["name"] for item in response.json()
+    ]
+    assert names == ["My box"]
+
+
+def test_api_create_with_foreign_account_is_400():
+    intruder = make_user()
+    account = make_cloud_account(owner=make_user(), backend=Backend.SANDBOX)
+    client = APIClient()
+    client.force_authenticate(intruder)
+
+    response = client.post(
+        "/api/v1/resources/",
+        {"cloud_account": account.pk, "name": "x", "location_code": "fsn1", "server_type": "cx22",
+         "image": "ubuntu-24.04", "ssh_public_key": ssh_public_key()},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert "cloud_account" in response.json()
+    assert not Resource.objects.exists()
+
+
+def test_api_stop_rented_is_409():
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource(resource)
+    contract_services.contract_create(
+        tenant=make_user(), offering=offering, ssh_public_key=ssh_public_key(), idempotency_key="rent"
+    )
+    client = APIClient()
+    client.force_authenticate(resource.owner)
+
+    response = client.post(f"/api/v1/resources/{resource.public_id}/stop/")
+
+    assert response.status_code == 409
+    assert "while it is rented" in response.json()["detail"]
+
+
+def test_api_listing_returns_offering_slug():
+    resource = make_resource(owner=make_provider().user)
+    client = APIClient()
+    client.force_authenticate(resource.owner)
+
+    response = client.post(
+        f"/api/v1/resources/{resource.public_id}/listing/",
+        {"name": "Rent my box", "price_cents": 1200, "remove_owner_keys": True},
+        format="json",
+    )
+
+    assert response.status_code == 200
+    offering = Offering.objects.get(resource=resource)
+    assert response.json()["offering"] == offering.slug
+    assert response.json()["remove_owner_keys_while_rented"] is True
+
+
+def test_services_reject_other_users():
+    victim = make_resource(owner=make_provider().user)
+    intruder = make_provider().user
+
+    for service in (resource_stop, resource_delete, resource_unlist):
+        with pytest.raises(PermissionError):
+            service(resource=victim, actor=intruder)
+    with pytest.raises(PermissionError):
+        resource_list(
+            resource=victim, actor=intruder, name="x", description="", price_cents=1, currency="EUR",
+            remove_owner_keys=False,
+        )

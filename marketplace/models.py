@@ -344,6 +344,32 @@ class ProvisioningStep(models.TextChoices):
 PROVISIONING_STEP_ORDER = list(ProvisioningStep)
 
 
+def provisioning_step_states(
+    *, current_step: str, has_recipe: bool, finished: bool, current_state: str
+) -> list[tuple[str, str, str]]:
+    """Return (step value, label, state) per provisioning step for a progress list.
+
+    Every step is "done" once provisioning `finished`. Otherwise the steps before `current_step`
+    are "done", the current one has `current_state` and the rest are "pending". A plain VM has no
+    recipe to run, so without `has_recipe` the list does not claim that a recipe ran.
+    """
+    steps = [step for step in PROVISIONING_STEP_ORDER if has_recipe or step != ProvisioningStep.RUNNING_RECIPE]
+    result = []
+    seen_current = False
+    for step in steps:
+        if finished:
+            state = "done"
+        elif step == current_step:
+            state = current_state
+            seen_current = True
+        elif current_step and not seen_current:
+            state = "done"
+        else:
+            state = "pending"
+        result.append((step.value, step.label, state))
+    return result
+
+
 class Contract(ProvisionedServer):
     """One rental of one offering by one tenant, with a snapshot of what the tenant agreed to.
 
@@ -443,34 +469,21 @@ class Contract(ProvisionedServer):
         return self.is_self_rental or (self.is_sandbox and not self.pays_by_card)
 
     def step_states(self) -> list[tuple[str, str, str]]:
-        """Return (step value, label, "done" | "current" | "pending") for the progress list."""
-        current = self.provisioning_step
+        """Return (step value, label, "done" | "current" | "failed" | "pending") for the progress list."""
+        if self.status == ContractStatus.PROVISIONING:
+            current_state = "current"
+        elif self.status == ContractStatus.FAILED:
+            current_state = "failed"
+        else:
+            current_state = "pending"
         # Only a rental that became active finished every step; one cancelled while provisioning
         # stopped at its current step.
-        past_provisioning = self.activated_at is not None or self.status == ContractStatus.ACTIVE
-        steps = PROVISIONING_STEP_ORDER
-        if not self.recipe_script:
-            # A plain VM has no recipe to run, so the list does not claim that a recipe ran.
-            steps = [step for step in steps if step != ProvisioningStep.RUNNING_RECIPE]
-        result = []
-        seen_current = False
-        for step in steps:
-            if past_provisioning:
-                state = "done"
-            elif step == current:
-                if self.status == ContractStatus.PROVISIONING:
-                    state = "current"
-                elif self.status == ContractStatus.FAILED:
-                    state = "failed"
-                else:
-                    state = "pending"
-                seen_current = True
-            elif current and not seen_current:
-                state = "done"
-            else:
-                state = "pending"
-            result.append((step.value, step.label, state))
-        return result
+        return provisioning_step_states(
+            current_step=self.provisioning_step,
+            has_recipe=bool(self.recipe_script),
+            finished=self.activated_at is not None or self.status == ContractStatus.ACTIVE,
+            current_state=current_state,
+        )
 
     def can_cancel(self) -> bool:
         return self.status in {ContractStatus.REQUESTED, ContractStatus.PAID, ContractStatus.PROVISIONING} or (

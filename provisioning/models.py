@@ -463,23 +463,14 @@ class Resource(ProvisionedServer):
 
     def step_states(self) -> list[tuple[str, str, str]]:
         """Return (step value, label, "done" | "current" | "failed" | "pending") for the progress list."""
-        from marketplace.models import PROVISIONING_STEP_ORDER, ProvisioningStep
+        from marketplace.models import provisioning_step_states
 
-        steps = [step for step in PROVISIONING_STEP_ORDER if self.recipe_script or step != ProvisioningStep.RUNNING_RECIPE]
-        if self.status != ResourceStatus.PROVISIONING and self.status != ResourceStatus.FAILED:
-            return [(step.value, step.label, "done") for step in steps]
-        result = []
-        seen_current = False
-        for step in steps:
-            if step == self.provisioning_step:
-                state = "current" if self.status == ResourceStatus.PROVISIONING else "failed"
-                seen_current = True
-            elif self.provisioning_step and not seen_current:
-                state = "done"
-            else:
-                state = "pending"
-            result.append((step.value, step.label, state))
-        return result
+        return provisioning_step_states(
+            current_step=self.provisioning_step,
+            has_recipe=bool(self.recipe_script),
+            finished=self.status not in (ResourceStatus.PROVISIONING, ResourceStatus.FAILED),
+            current_state="current" if self.status == ResourceStatus.PROVISIONING else "failed",
+        )
 
 
 class ResourceEvent(models.Model):

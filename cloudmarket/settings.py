@@ -274,6 +274,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Several models have a `status` field; each choice set gets its own schema name.
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "marketplace.models.ContractStatus",
+        "ResourceStatusEnum": "provisioning.models.ResourceStatus",
+    },
 }
 
 

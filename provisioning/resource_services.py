@@ -103,7 +103,7 @@ def resource_live_rental(resource: Resource) -> Contract | None:
     )
 
 
-def _refuse_if_rented(resource: Resource, action: str) -> None:
+def _reject_if_rented(resource: Resource, action: str) -> None:
     contract = resource_live_rental(resource)
     if contract is not None:
         raise ResourceRented(resource, action, contract)
@@ -286,7 +286,7 @@ def resource_stop(*, resource: Resource, actor: User) -> Resource:
 
     resource = _lock(resource.pk)
     _require_owner(resource, actor)
-    _refuse_if_rented(resource, "be stopped")
+    _reject_if_rented(resource, "be stopped")
     resource = _move(
         resource, allowed_from={ResourceStatus.RUNNING}, to_status=ResourceStatus.STOPPING, action="be stopped",
         actor=actor, actor_label=_actor_label(resource, actor), reason="Stop requested.", attempts=0,
@@ -353,7 +353,7 @@ def resource_delete(*, resource: Resource, actor: User) -> Resource:
 
     resource = _lock(resource.pk)
     _require_owner(resource, actor)
-    _refuse_if_rented(resource, "be deleted")
+    _reject_if_rented(resource, "be deleted")
     Offering.objects.filter(resource=resource).update(
         visibility=Visibility.PRIVATE, stock_status=StockStatus.OUT_OF_STOCK, updated_at=timezone.now()
     )
@@ -431,7 +431,7 @@ def resource_list(
     offering.price_cents = price_cents
     offering.currency = (currency or "EUR").strip().upper()
     offering.vcpu, offering.memory_mib, offering.disk_gb = resource.vcpu, resource.memory_mib, resource.disk_gb
-    offering.country = resource.country or "DE"
+    offering.country = resource.country
     offering.city = resource.city or resource.location_code
     offering.location_code = resource.location_code
     offering.server_type = resource.server_type
@@ -470,12 +470,13 @@ def resource_unlist(*, resource: Resource, actor: User) -> Offering | None:
 
 
 def listing_stock_take(*, offering: Offering) -> None:
-    """Take the one unit of stock of a listed resource for a new rental; the caller holds a transaction.
+    """Take the one unit of stock of a listed resource for a new rental; call it inside a transaction.
 
     Raises ValidationError when the stock is already taken or the resource is not running.
     """
     locked = Offering.objects.select_for_update(of=("self",)).select_related("resource").get(pk=offering.pk)
-    if locked.stock_status == StockStatus.OUT_OF_STOCK:
+    # A rental that has not ended keeps the VM even if the stock column was edited meanwhile.
+    if locked.stock_status == StockStatus.OUT_OF_STOCK or resource_live_rental(locked.resource) is not None:
         raise ValidationError("This offering is out of stock.")
     if locked.resource.status != ResourceStatus.RUNNING:
         raise ValidationError("The server of this offering is not running at the moment; try again later.")

@@ -72,6 +72,11 @@ def resource_create_view(request: HttpRequest) -> HttpResponse:
     catalog, catalog_error = _catalog_for(request, account_id)
     initial = {"cloud_account": account_id} if account_id else {}
     form = ResourceCreateForm(data, user=request.user, catalog=catalog, initial=initial)
+    # Without a catalog only the cloud account's own error is meaningful.
+    if data is not None and catalog is None:
+        form.is_valid()
+        for name in ("location_code", "server_type", "image"):
+            form.errors.pop(name, None)
     if data is not None and catalog is not None and form.is_valid():
         try:
             resource = resource_create(
@@ -97,8 +102,11 @@ def resource_create_view(request: HttpRequest) -> HttpResponse:
 
 def _live_context(resource: Resource) -> dict:
     rental = resource_live_rental(resource)
+    recipe_run = resource.recipe_runs.order_by("-started_at", "-id").first()
     return {
         "resource": resource,
+        "recipe_run": recipe_run,
+        "recipe_output": recipe_run.output if recipe_run is not None else "",
         "steps": resource.step_states() if resource.status in (ResourceStatus.PROVISIONING, ResourceStatus.FAILED) else [],
         "polling": resource.is_busy,
         "rental": rental,

@@ -484,3 +484,75 @@ def test_services_reject_other_users():
             resource=victim, actor=intruder, name="x", description="", price_cents=1, currency="EUR",
             remove_owner_keys=False,
         )
+
+
+# --- offerings, cloud accounts and reconciliation around resources -------------------------------
+
+
+def test_offering_update_rejects_listed_resource():
+    from marketplace.services.providers import offering_update
+
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource(resource)
+
+    with pytest.raises(ValidationError) as caught:
+        offering_update(offering=offering, user=resource.owner, values={"price_cents": 1})
+
+    assert "lists one of your resources" in " ".join(caught.value.messages)
+    offering.refresh_from_db()
+    assert offering.price_cents == 1500
+
+
+def test_edited_stock_cannot_double_rent():
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource(resource)
+    contract_services.contract_create(
+        tenant=make_user(), offering=offering, ssh_public_key=ssh_public_key(), idempotency_key="first"
+    )
+    Offering.objects.filter(pk=offering.pk).update(stock_status=StockStatus.IN_STOCK)
+    offering.refresh_from_db()
+
+    with pytest.raises(ValidationError) as caught:
+        contract_services.contract_create(
+            tenant=make_user(), offering=offering, ssh_public_key=ssh_public_key(), idempotency_key="second"
+        )
+
+    assert "out of stock" in " ".join(caught.value.messages)
+    assert offering.contracts.count() == 1
+
+
+def test_cloud_account_delete_blocked_by_resource():
+    from provisioning.models import CloudAccount
+    from provisioning.services import CloudAccountInUse, cloud_account_delete
+
+    resource = make_resource(owner=make_user(), name="Build box")
+
+    with pytest.raises(CloudAccountInUse) as caught:
+        cloud_account_delete(account=resource.cloud_account, actor=resource.owner)
+    Resource.objects.filter(pk=resource.pk).update(status=ResourceStatus.DELETED)
+    removed = cloud_account_delete(account=resource.cloud_account, actor=resource.owner)
+
+    assert "resource 'Build box'" in str(caught.value)
+    assert "delete the resources" in str(caught.value)
+    assert removed is False
+    assert CloudAccount.all_objects.get(pk=resource.cloud_account_id).deleted_at is not None
+
+
+def test_reconcile_keeps_resource_servers(settings):
+    from provisioning.models import OrphanServer, SandboxServer
+    from provisioning.reconcile import reconcile_account
+
+    resource = make_resource(owner=make_user())
+    server = SandboxServer.objects.create(
+        account=resource.cloud_account, name="cm-r1", server_type="cx22", image="ubuntu-24.04", location="fsn1",
+        labels={"cloudmarket-resource": str(resource.pk), "cloudmarket-deployment": settings.DEPLOYMENT_NAME},
+        ipv4="203.0.113.9", boot_seconds=0.0,
+    )
+
+    first = reconcile_account(account=resource.cloud_account)
+    Resource.objects.filter(pk=resource.pk).update(status=ResourceStatus.DELETED)
+    second = reconcile_account(account=resource.cloud_account)
+
+    assert first.orphans_reported == []
+    assert second.orphans_reported == [str(server.pk)]
+    assert OrphanServer.objects.get(server_id=str(server.pk)).reason == "no_contract_label"

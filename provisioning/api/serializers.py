@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from provisioning.models import CloudAccount
+from provisioning.models import CloudAccount, Resource
 from provisioning.services import TOKEN_MAX_LENGTH
 
 PROXMOX_FIELDS = (
@@ -142,8 +142,6 @@ class ResourceSerializer(serializers.ModelSerializer):
     offering = serializers.SerializerMethodField()
 
     class Meta:
-        from provisioning.models import Resource
-
         model = Resource
         fields = [
             "id", "name", "cloud_account", "backend", "status", "status_label", "provisioning_step", "status_reason",

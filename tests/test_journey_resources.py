@@ -165,3 +165,31 @@ def test_sandbox_listing_rent_and_return(celery_worker_process):
     close_old_connections()
     assert Offering.objects.get(pk=offering.pk).stock_status == StockStatus.IN_STOCK
     assert Resource.objects.get(pk=resource.pk).status == ResourceStatus.RUNNING
+
+
+def test_create_retry_after_dropped_response(celery_worker_process, hetzner_api, session_sshd):
+    # The cloud creates the server but the response is lost, as in a crash right after the call.
+    hetzner_api.add_fault("POST", "/servers", drop_connection=True, process=True)
+    owner, account = make_provider(token=TEST_HCLOUD_TOKEN)
+
+    resource = _create_running_resource(owner=owner, account=account, owner_key=generate_keypair("o@l").public_line)
+
+    assert len(hetzner_api.servers) == 1
+    assert resource.cloud_server_id == str(next(iter(hetzner_api.servers)))
+    assert resource.attempts >= 2
+
+
+def test_create_rejected_by_cloud_fails(celery_worker_process, hetzner_api, session_sshd):
+    hetzner_api.add_fault("POST", "/servers", status=403, code="resource_limit_exceeded", message="server limit reached")
+    owner, account = make_provider(token=TEST_HCLOUD_TOKEN)
+    resource = resource_create(
+        owner=owner, cloud_account=account, name="Over limit", location_code="fsn1", server_type="cx22",
+        image="ubuntu-24.04", ssh_public_key=generate_keypair("o@l").public_line,
+    )
+
+    resource = wait_for_status(resource, {ResourceStatus.RUNNING, ResourceStatus.FAILED}, timeout=60)
+
+    assert resource.status == ResourceStatus.FAILED
+    assert "server limit reached" in resource.status_reason
+    assert not hetzner_api.servers
+    wait_until(lambda: not hetzner_api.ssh_keys, message="the failed resource's SSH keys to be deleted")

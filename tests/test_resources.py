@@ -556,3 +556,78 @@ def test_reconcile_keeps_resource_servers(settings):
     assert first.orphans_reported == []
     assert second.orphans_reported == [str(server.pk)]
     assert OrphanServer.objects.get(server_id=str(server.pk)).reason == "no_contract_label"
+
+
+def test_wizard_htmx_returns_partial():
+    owner = make_user()
+    account = make_cloud_account(owner=owner, backend=Backend.SANDBOX)
+    client = Client()
+    client.force_login(owner)
+
+    response = client.get(reverse("resources:create"), {"cloud_account": account.pk}, HTTP_HX_REQUEST="true")
+
+    assert response.status_code == 200
+    assert b'id="resource-wizard"' in response.content
+    assert b"<html" not in response.content
+    assert b'value="fsn1"' in response.content
+
+
+def test_stalled_resources_found():
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from provisioning.pipeline import stalled_resources
+
+    owner = make_user()
+    stalled = make_resource(owner=owner, status=ResourceStatus.PROVISIONING)
+    Resource.objects.filter(pk=stalled.pk).update(
+        lease_owner="dead-worker", lease_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    leased = make_resource(owner=owner, status=ResourceStatus.DELETING)
+    Resource.objects.filter(pk=leased.pk).update(
+        lease_owner="live-worker", lease_expires_at=timezone.now() + timedelta(seconds=60)
+    )
+    make_resource(owner=owner, status=ResourceStatus.RUNNING)
+
+    found = stalled_resources()
+
+    assert found == [(stalled.pk, ResourceStatus.PROVISIONING)]
+
+
+def test_status_partial_polls_while_busy():
+    resource = make_resource(owner=make_user(), status=ResourceStatus.PROVISIONING)
+    Resource.objects.filter(pk=resource.pk).update(provisioning_step="waiting_for_boot")
+    client = Client()
+    client.force_login(resource.owner)
+    url = reverse("resources:status", kwargs={"public_id": resource.public_id})
+
+    busy = client.get(url, {"shown": "provisioning"}, HTTP_HX_REQUEST="true")
+    Resource.objects.filter(pk=resource.pk).update(status=ResourceStatus.RUNNING)
+    settled = client.get(url, {"shown": "provisioning"}, HTTP_HX_REQUEST="true")
+
+    assert b'hx-trigger="every 2s"' in busy.content
+    assert b"Waiting for boot" in busy.content
+    assert "HX-Refresh" not in busy
+    assert b"hx-trigger" not in settled.content
+    assert settled["HX-Refresh"] == "true"
+
+
+def test_detail_page_shows_current_rental():
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource(resource)
+    contract, _ = contract_services.contract_create(
+        tenant=make_user(), offering=offering, ssh_public_key=ssh_public_key(), idempotency_key="rent"
+    )
+    client = Client()
+    client.force_login(resource.owner)
+
+    response = client.get(resource.get_absolute_url())
+
+    assert response.status_code == 200
+    assert b"Rented:" in response.content
+    assert contract.get_absolute_url().encode() in response.content
+    assert b"Out of stock" in response.content
+    assert b"Stop\xe2\x80\xa6" not in response.content
+    assert b"Delete\xe2\x80\xa6" not in response.content
+    assert b"blocked until the rental ends" in response.content

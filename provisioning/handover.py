@@ -146,7 +146,17 @@ def hand_over(*, lease) -> Contract:
         _run(resource, HAND_OVER_SCRIPT, env, operation="key hand-over", contract_id=contract.pk)
     except HandoverError as exc:
         raise ProvisioningError(str(exc)) from exc
-    return contract_services.contract_activate(contract_id=contract.pk, worker=lease.owner)
+    try:
+        return contract_services.contract_activate(contract_id=contract.pk, worker=lease.owner)
+    except contract_services.InvalidTransition:
+        # The rental was cancelled while the script ran, and its hand-back may have run first.
+        # Handing back again restores the owner's file that this hand-over just saved.
+        logger.warning("Contract %s: cancelled during the key hand-over; handing resource %s back", contract.pk, resource.pk)
+        try:
+            hand_back(contract=contract)
+        except HandoverError as exc:
+            logger.error("Contract %s: hand-back after a cancelled hand-over failed: %s", contract.pk, exc)
+        raise
 
 
 def hand_back(*, contract: Contract) -> None:

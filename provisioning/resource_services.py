@@ -291,6 +291,8 @@ def resource_stop(*, resource: Resource, actor: User) -> Resource:
         resource, allowed_from={ResourceStatus.RUNNING}, to_status=ResourceStatus.STOPPING, action="be stopped",
         actor=actor, actor_label=_actor_label(resource, actor), reason="Stop requested.", attempts=0,
     )
+    # A listing of a stopped VM shows as out of stock; the stock returns once it runs again.
+    Offering.objects.filter(resource=resource).update(stock_status=StockStatus.OUT_OF_STOCK, updated_at=timezone.now())
     resource_pk = resource.pk
     transaction.on_commit(lambda: resource_power_task.delay(resource_pk))
     return resource
@@ -322,11 +324,15 @@ def resource_mark_power_done(*, resource_id: int, worker: str, ip_address: str |
             actor=None, actor_label=worker, reason="Server stopped.", lease_owner="", lease_expires_at=None, last_error="",
         )
     fields = {"ip_address": ip_address} if ip_address else {}
-    return _move(
+    resource = _move(
         resource, allowed_from={ResourceStatus.STARTING}, to_status=ResourceStatus.RUNNING, action="be marked running",
         actor=None, actor_label=worker, reason="Server started.", lease_owner="", lease_expires_at=None, last_error="",
         **fields,
     )
+    offering_id = Offering.objects.filter(resource=resource).values_list("pk", flat=True).first()
+    if offering_id is not None and resource_live_rental(resource) is None:
+        listing_stock_return(offering_id=offering_id)
+    return resource
 
 
 @transaction.atomic

@@ -631,3 +631,22 @@ def test_detail_page_shows_current_rental():
     assert b"Stop\xe2\x80\xa6" not in response.content
     assert b"Delete\xe2\x80\xa6" not in response.content
     assert b"blocked until the rental ends" in response.content
+
+
+def test_stopped_listing_out_of_stock():
+    from provisioning.resource_services import resource_mark_power_done
+
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource(resource)
+
+    resource_stop(resource=resource, actor=resource.owner)
+    resource_mark_power_done(resource_id=resource.pk, worker="test-worker")
+    stopped_stock = Offering.objects.get(pk=offering.pk).stock_status
+    resource_start(resource=resource, actor=resource.owner)
+    resource_mark_power_done(resource_id=resource.pk, worker="test-worker", ip_address="203.0.113.10")
+    started_stock = Offering.objects.get(pk=offering.pk).stock_status
+
+    assert stopped_stock == StockStatus.OUT_OF_STOCK
+    assert started_stock == StockStatus.IN_STOCK
+    resource.refresh_from_db()
+    assert resource.ip_address == "203.0.113.10"

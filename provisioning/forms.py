@@ -181,6 +181,10 @@ class ResourceListForm(forms.Form):
         label="Monthly price", min_value=0, max_digits=9, decimal_places=2, help_text="In the currency below, per month."
     )
     currency = forms.ChoiceField(choices=())
+    country = forms.CharField(
+        max_length=2, required=False,
+        help_text="Two-letter country code of the server, for example DE; needed only when the location has none.",
+    )
     remove_owner_keys = forms.BooleanField(
         label="Remove my keys from root while rented", required=False,
         help_text="Your keys are put back when the rental ends. The platform's own key always stays.",

@@ -406,13 +406,15 @@ def resource_list(
     price_cents: int,
     currency: str,
     remove_owner_keys: bool,
+    country: str = "",
 ) -> Offering:
     """List a running resource on the marketplace as a public offering with a stock of one.
 
     Creates the offering bound to the resource, or updates and shows it again when the resource
     was listed before. The stock is out while a rental of it has not ended. Raises
-    ValidationError keyed by field for an invalid price, name or description, and when the
-    owner has no provider profile or the resource is not running.
+    ValidationError keyed by field for an invalid price, name, description or country, and when
+    the owner has no provider profile or the resource is not running. `country` is used only
+    when the resource's location reports none.
     """
     from marketplace.models import ProviderProfile
     from marketplace.services.providers import _check_price, unique_offering_slug
@@ -437,7 +439,12 @@ def resource_list(
     offering.price_cents = price_cents
     offering.currency = (currency or "EUR").strip().upper()
     offering.vcpu, offering.memory_mib, offering.disk_gb = resource.vcpu, resource.memory_mib, resource.disk_gb
-    offering.country = resource.country
+    offering.country = resource.country or (country or "").strip().upper()
+    if not offering.country:
+        # Proxmox VE locations report no country, so the owner states it.
+        raise ValidationError(
+            {"country": f"Location {resource.location_code!r} has no country; enter the server's country, for example DE."}
+        )
     offering.city = resource.city or resource.location_code
     offering.location_code = resource.location_code
     offering.server_type = resource.server_type

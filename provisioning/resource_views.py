@@ -128,6 +128,7 @@ def resource_detail_view(request: HttpRequest, public_id) -> HttpResponse:
                     "price": (offering.price_cents / 100) if offering else None,
                     "currency": offering.currency if offering else "EUR",
                     "remove_owner_keys": resource.remove_owner_keys_while_rented,
+                    "country": offering.country if offering else resource.country,
                 }
             ),
             "events": list(resource.events.order_by("-created_at", "-id")[:20]),
@@ -202,6 +203,7 @@ def resource_list_on_marketplace_view(request: HttpRequest, public_id) -> HttpRe
                 price_cents=form.price_cents(),
                 currency=form.cleaned_data["currency"],
                 remove_owner_keys=form.cleaned_data["remove_owner_keys"],
+                country=form.cleaned_data["country"],
             )
         except ValidationError as exc:
             _add_service_errors(form, exc)

@@ -193,3 +193,44 @@ def test_create_rejected_by_cloud_fails(celery_worker_process, hetzner_api, sess
     assert "server limit reached" in resource.status_reason
     assert not hetzner_api.servers
     wait_until(lambda: not hetzner_api.ssh_keys, message="the failed resource's SSH keys to be deleted")
+
+
+def test_proxmox_resource_lifecycle(celery_worker_process, proxmox_api, session_sshd):
+    from tests.test_journey_proxmox import make_proxmox_provider
+
+    _saved_owner_file(session_sshd).unlink(missing_ok=True)
+    account = make_proxmox_provider(proxmox_api)
+    owner = account.owner
+    owner_key = generate_keypair("owner@laptop").public_line
+    resource = resource_create(
+        owner=owner, cloud_account=account, name="Rack box", location_code="pve", server_type="pve-small",
+        image="ubuntu-24.04", ssh_public_key=owner_key,
+    )
+    resource = wait_for_status(resource, {ResourceStatus.RUNNING, ResourceStatus.FAILED}, timeout=90)
+    assert resource.status == ResourceStatus.RUNNING, resource.status_reason
+    offering = resource_list(
+        resource=resource, actor=owner, name="Rack box for rent", description="", price_cents=3000,
+        currency="EUR", remove_owner_keys=True, country="AT",
+    )
+    tenant, tenant_key = make_tenant()
+
+    contract = rent(tenant=tenant, public_key=tenant_key, offering=offering)
+    contract = wait_for_status(contract, {ContractStatus.ACTIVE, ContractStatus.FAILED}, timeout=60)
+    assert contract.status == ContractStatus.ACTIVE, contract.status_reason
+    assert _authorized_bodies(session_sshd) == {_key_body(tenant_key), _key_body(resource.platform_public_key)}
+    contract_services.contract_terminate(contract=contract, actor=None, actor_label="system", reason="Test ends it.")
+    contract = wait_for_status(contract, {ContractStatus.TERMINATED, ContractStatus.TERMINATION_FAILED}, timeout=60)
+    assert contract.status == ContractStatus.TERMINATED, contract.last_error
+    assert _authorized_bodies(session_sshd) == {_key_body(owner_key), _key_body(resource.platform_public_key)}
+
+    resource_stop(resource=resource, actor=owner)
+    resource = wait_for_status(resource, {ResourceStatus.STOPPED, ResourceStatus.RUNNING}, timeout=60)
+    assert resource.status == ResourceStatus.STOPPED, resource.last_error
+    resource_start(resource=resource, actor=owner)
+    resource = wait_for_status(resource, {ResourceStatus.RUNNING, ResourceStatus.STOPPED}, timeout=60)
+    assert resource.status == ResourceStatus.RUNNING, resource.last_error
+    assert resource.ip_address == "127.0.0.1"
+    resource_delete(resource=resource, actor=owner)
+    resource = wait_for_status(resource, {ResourceStatus.DELETED, ResourceStatus.DELETE_FAILED}, timeout=60)
+    assert resource.status == ResourceStatus.DELETED, resource.last_error
+    assert int(resource.cloud_server_id) not in proxmox_api.vms

@@ -650,3 +650,20 @@ def test_stopped_listing_out_of_stock():
     assert started_stock == StockStatus.IN_STOCK
     resource.refresh_from_db()
     assert resource.ip_address == "203.0.113.10"
+
+
+def test_list_without_country_asks_for_one():
+    resource = make_resource(owner=make_provider().user)
+    Resource.objects.filter(pk=resource.pk).update(country="", city="", location_code="pve")
+    resource.refresh_from_db()
+
+    with pytest.raises(ValidationError) as caught:
+        list_resource(resource)
+    offering = resource_list(
+        resource=resource, actor=resource.owner, name="Rack box", description="", price_cents=100, currency="EUR",
+        remove_owner_keys=False, country="at",
+    )
+
+    assert "Location 'pve' has no country" in caught.value.message_dict["country"][0]
+    assert offering.country == "AT"
+    assert offering.city == "pve"

@@ -140,6 +140,7 @@ class ResourceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
         resource_list(
             resource=resource, actor=request.user, name=data["name"], description=data.get("description", ""),
             price_cents=data["price_cents"], currency=data["currency"], remove_owner_keys=data["remove_owner_keys"],
+            country=data.get("country", ""),
         )
         return self._reloaded(resource)
 

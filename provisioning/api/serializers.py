@@ -175,3 +175,7 @@ class ResourceListingSerializer(serializers.Serializer):
     price_cents = serializers.IntegerField(min_value=0, help_text="Monthly price in the currency's minor unit.")
     currency = serializers.CharField(max_length=3, default="EUR")
     remove_owner_keys = serializers.BooleanField(default=False)
+    country = serializers.CharField(
+        required=False, allow_blank=True, max_length=2,
+        help_text="ISO country code of the server; needed only when the location reports none (Proxmox VE).",
+    )

@@ -74,7 +74,8 @@ def _contract_activate(*, object_id: int, worker: str):
 class PipelineKind:
     """A kind of row the pipeline provisions: a rental contract or a self-provisioned resource.
 
-    Both models have the same provisioning, lease and key columns; this names what differs.
+    Both models derive from `ProvisionedServer`, so the steps read and write the same columns.
+    This names what differs between them.
     """
 
     noun: str

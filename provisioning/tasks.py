@@ -87,7 +87,8 @@ def _provision(task, *, lease: pipeline.Lease, run, fail) -> None:
 
         row = kind.model.objects.get(pk=object_id)
         cloud_account_mark_invalid(account_id=row.cloud_account_id, error=str(exc))
-        fail(f"The cloud credentials were rejected: {exc}")
+        whose = "provider's cloud" if kind is pipeline.CONTRACTS else "cloud account's"
+        fail(f"The {whose} credentials were rejected: {exc}")
     except (RequestRejected, pipeline.ProvisioningError) as exc:
         fail(str(exc))
     except CloudError as exc:

@@ -190,11 +190,14 @@ class ResourceListForm(forms.Form):
         help_text="Your keys are put back when the rental ends. The platform's own key always stays.",
     )
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, needs_country: bool = True, **kwargs):
         from marketplace.validators import CURRENCIES
 
         super().__init__(*args, **kwargs)
         self.fields["currency"].choices = list(CURRENCIES)
+        if not needs_country:
+            # The resource's location has a country, which the offering takes.
+            del self.fields["country"]
 
     def price_cents(self) -> int:
         return int(self.cleaned_data["price"] * 100)

@@ -67,37 +67,46 @@ def _catalog_for(request: HttpRequest, account_id) -> tuple[object | None, str]:
 @login_required
 @require_http_methods(["GET", "POST"])
 def resource_create_view(request: HttpRequest) -> HttpResponse:
+    """Show the wizard (its fields only for htmx, after a cloud account was chosen), or create the resource."""
     data = request.POST if request.method == "POST" else None
     account_id = (data or request.GET).get("cloud_account", "")
     catalog, catalog_error = _catalog_for(request, account_id)
     initial = {"cloud_account": account_id} if account_id else {}
     form = ResourceCreateForm(data, user=request.user, catalog=catalog, initial=initial)
-    # Without a catalog only the cloud account's own error is meaningful.
+
     if data is not None and catalog is None:
+        # Without a catalog only the cloud account's own error is meaningful.
         form.is_valid()
         for name in ("location_code", "server_type", "image"):
             form.errors.pop(name, None)
-    if data is not None and catalog is not None and form.is_valid():
-        try:
-            resource = resource_create(
-                owner=request.user,
-                cloud_account=form.cleaned_data["cloud_account"],
-                name=form.cleaned_data["name"],
-                location_code=form.cleaned_data["location_code"],
-                server_type=form.cleaned_data["server_type"],
-                image=form.cleaned_data["image"],
-                ssh_public_key=form.public_key(),
-                recipe_version=form.cleaned_data["recipe_version"],
-            )
-        except ValidationError as exc:
-            _add_service_errors(form, exc)
-        else:
+    elif data is not None and form.is_valid():
+        resource = _create_from_wizard(request, form)
+        if resource is not None:
             messages.success(request, f"Creating {resource.name}; this page shows its progress.")
             return redirect(resource.get_absolute_url())
-    status = 400 if data is not None else 200
+
     context = {"form": form, "catalog": catalog, "catalog_error": catalog_error}
-    template = "provisioning/partials/resource_wizard_fields.html" if request.htmx else "provisioning/resource_create.html"
-    return render(request, template, context, status=status if not request.htmx else 200)
+    if request.htmx:
+        return render(request, "provisioning/partials/resource_wizard_fields.html", context)
+    return render(request, "provisioning/resource_create.html", context, status=400 if data is not None else 200)
+
+
+def _create_from_wizard(request: HttpRequest, form: ResourceCreateForm) -> Resource | None:
+    """Create the resource from a valid wizard form; on a service error, attach it to the form and return None."""
+    try:
+        return resource_create(
+            owner=request.user,
+            cloud_account=form.cleaned_data["cloud_account"],
+            name=form.cleaned_data["name"],
+            location_code=form.cleaned_data["location_code"],
+            server_type=form.cleaned_data["server_type"],
+            image=form.cleaned_data["image"],
+            ssh_public_key=form.public_key(),
+            recipe_version=form.cleaned_data["recipe_version"],
+        )
+    except ValidationError as exc:
+        _add_service_errors(form, exc)
+        return None
 
 
 def _live_context(resource: Resource) -> dict:
@@ -122,13 +131,14 @@ def resource_detail_view(request: HttpRequest, public_id) -> HttpResponse:
         {
             "offering": offering,
             "list_form": ResourceListForm(
+                needs_country=not resource.country,
                 initial={
                     "name": offering.name if offering else resource.name,
                     "description": offering.description if offering else "",
                     "price": (offering.price_cents / 100) if offering else None,
                     "currency": offering.currency if offering else "EUR",
                     "remove_owner_keys": resource.remove_owner_keys_while_rented,
-                    "country": offering.country if offering else resource.country,
+                    "country": offering.country if offering else "",
                 }
             ),
             "events": list(resource.events.order_by("-created_at", "-id")[:20]),
@@ -192,7 +202,7 @@ def resource_delete_view(request: HttpRequest, public_id) -> HttpResponse:
 @require_POST
 def resource_list_on_marketplace_view(request: HttpRequest, public_id) -> HttpResponse:
     resource = _own_resource(request, public_id)
-    form = ResourceListForm(request.POST)
+    form = ResourceListForm(request.POST, needs_country=not resource.country)
     if form.is_valid():
         try:
             offering = resource_list(
@@ -203,7 +213,7 @@ def resource_list_on_marketplace_view(request: HttpRequest, public_id) -> HttpRe
                 price_cents=form.price_cents(),
                 currency=form.cleaned_data["currency"],
                 remove_owner_keys=form.cleaned_data["remove_owner_keys"],
-                country=form.cleaned_data["country"],
+                country=form.cleaned_data.get("country", ""),
             )
         except ValidationError as exc:
             _add_service_errors(form, exc)

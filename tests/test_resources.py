@@ -667,3 +667,37 @@ def test_list_without_country_asks_for_one():
     assert "Location 'pve' has no country" in caught.value.message_dict["country"][0]
     assert offering.country == "AT"
     assert offering.city == "pve"
+
+
+def test_listing_form_asks_country_only_when_missing():
+    with_country = make_resource(owner=make_provider().user)
+    without_country = make_resource(owner=with_country.owner, name="Rack box")
+    Resource.objects.filter(pk=without_country.pk).update(country="")
+    client = Client()
+    client.force_login(with_country.owner)
+
+    known = client.get(with_country.get_absolute_url())
+    unknown = client.get(without_country.get_absolute_url())
+
+    assert b'name="country"' not in known.content
+    assert b'name="country"' in unknown.content
+
+
+def test_wizard_errors_keep_form():
+    owner = make_user()
+    account = make_cloud_account(owner=owner, backend=Backend.SANDBOX)
+    client = Client()
+    client.force_login(owner)
+
+    no_account = client.post(reverse("resources:create"), {"name": "Box"})
+    bad_key = client.post(
+        reverse("resources:create"),
+        {"cloud_account": account.pk, "location_code": "fsn1", "server_type": "cx22", "image": "ubuntu-24.04",
+         "name": "Box", "ssh_public_key": "ssh-rsa not-a-key"},
+    )
+
+    assert no_account.status_code == 400
+    assert b"This field is required." in no_account.content
+    assert bad_key.status_code == 400
+    assert b'value="Box"' in bad_key.content
+    assert not Resource.objects.exists()

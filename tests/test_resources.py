@@ -701,3 +701,19 @@ def test_wizard_errors_keep_form():
     assert bad_key.status_code == 400
     assert b'value="Box"' in bad_key.content
     assert not Resource.objects.exists()
+
+
+def test_deleted_resource_offering_stays_private():
+    from marketplace.services.offerings import offering_visibility_set
+
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource(resource)
+    resource_delete(resource=resource, actor=resource.owner)
+    Resource.objects.filter(pk=resource.pk).update(status=ResourceStatus.DELETED)
+
+    with pytest.raises(ValidationError) as caught:
+        offering_visibility_set(offering=offering, user=resource.owner, visibility=Visibility.PUBLIC)
+
+    assert "can only stay private" in caught.value.message_dict["visibility"][0]
+    offering.refresh_from_db()
+    assert offering.visibility == Visibility.PRIVATE

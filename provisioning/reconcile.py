@@ -122,6 +122,9 @@ def _without_resource_servers(servers: list) -> list:
     Such a server carries a resource label instead of a contract label. The server of a
     deleted or unknown resource stays in the list and is reported as an orphan without a
     contract label.
+
+    NOTE: a resource whose server disappeared from the cloud is not flagged; only live
+    contracts are checked for missing servers.
     """
     from provisioning.models import Resource, ResourceStatus
     from provisioning.pipeline import RESOURCE_LABEL

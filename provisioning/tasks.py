@@ -157,7 +157,8 @@ def _hand_back_after_failure(task, contract: Contract) -> None:
     except HandoverError as exc:
         Contract.objects.filter(pk=contract.pk).update(last_error=f"Hand-back failed: {exc}"[:2000])
         if task.request.retries >= task.max_retries:
-            # The stock stays taken, so nobody else gets a VM that may still hold this tenant's key.
+            # The stock stays taken, so no other tenant gets a VM that may still accept this tenant's key.
+            # NOTE: staff learn of it only from this log line and the contract's last_error.
             logger.error("Contract %s: hand-back after failure failed for good; stock stays taken: %s", contract.pk, exc)
             return
         countdown = backoff_seconds(task.request.retries)

@@ -295,7 +295,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Several models have a `status` field; each choice set gets its own schema name.
     "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "marketplace.models.ContractStatus",
+        "ResourceStatusEnum": "provisioning.models.ResourceStatus",
         "AgentWorkActionEnum": ["provision", "terminate"],
         "ProvisioningStepEnum": "marketplace.models.ProvisioningStep",
         # The onboarding API uses the step choices in two fields; both refer to this one schema enum.
@@ -460,6 +463,11 @@ AGENT_LEASE_SECONDS = env.int("AGENT_LEASE_SECONDS", default=300)
 AGENT_MAX_RETRIES = env.int("AGENT_MAX_RETRIES", default=5)
 RECIPE_TIMEOUT_SECONDS = env.int("RECIPE_TIMEOUT_SECONDS", default=1800)
 RECIPE_MAX_OUTPUT_BYTES = env.int("RECIPE_MAX_OUTPUT_BYTES", default=1_000_000)
+# Most self-provisioned resources one user may have at a time; deleted ones do not count.
+RESOURCE_QUOTA_PER_USER = env.int("RESOURCE_QUOTA_PER_USER", default=10)
+# The file sshd reads root's authorized keys from on self-provisioned VMs. The rental hand-over
+# rewrites it; tests point it at the loopback sshd's AuthorizedKeysFile.
+RESOURCE_AUTHORIZED_KEYS_PATH = env.str("RESOURCE_AUTHORIZED_KEYS_PATH", default="/root/.ssh/authorized_keys")
 
 # Health checks.
 # Seconds between two platform probes of one active contract (TCP connect to its SSH port).

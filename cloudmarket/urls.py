@@ -17,6 +17,7 @@ urlpatterns = [
     path("billing/", include("billing.urls")),
     path("dashboard/provider/cloud-accounts/", include("provisioning.urls")),
     path("dashboard/provider/agent-pools/", include("provisioning.agent_urls")),
+    path("resources/", include("provisioning.resource_urls")),
     # Browsers ask for /favicon.ico whatever the page links; the icon is an SVG in static files.
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("", include("marketplace.urls")),

@@ -21,6 +21,7 @@ from marketplace.validators import (
     validate_multiline_text,
     validate_visible_text,
 )
+from provisioning.models import ProvisionedServer
 
 
 class UserManager(BaseUserManager):
@@ -196,6 +197,12 @@ class Offering(models.Model):
     )
     visibility = models.CharField(max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC)
     stock_status = models.CharField(max_length=16, choices=StockStatus.choices, default=StockStatus.IN_STOCK)
+    # Set when the offering lists the owner's running VM: its stock is that one VM, a rental
+    # borrows it (SSH key hand-over) instead of creating a server, and ending the rental
+    # returns it instead of deleting the server.
+    resource = models.OneToOneField(
+        "provisioning.Resource", on_delete=models.PROTECT, null=True, blank=True, related_name="listing"
+    )
 
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
@@ -337,7 +344,33 @@ class ProvisioningStep(models.TextChoices):
 PROVISIONING_STEP_ORDER = list(ProvisioningStep)
 
 
-class Contract(models.Model):
+def provisioning_step_states(
+    *, current_step: str, has_recipe: bool, finished: bool, current_state: str
+) -> list[tuple[str, str, str]]:
+    """Return (step value, label, state) per provisioning step for a progress list.
+
+    Every step is "done" once provisioning `finished`. Otherwise the steps before `current_step`
+    are "done", the current one has `current_state` and the rest are "pending". A plain VM has no
+    recipe to run, so without `has_recipe` the list does not claim that a recipe ran.
+    """
+    steps = [step for step in PROVISIONING_STEP_ORDER if has_recipe or step != ProvisioningStep.RUNNING_RECIPE]
+    result = []
+    seen_current = False
+    for step in steps:
+        if finished:
+            state = "done"
+        elif step == current_step:
+            state = current_state
+            seen_current = True
+        elif current_step and not seen_current:
+            state = "done"
+        else:
+            state = "pending"
+        result.append((step.value, step.label, state))
+    return result
+
+
+class Contract(ProvisionedServer):
     """One rental of one offering by one tenant, with a snapshot of what the tenant agreed to.
 
     Only `marketplace.services.contracts` changes `status`; every change is a compare-and-set
@@ -388,27 +421,7 @@ class Contract(models.Model):
     ssh_public_key = models.TextField()
     ssh_key_fingerprint = models.CharField(max_length=128)
 
-    # Provisioning results.
-    cloud_server_id = models.CharField(max_length=64, blank=True)
-    ip_address = models.GenericIPAddressField(null=True, blank=True)
-    ssh_port = models.PositiveIntegerField(default=22)
-    ssh_username = models.CharField(max_length=32, default="root")
-    host_public_key = models.TextField(blank=True)
-    # The per-contract platform key's private half, AES-256-GCM encrypted (see provisioning.crypto).
-    platform_key_ciphertext = models.TextField(blank=True)
-    platform_key_key_id = models.CharField(max_length=32, blank=True)
-    platform_public_key = models.TextField(blank=True)
-    host_key_ciphertext = models.TextField(blank=True)
-    host_key_key_id = models.CharField(max_length=32, blank=True)
-
-    # Work in flight: the worker holding the provisioning or termination lease.
-    lease_owner = models.CharField(max_length=64, blank=True)
-    lease_claimed_at = models.DateTimeField(null=True, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    # Set while a retry waits out its backoff; no worker claims the contract before it.
-    next_attempt_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    last_error = models.TextField(blank=True)
+    # Provisioning results and the lease come from ProvisionedServer.
 
     created_at = models.DateTimeField(default=timezone.now)
     paid_at = models.DateTimeField(null=True, blank=True)
@@ -443,13 +456,6 @@ class Contract(models.Model):
         return self.status in ENDED_STATUSES
 
     @property
-    def ssh_command(self) -> str:
-        if not self.ip_address:
-            return ""
-        port = "" if self.ssh_port == 22 else f" -p {self.ssh_port}"
-        return f"ssh{port} {self.ssh_username}@{self.ip_address}"
-
-    @property
     def is_sandbox(self) -> bool:
         return self.backend == "sandbox"
 
@@ -463,34 +469,21 @@ class Contract(models.Model):
         return self.is_self_rental or (self.is_sandbox and not self.pays_by_card)
 
     def step_states(self) -> list[tuple[str, str, str]]:
-        """Return (step value, label, "done" | "current" | "pending") for the progress list."""
-        current = self.provisioning_step
+        """Return (step value, label, "done" | "current" | "failed" | "pending") for the progress list."""
+        if self.status == ContractStatus.PROVISIONING:
+            current_state = "current"
+        elif self.status == ContractStatus.FAILED:
+            current_state = "failed"
+        else:
+            current_state = "pending"
         # Only a rental that became active finished every step; one cancelled while provisioning
         # stopped at its current step.
-        past_provisioning = self.activated_at is not None or self.status == ContractStatus.ACTIVE
-        steps = PROVISIONING_STEP_ORDER
-        if not self.recipe_script:
-            # A plain VM has no recipe to run, so the list does not claim that a recipe ran.
-            steps = [step for step in steps if step != ProvisioningStep.RUNNING_RECIPE]
-        result = []
-        seen_current = False
-        for step in steps:
-            if past_provisioning:
-                state = "done"
-            elif step == current:
-                if self.status == ContractStatus.PROVISIONING:
-                    state = "current"
-                elif self.status == ContractStatus.FAILED:
-                    state = "failed"
-                else:
-                    state = "pending"
-                seen_current = True
-            elif current and not seen_current:
-                state = "done"
-            else:
-                state = "pending"
-            result.append((step.value, step.label, state))
-        return result
+        return provisioning_step_states(
+            current_step=self.provisioning_step,
+            has_recipe=bool(self.recipe_script),
+            finished=self.activated_at is not None or self.status == ContractStatus.ACTIVE,
+            current_state=current_state,
+        )
 
     def can_cancel(self) -> bool:
         return self.status in {ContractStatus.REQUESTED, ContractStatus.PAID, ContractStatus.PROVISIONING} or (

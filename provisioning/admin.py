@@ -1,4 +1,4 @@
-"""Admin for cloud accounts, simulated Sandbox servers, reconciliation findings, health checks and agent pools.
+"""Admin for cloud accounts, self-provisioned resources, Sandbox servers, reconciliation, health checks and agent pools.
 
 The API token of a cloud account is write-only: the admin form takes a new one and never
 renders the stored token or its ciphertext.
@@ -19,6 +19,7 @@ from provisioning.models import (
     Agent,
     AgentPool,
     AgentSetupToken,
+    RESOURCE_STATUS_COLOURS,
     Backend,
     CloudAccount,
     HealthCheck,
@@ -26,6 +27,8 @@ from provisioning.models import (
     HealthRollup,
     HealthRollupProgress,
     OrphanServer,
+    Resource,
+    ResourceEvent,
     SandboxServer,
     ServerMissingReport,
     ValidationStatus,
@@ -342,3 +345,65 @@ class AgentSetupTokenAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("pk", "pool", "created_by", "created_at", "expires_at", "used_at", "agent")
     list_select_related = ("pool__cloud_account", "created_by", "agent")
     exclude = ("token_hash",)
+
+
+# --- self-provisioned resources ----------------------------------------------------------------
+
+
+class ResourceEventInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = ResourceEvent
+    extra = 0
+    fields = ("created_at", "from_status", "to_status", "step", "actor", "actor_label", "reason")
+    readonly_fields = fields
+
+
+@admin.register(ResourceEvent)
+class ResourceEventAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Resource history rows; append-only."""
+
+    list_display = ("created_at", "resource", "from_status", "to_status", "step", "actor_label", "actor")
+    list_filter = ("to_status", "actor_label")
+    list_select_related = ("resource", "actor")
+    search_fields = ("resource__name", "resource__public_id", "actor__email", "reason")
+    date_hierarchy = "created_at"
+
+
+@admin.register(Resource)
+class ResourceAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Users' own VMs, read-only; staff delete one with the action, which deletes its server."""
+
+    list_display = ("name", "owner", "cloud_account", "status_badge", "server_type", "ip_address", "created_at")
+    list_filter = ("status", "backend")
+    list_select_related = ("owner", "cloud_account")
+    search_fields = ("name", "owner__email", "cloud_server_id", "ip_address")
+    date_hierarchy = "created_at"
+    exclude = ("platform_key_ciphertext", "platform_key_key_id", "host_key_ciphertext", "host_key_key_id")
+    inlines = (ResourceEventInline,)
+    actions = ("delete_servers",)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Needed to run the action; every field stays read-only.
+        return request.user.is_staff
+
+    def get_readonly_fields(self, request, obj=None):
+        return [field.name for field in Resource._meta.fields if field.name not in self.exclude]
+
+    @admin.display(description="Status", ordering="status")
+    def status_badge(self, obj: Resource):
+        return status_badge(obj.get_status_display(), RESOURCE_STATUS_COLOURS.get(obj.status, "grey"))
+
+    @admin.action(description="Delete the selected resources' servers", permissions=["change"])
+    def delete_servers(self, request, queryset) -> None:
+        from provisioning.resource_services import (
+            ResourceInvalidTransition,
+            ResourceRented,
+            resource_delete,
+        )
+
+        for resource in queryset.order_by("pk"):
+            try:
+                resource_delete(resource=resource, actor=request.user)
+            except (ResourceInvalidTransition, ResourceRented) as exc:
+                self.message_user(request, str(exc), level=messages.ERROR)
+            else:
+                self.message_user(request, f"Deleting resource {resource.pk} ({resource.name}).")

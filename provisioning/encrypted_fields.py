@@ -71,7 +71,11 @@ CLOUD_ACCOUNT_TOKEN = EncryptedField("provisioning.CloudAccount", "token")
 CONTRACT_PLATFORM_KEY = EncryptedField("marketplace.Contract", "platform_key")
 CONTRACT_HOST_KEY = EncryptedField("marketplace.Contract", "host_key")
 
-ENCRYPTED_FIELDS: tuple[EncryptedField, ...] = (CLOUD_ACCOUNT_TOKEN, CONTRACT_PLATFORM_KEY, CONTRACT_HOST_KEY)
+RESOURCE_PLATFORM_KEY = EncryptedField("provisioning.Resource", "platform_key")
+RESOURCE_HOST_KEY = EncryptedField("provisioning.Resource", "host_key")
+ENCRYPTED_FIELDS: tuple[EncryptedField, ...] = (
+    CLOUD_ACCOUNT_TOKEN, CONTRACT_PLATFORM_KEY, CONTRACT_HOST_KEY, RESOURCE_PLATFORM_KEY, RESOURCE_HOST_KEY
+)
 
 
 # --- key rotation ----------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from marketplace.validators import validate_visible_text
-from provisioning.models import CloudAccount, ProvisionerType
+from provisioning.models import Backend, CloudAccount, ProvisionerType
 from provisioning.services import LABEL_MAX_LENGTH, TOKEN_MAX_LENGTH
 
 
@@ -129,3 +129,89 @@ class AgentPoolForm(forms.Form):
 
 class AgentRenameForm(forms.Form):
     name = forms.CharField(max_length=80)
+
+
+class ResourceCreateForm(forms.Form):
+    """The "new resource" wizard: cloud account, then location, server type and image from its live catalog.
+
+    The catalog choices are filled in by the view once a cloud account is chosen.
+    """
+
+    cloud_account = forms.ModelChoiceField(queryset=CloudAccount.objects.none(), empty_label="Choose a cloud account")
+    location_code = forms.ChoiceField(label="Location", choices=())
+    server_type = forms.ChoiceField(label="Server type", choices=())
+    image = forms.ChoiceField(label="Image", choices=())
+    name = forms.CharField(max_length=80, validators=[validate_visible_text], help_text="Your name for this VM.")
+    ssh_key = forms.ModelChoiceField(
+        label="Saved SSH key", queryset=None, required=False, empty_label="Paste a key instead",
+        help_text="Authorised for root on the VM.",
+    )
+    ssh_public_key = forms.CharField(
+        label="SSH public key", required=False, widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
+        help_text="One OpenSSH public key line, used when no saved key is chosen.",
+    )
+    recipe_version = forms.ModelChoiceField(
+        label="Recipe (optional)", queryset=None, required=False, empty_label="No recipe: a plain VM",
+        help_text="A script the platform runs as root once the VM boots.",
+    )
+
+    def __init__(self, *args, user, catalog=None, **kwargs):
+        from marketplace.models import SshKey
+        from recipes.models import RecipeVersion
+
+        super().__init__(*args, **kwargs)
+        self.fields["cloud_account"].queryset = (
+            CloudAccount.objects.filter(owner=user).exclude(backend=Backend.AGENT).order_by("label", "id")
+        )
+        self.fields["ssh_key"].queryset = SshKey.objects.filter(user=user).order_by("name", "id")
+        self.fields["recipe_version"].queryset = RecipeVersion.objects.select_related("recipe").order_by("recipe__name", "-number")
+        if catalog is not None:
+            self.fields["location_code"].choices = [
+                (item.code, f"{item.code} ({item.city}, {item.country})") for item in catalog.locations
+            ]
+            self.fields["server_type"].choices = [
+                (item.name, f"{item.name}: {item.vcpu} vCPU, {item.memory_mib // 1024} GiB, {item.disk_gb} GB")
+                for item in catalog.server_types
+            ]
+            self.fields["image"].choices = [(name, name) for name in catalog.image_names()]
+
+    def clean(self):
+        cleaned = super().clean()
+        if not cleaned.get("ssh_key") and not (cleaned.get("ssh_public_key") or "").strip():
+            self.add_error("ssh_public_key", "Choose a saved SSH key or paste a public key.")
+        return cleaned
+
+    def public_key(self) -> str:
+        saved = self.cleaned_data.get("ssh_key")
+        return saved.public_key if saved is not None else self.cleaned_data["ssh_public_key"]
+
+
+class ResourceListForm(forms.Form):
+    """List a running resource on the marketplace."""
+
+    name = forms.CharField(label="Title", max_length=120, validators=[validate_visible_text])
+    description = forms.CharField(required=False, max_length=10000, widget=forms.Textarea(attrs={"rows": 4}))
+    price = forms.DecimalField(
+        label="Monthly price", min_value=0, max_digits=9, decimal_places=2, help_text="In the currency below, per month."
+    )
+    currency = forms.ChoiceField(choices=())
+    country = forms.CharField(
+        max_length=2, required=False,
+        help_text="Two-letter country code of the server, for example DE; needed only when the location has none.",
+    )
+    remove_owner_keys = forms.BooleanField(
+        label="Remove my keys from root while rented", required=False,
+        help_text="Your keys are put back when the rental ends. The platform's own key always stays.",
+    )
+
+    def __init__(self, *args, needs_country: bool = True, **kwargs):
+        from marketplace.validators import CURRENCIES
+
+        super().__init__(*args, **kwargs)
+        self.fields["currency"].choices = list(CURRENCIES)
+        if not needs_country:
+            # The resource's location has a country, which the offering takes.
+            del self.fields["country"]
+
+    def price_cents(self) -> int:
+        return int(self.cleaned_data["price"] * 100)

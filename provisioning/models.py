@@ -1,6 +1,9 @@
-"""Cloud accounts (a provider's credentials for one cloud backend), orphans and agent pools."""
+"""Cloud accounts (a provider's credentials for one cloud backend), self-provisioned resources,
+orphans, health checks and agent pools."""
 
 from __future__ import annotations
+
+import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -187,6 +190,10 @@ class SandboxServer(models.Model):
     ipv4 = models.GenericIPAddressField()
     boot_seconds = models.FloatField()
     created_at = models.DateTimeField(default=timezone.now)
+    # Set by the last start after a stop; the server reports running `boot_seconds` later.
+    started_at = models.DateTimeField(null=True, blank=True)
+    # Set while the server is stopped.
+    stopped_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -528,3 +535,194 @@ class Agent(models.Model):
         if self.is_revoked:
             return "red"
         return "green" if self.is_online() else "grey"
+
+
+class ProvisionedServer(models.Model):
+    """The columns the provisioning pipeline reads and writes: the server, its keys and the worker's lease.
+
+    `marketplace.Contract` (a rental) and `Resource` (a user's own VM) both have them, so one
+    pipeline (`provisioning.pipeline`) provisions either.
+    """
+
+    # Provisioning results.
+    cloud_server_id = models.CharField(max_length=64, blank=True)
+    ip_address = models.GenericIPAddressField(null=True, blank=True)
+    ssh_port = models.PositiveIntegerField(default=22)
+    ssh_username = models.CharField(max_length=32, default="root")
+    host_public_key = models.TextField(blank=True)
+    # The per-row platform key's private half, AES-256-GCM encrypted (see provisioning.crypto).
+    platform_key_ciphertext = models.TextField(blank=True)
+    platform_key_key_id = models.CharField(max_length=32, blank=True)
+    platform_public_key = models.TextField(blank=True)
+    host_key_ciphertext = models.TextField(blank=True)
+    host_key_key_id = models.CharField(max_length=32, blank=True)
+
+    # Work in flight: the worker holding the lease.
+    lease_owner = models.CharField(max_length=64, blank=True)
+    lease_claimed_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Set while a retry waits out its backoff; no worker claims the row before it.
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def ssh_command(self) -> str:
+        if not self.ip_address:
+            return ""
+        port = "" if self.ssh_port == 22 else f" -p {self.ssh_port}"
+        return f"ssh{port} {self.ssh_username}@{self.ip_address}"
+
+
+class ResourceStatus(models.TextChoices):
+    PROVISIONING = "provisioning", "Creating"
+    RUNNING = "running", "Running"
+    STOPPING = "stopping", "Stopping"
+    STOPPED = "stopped", "Stopped"
+    STARTING = "starting", "Starting"
+    FAILED = "failed", "Failed"
+    DELETING = "deleting", "Deleting"
+    DELETED = "deleted", "Deleted"
+    DELETE_FAILED = "delete_failed", "Deletion failed"
+
+
+#: Badge colour per resource status, used by every template that shows one.
+RESOURCE_STATUS_COLOURS = {
+    ResourceStatus.PROVISIONING: "blue",
+    ResourceStatus.RUNNING: "green",
+    ResourceStatus.STOPPING: "orange",
+    ResourceStatus.STOPPED: "grey",
+    ResourceStatus.STARTING: "blue",
+    ResourceStatus.FAILED: "red",
+    ResourceStatus.DELETING: "orange",
+    ResourceStatus.DELETED: "grey",
+    ResourceStatus.DELETE_FAILED: "red",
+}
+
+#: Statuses in which a worker has a pending cloud operation for the resource.
+RESOURCE_BUSY_STATUSES = frozenset(
+    {ResourceStatus.PROVISIONING, ResourceStatus.STOPPING, ResourceStatus.STARTING, ResourceStatus.DELETING}
+)
+
+
+class Resource(ProvisionedServer):
+    """A VM a user created for their own use at one of their cloud accounts, without payment.
+
+    The provisioning pipeline drives it like a rental (lease, steps, recipe run), but it has no
+    offering, price or provider and never reaches billing. Listing it on the marketplace binds
+    one `marketplace.Offering` to it (`Offering.resource`). A rental of that offering borrows
+    the VM: the platform installs the tenant's key at the start and restores the owner's keys
+    at the end, and the VM is never deleted by the rental.
+
+    Only `provisioning.resources` changes `status`; every change writes a `ResourceEvent`.
+    """
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="resources")
+    cloud_account = models.ForeignKey(CloudAccount, on_delete=models.PROTECT, related_name="resources")
+    name = models.CharField(max_length=80, validators=[validate_visible_text])
+
+    status = models.CharField(max_length=16, choices=ResourceStatus.choices, default=ResourceStatus.PROVISIONING)
+    provisioning_step = models.CharField(max_length=24, blank=True)
+    status_reason = models.TextField(blank=True)
+
+    # What was created, copied from the cloud catalog when the wizard was submitted.
+    backend = models.CharField(max_length=16, choices=Backend.choices)
+    location_code = models.CharField(max_length=40)
+    country = models.CharField(max_length=2, blank=True)
+    city = models.CharField(max_length=80, blank=True)
+    server_type = models.CharField(max_length=60)
+    vcpu = models.PositiveSmallIntegerField()
+    memory_mib = models.PositiveIntegerField()
+    disk_gb = models.PositiveIntegerField()
+    image = models.CharField(max_length=80)
+    recipe_version = models.ForeignKey(
+        "recipes.RecipeVersion", on_delete=models.PROTECT, null=True, blank=True, related_name="resources"
+    )
+    recipe_script = models.TextField(blank=True)
+
+    # The owner's key, authorised for root on the VM whenever no tenant has it.
+    ssh_public_key = models.TextField()
+    ssh_key_fingerprint = models.CharField(max_length=128)
+
+    remove_owner_keys_while_rented = models.BooleanField(
+        default=False, help_text="Remove the owner's keys from root while a tenant rents the VM; restored afterwards."
+    )
+
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["owner", "status"], name="resource_owner_status"),
+            models.Index(fields=["status", "lease_expires_at"], name="resource_status_lease"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Resource {self.pk} ({self.name})"
+
+    def get_absolute_url(self) -> str:
+        from django.urls import reverse
+
+        return reverse("resources:detail", kwargs={"public_id": self.public_id})
+
+    @property
+    def status_colour(self) -> str:
+        return RESOURCE_STATUS_COLOURS.get(self.status, "grey")
+
+    @property
+    def is_sandbox(self) -> bool:
+        return self.backend == Backend.SANDBOX
+
+    @property
+    def is_busy(self) -> bool:
+        return self.status in RESOURCE_BUSY_STATUSES
+
+    def can_start(self) -> bool:
+        return self.status == ResourceStatus.STOPPED
+
+    def can_stop(self) -> bool:
+        return self.status == ResourceStatus.RUNNING
+
+    def can_delete(self) -> bool:
+        return self.status in {
+            ResourceStatus.RUNNING, ResourceStatus.STOPPED, ResourceStatus.FAILED, ResourceStatus.DELETE_FAILED
+        }
+
+    def can_list(self) -> bool:
+        return self.status == ResourceStatus.RUNNING
+
+    def step_states(self) -> list[tuple[str, str, str]]:
+        """Return (step value, label, "done" | "current" | "failed" | "pending") for the progress list."""
+        from marketplace.models import provisioning_step_states
+
+        return provisioning_step_states(
+            current_step=self.provisioning_step,
+            has_recipe=bool(self.recipe_script),
+            finished=self.status not in (ResourceStatus.PROVISIONING, ResourceStatus.FAILED),
+            current_state="current" if self.status == ResourceStatus.PROVISIONING else "failed",
+        )
+
+
+class ResourceEvent(models.Model):
+    """One change of a resource's status or provisioning step, with who made it and why."""
+
+    resource = models.ForeignKey(Resource, on_delete=models.CASCADE, related_name="events")
+    from_status = models.CharField(max_length=16, blank=True)
+    to_status = models.CharField(max_length=16)
+    step = models.CharField(max_length=24, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    actor_label = models.CharField(max_length=64, help_text="'owner', 'staff', 'system' or a worker id.")
+    reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.from_status or '-'} -> {self.to_status} ({self.step})"

@@ -12,10 +12,12 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -23,10 +25,21 @@ from marketplace.models import Contract, ContractStatus, ProvisioningStep
 from marketplace.services import contracts as contract_services
 from provisioning.backends import get_backend
 from provisioning.backends.base import CloudBackend, ServerInfo, ServerNotFound, ServerSpec
-from provisioning.encrypted_fields import CONTRACT_HOST_KEY, CONTRACT_PLATFORM_KEY
+from provisioning.encrypted_fields import (
+    CONTRACT_HOST_KEY,
+    CONTRACT_PLATFORM_KEY,
+    RESOURCE_HOST_KEY,
+    RESOURCE_PLATFORM_KEY,
+    EncryptedField,
+)
+from provisioning.models import Resource, ResourceStatus
 from recipes.models import RecipeLogChunk, RecipeRun, RecipeRunStatus
 
 logger = logging.getLogger(__name__)
+
+CONTRACT_LABEL = "cloudmarket-contract"
+RESOURCE_LABEL = "cloudmarket-resource"
+DEPLOYMENT_LABEL = "cloudmarket-deployment"
 
 
 class LeaseLost(Exception):
@@ -37,14 +50,98 @@ class ProvisioningError(Exception):
     """A provisioning step failed for good; the message is shown to tenant and provider."""
 
 
+def _resource_set_step(*, object_id: int, step: str, worker: str) -> None:
+    from provisioning.resource_services import resource_set_step
+
+    resource_set_step(resource_id=object_id, step=step, worker=worker)
+
+
+def _resource_activate(*, object_id: int, worker: str):
+    from provisioning.resource_services import resource_activate
+
+    return resource_activate(resource_id=object_id, worker=worker)
+
+
+def _contract_set_step(*, object_id: int, step: str, worker: str) -> None:
+    contract_services.contract_set_step(contract_id=object_id, step=step, worker=worker)
+
+
+def _contract_activate(*, object_id: int, worker: str):
+    return contract_services.contract_activate(contract_id=object_id, worker=worker)
+
+
+@dataclass(frozen=True)
+class PipelineKind:
+    """A kind of row the pipeline provisions: a rental contract or a self-provisioned resource.
+
+    Both models derive from `ProvisionedServer`, so the steps read and write the same columns.
+    This names what differs between them.
+    """
+
+    noun: str
+    model: type[models.Model]
+    provisioning_status: str
+    label_key: str
+    # Inserted before the id in server names, so a resource's server never has a contract's name.
+    name_infix: str
+    platform_key: EncryptedField
+    host_key: EncryptedField
+    recipe_run_field: str
+    set_step: Callable[..., None]
+    activate: Callable[..., models.Model]
+
+    def labels(self, pk: int) -> dict[str, str]:
+        return {self.label_key: str(pk), DEPLOYMENT_LABEL: settings.DEPLOYMENT_NAME}
+
+
+CONTRACTS = PipelineKind(
+    noun="Contract",
+    model=Contract,
+    provisioning_status=ContractStatus.PROVISIONING,
+    label_key=CONTRACT_LABEL,
+    name_infix="",
+    platform_key=CONTRACT_PLATFORM_KEY,
+    host_key=CONTRACT_HOST_KEY,
+    recipe_run_field="contract",
+    set_step=_contract_set_step,
+    activate=_contract_activate,
+)
+
+RESOURCES = PipelineKind(
+    noun="Resource",
+    model=Resource,
+    provisioning_status=ResourceStatus.PROVISIONING,
+    label_key=RESOURCE_LABEL,
+    name_infix="r",
+    platform_key=RESOURCE_PLATFORM_KEY,
+    host_key=RESOURCE_HOST_KEY,
+    recipe_run_field="resource",
+    set_step=_resource_set_step,
+    activate=_resource_activate,
+)
+
+
+def kind_of(row: models.Model) -> PipelineKind:
+    return RESOURCES if isinstance(row, Resource) else CONTRACTS
+
+
 @dataclass(frozen=True)
 class Lease:
-    contract_id: int
+    object_id: int
     owner: str
+    kind: PipelineKind = field(default=CONTRACTS)
+
+    @property
+    def contract_id(self) -> int:
+        return self.object_id
 
 
 def contract_labels(contract: Contract) -> dict[str, str]:
-    return {"cloudmarket-contract": str(contract.pk), "cloudmarket-deployment": settings.DEPLOYMENT_NAME}
+    return CONTRACTS.labels(contract.pk)
+
+
+def resource_labels(resource: Resource) -> dict[str, str]:
+    return RESOURCES.labels(resource.pk)
 
 
 # A retry task may start this much before the time its predecessor set (clock differences
@@ -53,14 +150,19 @@ RETRY_EARLY_TOLERANCE = timedelta(seconds=5)
 
 
 def lease_claim(*, contract_id: int, owner: str, status: str = ContractStatus.PROVISIONING) -> Lease | None:
-    """Take the contract's lease if it is free, expired or already ours; None if another worker has it.
+    """Take the contract's lease if it is free, expired or already ours; None if another worker has it."""
+    return kind_lease_claim(kind=CONTRACTS, object_id=contract_id, owner=owner, status=status)
 
-    A contract waiting for a scheduled retry (`next_attempt_at` in the future) is not free, so a
+
+def kind_lease_claim(*, kind: PipelineKind, object_id: int, owner: str, status: str) -> Lease | None:
+    """Take the row's lease if it is free, expired or already ours; None if another worker has it.
+
+    A row waiting for a scheduled retry (`next_attempt_at` in the future) is not free, so a
     duplicate or re-queued task cannot jump ahead of the backoff or a cloud's Retry-After.
     """
     now = timezone.now()
     claimed = (
-        Contract.objects.filter(pk=contract_id, status=status)
+        kind.model.objects.filter(pk=object_id, status=status)
         .filter(Q(lease_owner="") | Q(lease_expires_at__lt=now) | Q(lease_owner=owner))
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now + RETRY_EARLY_TOLERANCE))
         .update(
@@ -71,7 +173,7 @@ def lease_claim(*, contract_id: int, owner: str, status: str = ContractStatus.PR
             attempts=F("attempts") + 1,
         )
     )
-    return Lease(contract_id, owner) if claimed else None
+    return Lease(object_id, owner, kind) if claimed else None
 
 
 def lease_renewal_interval() -> float:
@@ -79,106 +181,116 @@ def lease_renewal_interval() -> float:
     return max(0.5, min(10.0, settings.PROVISIONING_LEASE_SECONDS / 3))
 
 
+def _lease_lost(lease: Lease, doing: str = "") -> LeaseLost:
+    return LeaseLost(f"Worker {lease.owner} no longer holds the lease on {lease.kind.noun.lower()} {lease.object_id}{doing}.")
+
+
 def lease_renew(lease: Lease) -> None:
-    renewed = Contract.objects.filter(pk=lease.contract_id, lease_owner=lease.owner).update(
+    renewed = lease.kind.model.objects.filter(pk=lease.object_id, lease_owner=lease.owner).update(
         lease_expires_at=timezone.now() + timedelta(seconds=settings.PROVISIONING_LEASE_SECONDS)
     )
     if not renewed:
-        raise LeaseLost(f"Worker {lease.owner} no longer holds the lease on contract {lease.contract_id}.")
+        raise _lease_lost(lease)
 
 
 def lease_release(lease: Lease, *, retry_at=None) -> None:
-    """Give the lease up; with `retry_at`, no worker may claim the contract before that time."""
-    Contract.objects.filter(pk=lease.contract_id, lease_owner=lease.owner).update(
+    """Give the lease up; with `retry_at`, no worker may claim the row before that time."""
+    lease.kind.model.objects.filter(pk=lease.object_id, lease_owner=lease.owner).update(
         lease_owner="", lease_expires_at=None, next_attempt_at=retry_at
     )
 
 
-def _reload(lease: Lease) -> Contract:
-    contract = Contract.objects.select_related("cloud_account").get(pk=lease.contract_id)
-    if contract.lease_owner != lease.owner:
-        raise LeaseLost(f"Worker {lease.owner} no longer holds the lease on contract {lease.contract_id}.")
-    return contract
+def _reload(lease: Lease):
+    row = lease.kind.model.objects.select_related("cloud_account").get(pk=lease.object_id)
+    if row.lease_owner != lease.owner:
+        raise _lease_lost(lease)
+    return row
 
 
-def _set_step(lease: Lease, contract: Contract, step: str) -> Contract:
-    """Persist the step the contract enters. `lease_renew` checks the lease, so nothing is reloaded."""
+def _set_step(lease: Lease, contract, step: str):
+    """Persist the step the row enters. `lease_renew` checks the lease, so nothing is reloaded."""
     lease_renew(lease)
-    contract_services.contract_set_step(contract_id=lease.contract_id, step=step, worker=lease.owner)
+    lease.kind.set_step(object_id=lease.object_id, step=step, worker=lease.owner)
     contract.provisioning_step = step
     return contract
 
 
-def _ensure_keys(contract: Contract) -> None:
-    """Generate the per-contract platform key and the VM's host key once, encrypted at rest."""
+def _ensure_keys(contract) -> None:
+    """Generate the row's platform key and the VM's host key once, encrypted at rest."""
     if contract.platform_public_key and contract.host_public_key:
         return
     from recipes.keys import generate_keypair
 
-    platform_key = generate_keypair(f"cloudmarket-contract-{contract.pk}")
-    host_key = generate_keypair(f"cloudmarket-host-{contract.pk}")
-    sealed = Contract(pk=contract.pk)
-    changed = CONTRACT_PLATFORM_KEY.seal(sealed, platform_key.private_openssh)
-    changed += CONTRACT_HOST_KEY.seal(sealed, host_key.private_openssh)
+    kind = kind_of(contract)
+    prefix = f"cloudmarket-{kind.noun.lower()}"
+    platform_key = generate_keypair(f"{prefix}-{contract.pk}")
+    host_key = generate_keypair(f"cloudmarket-host-{kind.name_infix}{contract.pk}")
+    sealed = kind.model(pk=contract.pk)
+    changed = kind.platform_key.seal(sealed, platform_key.private_openssh)
+    changed += kind.host_key.seal(sealed, host_key.private_openssh)
     # Only the first worker's keys are kept; a concurrent second writer updates nothing.
-    Contract.objects.filter(pk=contract.pk, platform_public_key="").update(
+    kind.model.objects.filter(pk=contract.pk, platform_public_key="").update(
         platform_public_key=platform_key.public_line,
         host_public_key=host_key.public_line,
         **{name: getattr(sealed, name) for name in changed},
     )
 
 
-def platform_private_key(contract: Contract) -> str:
-    return CONTRACT_PLATFORM_KEY.open(contract)
+def platform_private_key(contract) -> str:
+    return kind_of(contract).platform_key.open(contract)
 
 
-def host_private_key(contract: Contract) -> str:
-    return CONTRACT_HOST_KEY.open(contract)
+def host_private_key(contract) -> str:
+    return kind_of(contract).host_key.open(contract)
 
 
-def _server_spec(contract: Contract) -> ServerSpec:
+def _server_spec(contract) -> ServerSpec:
     from recipes.keys import KeyPair, cloud_config_user_data
 
+    kind = kind_of(contract)
     host_key = KeyPair(private_openssh=host_private_key(contract), public_line=contract.host_public_key)
     return ServerSpec(
-        name=f"cm-{settings.DEPLOYMENT_NAME}-{contract.pk}",
+        name=f"cm-{settings.DEPLOYMENT_NAME}-{kind.name_infix}{contract.pk}",
         server_type=contract.server_type,
         image=contract.image,
         location=contract.location_code,
-        labels=contract_labels(contract),
+        labels=kind.labels(contract.pk),
         ssh_public_keys=(contract.ssh_public_key, contract.platform_public_key),
         user_data=cloud_config_user_data(host_key=host_key),
     )
 
 
-def _create_server(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
+def _create_server(lease: Lease, contract, backend: CloudBackend):
+    kind = lease.kind
     if contract.cloud_server_id:
         try:
             backend.get_server(contract.cloud_server_id)
             return contract
         except ServerNotFound:
-            logger.warning("Contract %s: stored server %s is gone; creating again", contract.pk, contract.cloud_server_id)
-    logger.info("Contract %s: creating server (%s, %s, %s)", contract.pk, contract.server_type, contract.image, contract.location_code)
+            logger.warning("%s %s: stored server %s is gone; creating again", kind.noun, contract.pk, contract.cloud_server_id)
+    logger.info(
+        "%s %s: creating server (%s, %s, %s)", kind.noun, contract.pk, contract.server_type, contract.image, contract.location_code
+    )
     info = backend.create_server(_server_spec(contract))
     # Store the id before anything else can fail. A crash before this line leaves a labelled
     # server that the next attempt finds by its labels.
-    stored = Contract.objects.filter(pk=contract.pk, lease_owner=lease.owner).update(
+    stored = kind.model.objects.filter(pk=contract.pk, lease_owner=lease.owner).update(
         cloud_server_id=info.id, ssh_port=backend.ssh_port, ssh_username=backend.ssh_username
     )
     if not stored:
-        # The contract was cancelled or taken over while the cloud created the server. If it is no
+        # The row was cancelled or taken over while the cloud created the server. If it is no
         # longer provisioning, no other worker will store this server's id, so delete it now.
-        current = Contract.objects.get(pk=contract.pk)
-        if current.status != ContractStatus.PROVISIONING:
-            logger.warning("Contract %s: %s while server %s was created; deleting it", contract.pk, current.status, info.id)
-            backend.delete_server(info.id, labels=contract_labels(contract))
-        raise LeaseLost(f"Worker {lease.owner} lost the lease on contract {contract.pk} while creating a server.")
-    logger.info("Contract %s: server %s created", contract.pk, info.id)
+        current = kind.model.objects.get(pk=contract.pk)
+        if current.status != kind.provisioning_status:
+            logger.warning("%s %s: %s while server %s was created; deleting it", kind.noun, contract.pk, current.status, info.id)
+            backend.delete_server(info.id, labels=kind.labels(contract.pk))
+        raise _lease_lost(lease, " while creating a server")
+    logger.info("%s %s: server %s created", kind.noun, contract.pk, info.id)
     contract.cloud_server_id, contract.ssh_port, contract.ssh_username = info.id, backend.ssh_port, backend.ssh_username
     return contract
 
 
-def _wait_for_boot(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
+def _wait_for_boot(lease: Lease, contract, backend: CloudBackend):
     deadline = time.monotonic() + settings.PROVISIONING_BOOT_TIMEOUT
     interval = settings.PROVISIONING_POLL_INTERVAL
     spec = None
@@ -189,11 +301,11 @@ def _wait_for_boot(lease: Lease, contract: Contract, backend: CloudBackend) -> C
             spec = spec or _server_spec(contract)
             ready = backend.prepare_for_ssh(server=info, spec=spec)
         if ready:
-            stored = Contract.objects.filter(pk=contract.pk, lease_owner=lease.owner).update(ip_address=info.ipv4)
+            stored = lease.kind.model.objects.filter(pk=contract.pk, lease_owner=lease.owner).update(ip_address=info.ipv4)
             if not stored:
-                raise LeaseLost(f"Worker {lease.owner} no longer holds the lease on contract {lease.contract_id}.")
+                raise _lease_lost(lease)
             contract.ip_address = info.ipv4
-            logger.info("Contract %s: server %s running at %s", contract.pk, info.id, info.ipv4)
+            logger.info("%s %s: server %s running at %s", lease.kind.noun, contract.pk, info.id, info.ipv4)
             return contract
         if time.monotonic() > deadline:
             raise ProvisioningError(
@@ -204,7 +316,7 @@ def _wait_for_boot(lease: Lease, contract: Contract, backend: CloudBackend) -> C
         time.sleep(interval)
 
 
-def _wait_for_ssh(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
+def _wait_for_ssh(lease: Lease, contract, backend: CloudBackend):
     if not backend.executes_recipes:
         time.sleep(settings.SANDBOX_STEP_SECONDS)  # Simulated, so the progress page shows the step.
         return contract
@@ -239,19 +351,22 @@ def _wait_for_ssh(lease: Lease, contract: Contract, backend: CloudBackend) -> Co
         return contract
 
 
-def _run_recipe(lease: Lease, contract: Contract, backend: CloudBackend) -> Contract:
+def _run_recipe(lease: Lease, contract, backend: CloudBackend):
     if not contract.recipe_script.strip():
         return contract
+    owner_field = {lease.kind.recipe_run_field: contract}
     # A run still marked running belongs to a worker that died; this worker starts the recipe again.
-    interrupted = RecipeRun.objects.filter(contract=contract, status=RecipeRunStatus.RUNNING).update(
+    interrupted = RecipeRun.objects.filter(**owner_field, status=RecipeRunStatus.RUNNING).update(
         status=RecipeRunStatus.FAILED,
         finished_at=timezone.now(),
         error="The run was interrupted because its worker stopped; the recipe was started again.",
     )
     if interrupted:
-        logger.warning("Contract %s: %s interrupted recipe run(s) marked failed; running the recipe again", contract.pk, interrupted)
+        logger.warning(
+            "%s %s: %s interrupted recipe run(s) marked failed; running the recipe again", lease.kind.noun, contract.pk, interrupted
+        )
     run = RecipeRun.objects.create(
-        contract=contract,
+        **owner_field,
         executed=backend.executes_recipes,
         timeout_seconds=settings.RECIPE_TIMEOUT_SECONDS,
     )
@@ -284,11 +399,11 @@ def _run_recipe(lease: Lease, contract: Contract, backend: CloudBackend) -> Cont
         RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.FAILED, **fields)
         raise ProvisioningError(f"The recipe failed with exit code {result.exit_code}.")
     RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.SUCCEEDED, **fields)
-    logger.info("Contract %s: recipe run %s succeeded in %.1f s", contract.pk, run.pk, result.duration_seconds)
+    logger.info("%s %s: recipe run %s succeeded in %.1f s", lease.kind.noun, contract.pk, run.pk, result.duration_seconds)
     return contract
 
 
-def _execute_recipe_streaming(lease: Lease, contract: Contract, run: RecipeRun):
+def _execute_recipe_streaming(lease: Lease, contract, run: RecipeRun):
     """Run the recipe in a thread and store its output chunks from this thread as they arrive.
 
     The SSH client runs an asyncio loop, where Django's ORM must not be called, so chunks pass
@@ -357,10 +472,10 @@ STEPS = [
 ]
 
 
-def provision(*, lease: Lease) -> Contract:
-    """Run the remaining steps for a claimed contract and activate it.
+def provision(*, lease: Lease):
+    """Run the remaining steps for a claimed contract or resource and activate it.
 
-    Resumes at the contract's current step. Raises `ProvisioningError` and backend errors for
+    Resumes at the row's current step. Raises `ProvisioningError` and backend errors for
     the task to classify; raises `LeaseLost` when another worker took over.
     """
     contract = _reload(lease)
@@ -381,13 +496,22 @@ def provision(*, lease: Lease) -> Contract:
     if has_recipe:
         # Persisted so that a worker resuming after a crash from here on does not run the recipe again.
         contract = _set_step(lease, contract, ProvisioningStep.FINALIZING)
-    return contract_services.contract_activate(contract_id=contract.pk, worker=lease.owner)
+    return lease.kind.activate(object_id=contract.pk, worker=lease.owner)
 
 
 def delete_contract_servers(*, contract: Contract) -> None:
     """Delete the contract's server and every cloud object carrying its labels."""
-    backend = get_backend(contract.cloud_account)
-    labels = contract_labels(contract)
+    if contract.offering.resource_id is not None:
+        # The server is the owner's resource, lent for the rental; the rental never deletes it.
+        raise ValueError(f"Contract {contract.pk} rents resource {contract.offering.resource_id}; hand it back instead.")
+    delete_servers(row=contract)
+
+
+def delete_servers(*, row) -> None:
+    """Delete the server of a contract or resource and every cloud object carrying its labels."""
+    backend = get_backend(row.cloud_account)
+    contract = row
+    labels = kind_of(row).labels(row.pk)
     deleted = False
     if contract.cloud_server_id:
         backend.delete_server(contract.cloud_server_id, labels=labels)
@@ -415,4 +539,36 @@ def stalled_contract_ids(*, now=None) -> tuple[list[int], list[int]]:
     return provisioning, terminating
 
 
+def stalled_resources(*, now=None) -> list[tuple[int, str]]:
+    """Return (id, status) of resources in a busy status with no live lease that need a worker."""
+    from provisioning.models import RESOURCE_BUSY_STATUSES
 
+    now = now or timezone.now()
+    quiet = now - timedelta(seconds=settings.PROVISIONING_LEASE_SECONDS)
+    not_waiting = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lt=quiet)
+    free = (Q(lease_owner="", updated_at__lt=quiet) & not_waiting) | Q(lease_expires_at__lt=now)
+    return list(Resource.objects.filter(free, status__in=RESOURCE_BUSY_STATUSES).values_list("pk", "status")[:500])
+
+
+def resource_power(*, lease: Lease, start: bool) -> str | None:
+    """Stop or start a claimed resource's server; after a start, wait until it runs and return its address.
+
+    Raises `ProvisioningError` when a started server does not run within PROVISIONING_BOOT_TIMEOUT.
+    """
+    resource = _reload(lease)
+    backend = get_backend(resource.cloud_account)
+    if not start:
+        backend.stop_server(resource.cloud_server_id)
+        return None
+    backend.start_server(resource.cloud_server_id)
+    deadline = time.monotonic() + settings.PROVISIONING_BOOT_TIMEOUT
+    while True:
+        info = backend.get_server(resource.cloud_server_id)
+        if info.is_running:
+            return info.ipv4
+        if time.monotonic() > deadline:
+            raise ProvisioningError(
+                f"The server did not start within {settings.PROVISIONING_BOOT_TIMEOUT:.0f} seconds (last status: {info.status})."
+            )
+        lease_renew(lease)
+        time.sleep(settings.PROVISIONING_POLL_INTERVAL)

@@ -117,6 +117,30 @@ def is_live_contract(contract: Contract) -> bool:
     )
 
 
+def _without_resource_servers(servers: list) -> list:
+    """Leave out the servers of self-provisioned resources that are not deleted.
+
+    Such a server carries a resource label instead of a contract label. The server of a
+    deleted or unknown resource stays in the list and is reported as an orphan without a
+    contract label.
+
+    NOTE: a resource whose server disappeared from the cloud is not flagged; only live
+    contracts are checked for missing servers.
+    """
+    from provisioning.models import Resource, ResourceStatus
+    from provisioning.pipeline import RESOURCE_LABEL
+
+    def resource_id(server) -> int | None:
+        raw = (server.labels.get(RESOURCE_LABEL) or "").strip()
+        return int(raw) if raw.isdigit() else None
+
+    labelled = {resource_id(server) for server in servers} - {None}
+    owned = set(
+        Resource.objects.filter(pk__in=labelled).exclude(status=ResourceStatus.DELETED).values_list("pk", flat=True)
+    )
+    return [server for server in servers if resource_id(server) not in owned]
+
+
 def _contract_id_from_labels(labels: dict[str, str]) -> int | None:
     raw = (labels.get(CONTRACT_LABEL) or "").strip()
     return int(raw) if raw.isdigit() else None
@@ -220,6 +244,7 @@ def reconcile_account(*, account: CloudAccount, now: datetime | None = None) -> 
         Contract.objects.filter(pk__in=labelled_ids).exclude(cloud_account=account).values_list("pk", flat=True)
     )
     servers = [server for server in servers if _contract_id_from_labels(server.labels) not in foreign]
+    servers = _without_resource_servers(servers)
     seen_ids = {server.id for server in servers}
     report.servers_seen = len(servers)
     logger.info(

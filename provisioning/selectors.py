@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db.models import Count, IntegerField, OuterRef, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
 from marketplace.models import ENDED_STATUSES, Contract, Offering
-from provisioning.models import CloudAccount
+from provisioning.models import CloudAccount, Resource, ResourceStatus
 
 
 def live_rentals_of_accounts() -> QuerySet[Contract]:
@@ -41,14 +41,25 @@ def cloud_accounts_for_owner(*, user) -> QuerySet[CloudAccount]:
 
 @dataclass(frozen=True)
 class AccountDependents:
-    """The offerings and live rentals that use one cloud account."""
+    """The offerings, live rentals and self-provisioned resources that use one cloud account."""
 
     offerings: list[Offering]
     rentals: list[Contract]
+    resources: list[Resource] = field(default_factory=list)
 
 
 def cloud_account_dependents(*, account: CloudAccount) -> AccountDependents:
-    """Return every offering and every live rental on `account`, oldest first."""
-    offerings = list(Offering.objects.filter(cloud_account=account).order_by("created_at", "id"))
+    """Return every offering, live rental and resource that is not deleted on `account`, oldest first.
+
+    The hidden offering of a deleted resource does not count: nobody can rent it any more.
+    """
+    offerings = list(
+        Offering.objects.filter(cloud_account=account)
+        .exclude(resource__status=ResourceStatus.DELETED)
+        .order_by("created_at", "id")
+    )
     rentals = list(live_rentals_of_accounts().filter(cloud_account=account).order_by("created_at", "id"))
-    return AccountDependents(offerings=offerings, rentals=rentals)
+    resources = list(
+        Resource.objects.filter(cloud_account=account).exclude(status=ResourceStatus.DELETED).order_by("created_at", "id")
+    )
+    return AccountDependents(offerings=offerings, rentals=rentals, resources=resources)

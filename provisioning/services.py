@@ -31,12 +31,13 @@ DEPENDENTS_NAMED = 10
 
 
 class CloudAccountInUse(Exception):
-    """The cloud account cannot be deleted because offerings or live rentals use it."""
+    """The cloud account cannot be deleted because offerings, live rentals or resources use it."""
 
-    def __init__(self, message: str, *, offerings: list, rentals: list):
+    def __init__(self, message: str, *, offerings: list, rentals: list, resources: list | None = None):
         super().__init__(message)
         self.offerings = offerings
         self.rentals = rentals
+        self.resources = resources or []
 
 
 class ValidationRateLimited(Exception):
@@ -196,9 +197,9 @@ def cloud_account_replace_token(*, account: CloudAccount, actor, token: str, pro
 
 
 def cloud_account_delete(*, account: CloudAccount, actor) -> bool:
-    """Delete the account unless an offering or a live rental uses it.
+    """Delete the account unless an offering, a live rental or a resource that is not deleted uses it.
 
-    An account that ended rentals still refer to keeps its row for their history: it gets
+    An account that ended rentals or deleted resources still refer to keeps its row for their history: it gets
     `deleted_at`, its token is erased and it disappears from every list. Other accounts are
     deleted with their Sandbox servers and orphan reports. Returns True when the row was
     removed and False when it was kept as deleted. Raises `CloudAccountInUse` naming the
@@ -208,11 +209,12 @@ def cloud_account_delete(*, account: CloudAccount, actor) -> bool:
     with transaction.atomic():
         locked = CloudAccount.objects.select_for_update().get(pk=account.pk)
         dependents = cloud_account_dependents(account=locked)
-        if dependents.offerings or dependents.rentals:
+        if dependents.offerings or dependents.rentals or dependents.resources:
             raise CloudAccountInUse(
-                _in_use_message(locked, dependents), offerings=dependents.offerings, rentals=dependents.rentals
+                _in_use_message(locked, dependents), offerings=dependents.offerings, rentals=dependents.rentals,
+                resources=dependents.resources,
             )
-        if locked.contracts.exists():
+        if locked.contracts.exists() or locked.resources.exists():
             locked.deleted_at = timezone.now()
             locked.token_ciphertext = ""
             locked.token_key_id = ""
@@ -242,11 +244,17 @@ def _in_use_message(account: CloudAccount, dependents) -> str:
         names = _name_list([f"{contract.offering_name!r} ({contract.get_status_display().lower()})" for contract in dependents.rentals])
         noun = "live rental" if len(dependents.rentals) == 1 else "live rentals"
         parts.append(f"{noun} {names}")
+    if dependents.resources:
+        names = _name_list([repr(resource.name) for resource in dependents.resources])
+        noun = "resource" if len(dependents.resources) == 1 else "resources"
+        parts.append(f"{noun} {names}")
     steps = []
     if dependents.offerings:
         steps.append("move the offerings to another cloud account")
     if dependents.rentals:
         steps.append("wait until the rentals have ended")
+    if dependents.resources:
+        steps.append("delete the resources on the My resources page")
     return (
         f"Cloud account {account.label!r} is still used by {' and '.join(parts)}. "
         f"To delete it, first {' and '.join(steps)}."

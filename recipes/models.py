@@ -75,9 +75,14 @@ RECIPE_RUN_STATUS_COLOURS = {
 
 
 class RecipeRun(models.Model):
-    """One execution of a contract's recipe script over SSH, with its outcome."""
+    """One execution of a contract's or a self-provisioned resource's recipe script over SSH, with its outcome."""
 
-    contract = models.ForeignKey("marketplace.Contract", on_delete=models.CASCADE, related_name="recipe_runs")
+    contract = models.ForeignKey(
+        "marketplace.Contract", on_delete=models.CASCADE, null=True, blank=True, related_name="recipe_runs"
+    )
+    resource = models.ForeignKey(
+        "provisioning.Resource", on_delete=models.CASCADE, null=True, blank=True, related_name="recipe_runs"
+    )
     status = models.CharField(max_length=16, choices=RecipeRunStatus.choices, default=RecipeRunStatus.RUNNING)
     executed = models.BooleanField(default=True, help_text="False when the Sandbox backend only simulated the run.")
     exit_code = models.IntegerField(null=True, blank=True)
@@ -92,9 +97,17 @@ class RecipeRun(models.Model):
 
     class Meta:
         ordering = ["-started_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(contract__isnull=False, resource__isnull=True)
+                | models.Q(contract__isnull=True, resource__isnull=False),
+                name="reciperun_contract_or_resource",
+            ),
+        ]
 
     def __str__(self) -> str:
-        return f"Recipe run {self.pk} for contract {self.contract_id}: {self.status}"
+        owner = f"contract {self.contract_id}" if self.contract_id else f"resource {self.resource_id}"
+        return f"Recipe run {self.pk} for {owner}: {self.status}"
 
     @property
     def status_colour(self) -> str:

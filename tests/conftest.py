@@ -191,6 +191,7 @@ def worker_env(django_db_setup, django_db_blocker, session_sshd, session_hetzner
         "HCLOUD_API_ENDPOINT": session_hetzner_api.url,
         "PROVISIONING_SSH_PORT": str(session_sshd.port),
         "PROVISIONING_SSH_USERNAME": session_sshd.username,
+        "RESOURCE_AUTHORIZED_KEYS_PATH": str(session_sshd.authorized_keys_path),
         "PROVISIONING_POLL_INTERVAL": "0.2",
         "PROVISIONING_BOOT_TIMEOUT": "30",
         "PROVISIONING_SSH_TIMEOUT": "30",
@@ -250,6 +251,7 @@ def _settings_for_peers(request, settings):
         settings.HCLOUD_API_ENDPOINT = api.url
         settings.PROVISIONING_SSH_PORT = sshd.port
         settings.PROVISIONING_SSH_USERNAME = sshd.username
+        settings.RESOURCE_AUTHORIZED_KEYS_PATH = str(sshd.authorized_keys_path)
 
 
 # Provisioning at scale: many servers at once, each with its own loopback address and SSH keys.

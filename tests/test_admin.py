@@ -31,6 +31,7 @@ from provisioning.models import (
     ServerMissingReport,
     ValidationStatus,
 )
+from provisioning.resource_services import resource_create
 from recipes.models import RecipeLogChunk, RecipeRun, RecipeRunStatus
 from tests.conftest import TEST_HCLOUD_TOKEN
 from tests.factories import (
@@ -93,6 +94,10 @@ def dataset():
         hypervisor_state="stopped", detail="example: connection refused",
     )
     health_rollups_update()
+    resource_create(
+        owner=provider.user, cloud_account=sandbox, name="Acme build box", location_code="fsn1", server_type="cx22",
+        image="ubuntu-24.04", ssh_public_key=ssh_public_key(),
+    )
 
     manual = make_provider(display_name="Careful Cloud", auto_accept=False)
     rejected = make_contract(tenant=tenant, offering=make_offering(provider=manual))

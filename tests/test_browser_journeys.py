@@ -556,3 +556,51 @@ def test_provider_builds_offering_from_live_catalog(page: Page, live_server, het
     assert (offering.server_type, offering.location_code, offering.image) == ("cx32", "hel1", "debian-12")
     assert (offering.vcpu, offering.memory_mib, offering.disk_gb) == (4, 8192, 80)
     assert (offering.country, offering.city, offering.price_cents) == ("FI", "Helsinki", 1190)
+
+
+def test_owner_creates_lists_and_stops_resource(page: Page, live_server, celery_worker_process):
+    owner = User.objects.create_user(email=PROVIDER_EMAIL, password=PROVIDER_PASSWORD)
+    EmailAddress.objects.create(user=owner, email=PROVIDER_EMAIL, verified=True, primary=True)
+    ProviderProfile.objects.create(user=owner, display_name="Own Boxes", slug="own-boxes")
+    account = CloudAccount.objects.create(owner=owner, backend="sandbox", label="Sandbox", validation_status="valid")
+    page.clock.install()
+    open_sign_in(page, email=PROVIDER_EMAIL, password=PROVIDER_PASSWORD)
+
+    # The empty list leads to the wizard, which loads the account's catalog once it is chosen.
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="My resources").click()
+    expect(page.get_by_text("You have no resources yet.")).to_be_visible()
+    page.get_by_role("link", name="Create your first VM").click()
+    expect(page.get_by_role("heading", name="New resource")).to_be_visible()
+    page.get_by_label("Cloud account").select_option(str(account.pk))
+    expect(page.get_by_label("Server type")).to_be_visible()
+    page.get_by_label("Location").select_option("fsn1")
+    page.get_by_label("Server type").select_option("cx22")
+    page.get_by_label("Image").select_option("ubuntu-24.04")
+    page.get_by_label("Name", exact=True).fill("Browser box")
+    page.get_by_label("SSH public key").fill(fresh_public_key())
+    page.get_by_role("button", name="Create VM").click()
+
+    # The detail page polls until the worker reports the VM running.
+    expect(page.get_by_role("heading", name="Browser box", level=1)).to_be_visible()
+    poll_until_status(page, "Running")
+    page.reload()
+    expect(page.locator("#ssh-command")).to_contain_text("root@203.0.113.")
+
+    # Listing it creates a public offering with a stock of one.
+    page.get_by_label("Title").fill("Browser box for rent")
+    page.get_by_label("Monthly price").fill("4.00")
+    page.get_by_label("Remove my keys from root while rented").check()
+    page.get_by_role("button", name="List on marketplace").click()
+    expect(page.get_by_text("is listed on the marketplace as Browser box for rent")).to_be_visible()
+    offering = Offering.objects.get(resource__name="Browser box")
+    assert offering.price_cents == 400
+    assert offering.visibility == "public"
+    assert offering.resource.remove_owner_keys_while_rented is True
+
+    # Stopping shows a confirmation page first.
+    page.get_by_role("link", name="Stop…").click()
+    expect(page.get_by_text("powered off at once")).to_be_visible()
+    page.get_by_role("button", name="Stop Browser box").click()
+    poll_until_status(page, "Stopped")
+    offering.refresh_from_db()
+    assert offering.stock_status == "out_of_stock"

@@ -16,6 +16,7 @@ from billing.api.views import (
 from marketplace.api import views
 from provisioning.api import agent_views
 from provisioning.api.agent_pool_views import AgentPoolViewSet
+from provisioning.api.resource_views import ResourceViewSet
 from provisioning.api.views import CloudAccountViewSet
 from recipes.api.views import RecipeViewSet
 
@@ -26,6 +27,7 @@ router.register("provider/rentals", views.ProviderRentalViewSet, basename="api-p
 router.register("provider/offerings", views.ProviderOfferingViewSet, basename="api-provider-offering")
 router.register("cloud-accounts", CloudAccountViewSet, basename="api-cloud-account")
 router.register("agent-pools", AgentPoolViewSet, basename="api-agent-pool")
+router.register("resources", ResourceViewSet, basename="api-resource")
 router.register("ssh-keys", views.SshKeyViewSet, basename="api-ssh-key")
 router.register("recipes", RecipeViewSet, basename="api-recipe")
 router.register("billing/invoices", InvoiceViewSet, basename="api-billing-invoice")

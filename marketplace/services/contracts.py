@@ -96,7 +96,16 @@ def _move(
     _record(contract, to_status=to_status, actor=actor, actor_label=actor_label, reason=reason, step=step, from_status=from_status)
     contract.refresh_from_db()
     logger.info("Contract %s: %s -> %s by %s (%s)", contract.pk, from_status, to_status, actor_label, reason[:200])
+    if to_status in STOCK_RETURNING_STATUSES and contract.offering.resource_id is not None:
+        from provisioning.resource_services import listing_stock_return
+
+        listing_stock_return(offering_id=contract.offering_id)
     return contract
+
+
+#: Ends after which a listed resource is the owner's again at once. A failed rental of one
+#: returns the stock only after its cleanup handed the VM back (`provisioning.tasks`).
+STOCK_RETURNING_STATUSES = frozenset({ContractStatus.CANCELLED, ContractStatus.REJECTED, ContractStatus.TERMINATED})
 
 
 # --- creation and payment -------------------------------------------------------------------
@@ -191,6 +200,10 @@ def contract_create(
     )
     try:
         with transaction.atomic():
+            if offering.resource_id is not None:
+                from provisioning.resource_services import listing_stock_take
+
+                listing_stock_take(offering=offering)
             contract.save()
             _record(contract, to_status=ContractStatus.REQUESTED, actor=tenant, actor_label="tenant", from_status="")
     except IntegrityError:
@@ -601,7 +614,7 @@ def contract_terminate(*, contract: Contract, actor: User | None, actor_label: s
 
 
 @transaction.atomic
-def contract_mark_terminated(*, contract_id: int, worker: str) -> Contract:
+def contract_mark_terminated(*, contract_id: int, worker: str, reason: str = "Server deleted.") -> Contract:
     contract = _lock(contract_id)
     contract = _move(
         contract,
@@ -610,7 +623,7 @@ def contract_mark_terminated(*, contract_id: int, worker: str) -> Contract:
         action="be marked terminated",
         actor=None,
         actor_label=worker,
-        reason="Server deleted.",
+        reason=reason,
         ended_at=timezone.now(),
         lease_owner="",
         lease_expires_at=None,

@@ -211,6 +211,13 @@ def offering_visibility_set(
         raise HideConfirmationRequired(
             offering=locked, visibility=visibility, running_rentals=offering_running_rental_count(offering=locked)
         )
+    if locked.resource_id is not None and visibility != Visibility.PRIVATE:
+        from provisioning.models import ResourceStatus
+
+        if locked.resource.status == ResourceStatus.DELETED:
+            raise ValidationError(
+                {"visibility": f"Offering {locked.slug!r} listed a resource that was deleted; it can only stay private."}
+            )
     if locked.visibility != visibility:
         previous = locked.visibility
         locked.visibility = visibility

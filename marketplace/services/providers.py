@@ -409,6 +409,12 @@ def offering_update(
     offering = Offering.objects.select_for_update(of=("self",)).select_related("provider", "cloud_account").get(pk=offering.pk)
     if offering.provider.user_id != user.pk:
         raise PermissionError(f"User {user.pk} does not own offering {offering.pk}.")
+    if offering.resource_id is not None:
+        # Its server, specs and stock are those of the listed VM, so only the listing form changes it.
+        raise ValidationError(
+            f"Offering {offering.slug!r} lists one of your resources; change its title, description and price "
+            "with the List on marketplace form on the resource's page."
+        )
     _apply(offering, user=user, values=values, catalog=catalog)
     offering.save()
     logger.info("Offering %s updated by user %s", offering.pk, user.pk)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from provisioning.models import CloudAccount
+from provisioning.models import CloudAccount, Resource
 from provisioning.services import TOKEN_MAX_LENGTH
 
 PROXMOX_FIELDS = (
@@ -170,3 +170,51 @@ class RentalHealthSerializer(serializers.Serializer):
     uptime = UptimeWindowSerializer(many=True)
     latency_hours = LatencyHourSerializer(many=True, help_text="The last 24 hours, oldest first.")
     recent_checks = HealthCheckSerializer(many=True, help_text="The newest checks, newest first.")
+
+
+class ResourceSerializer(serializers.ModelSerializer):
+    """A self-provisioned resource as its owner sees it."""
+
+    id = serializers.UUIDField(source="public_id", read_only=True)
+    cloud_account = serializers.IntegerField(source="cloud_account_id", read_only=True)
+    status_label = serializers.CharField(source="get_status_display", read_only=True)
+    offering = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Resource
+        fields = [
+            "id", "name", "cloud_account", "backend", "status", "status_label", "provisioning_step", "status_reason",
+            "last_error", "location_code", "server_type", "vcpu", "memory_mib", "disk_gb", "image", "recipe_version",
+            "ssh_key_fingerprint", "ip_address", "ssh_port", "ssh_username", "remove_owner_keys_while_rented",
+            "offering", "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_offering(self, resource) -> str | None:
+        """The slug of the resource's offering while it is listed, else null."""
+        listing = getattr(resource, "listing", None)
+        if listing is None or listing.visibility != "public":
+            return None
+        return listing.slug
+
+
+class ResourceCreateSerializer(serializers.Serializer):
+    cloud_account = serializers.IntegerField(help_text="Id of one of your cloud accounts.")
+    name = serializers.CharField(max_length=80)
+    location_code = serializers.CharField(max_length=40)
+    server_type = serializers.CharField(max_length=60)
+    image = serializers.CharField(max_length=80)
+    ssh_public_key = serializers.CharField(help_text="One OpenSSH public key line, authorised for root.")
+    recipe_version = serializers.IntegerField(required=False, allow_null=True, help_text="Id of a recipe version to run once.")
+
+
+class ResourceListingSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=120)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=10000)
+    price_cents = serializers.IntegerField(min_value=0, help_text="Monthly price in the currency's minor unit.")
+    currency = serializers.CharField(max_length=3, default="EUR")
+    remove_owner_keys = serializers.BooleanField(default=False)
+    country = serializers.CharField(
+        required=False, allow_blank=True, max_length=2,
+        help_text="ISO country code of the server; needed only when the location reports none (Proxmox VE).",
+    )

@@ -168,6 +168,20 @@ class CloudBackend(abc.ABC):
         return True
 
     @abc.abstractmethod
+    def start_server(self, server_id: str) -> None:
+        """Power on a stopped server; poll `get_server` until it runs. Starting a running one does nothing.
+
+        Raises `ServerNotFound` when the server does not exist.
+        """
+
+    @abc.abstractmethod
+    def stop_server(self, server_id: str) -> None:
+        """Power off the server, as pulling the plug does; stopping a stopped one does nothing.
+
+        Raises `ServerNotFound` when the server does not exist.
+        """
+
+    @abc.abstractmethod
     def delete_server(self, server_id: str, *, labels: dict[str, str] | None = None) -> None:
         """Delete the server and the objects created for it under `labels`.
 

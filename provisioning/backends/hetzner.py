@@ -85,7 +85,9 @@ TRANSIENT_CODES = frozenset(
 )
 
 # Operations where a 404 means the object is gone, reported as `ServerNotFound`.
-GONE_ON_NOT_FOUND = frozenset({"get_server", "delete_server", "delete_server (delete SSH key)"})
+GONE_ON_NOT_FOUND = frozenset(
+    {"get_server", "start_server", "stop_server", "delete_server", "delete_server (delete SSH key)"}
+)
 
 # Characters that would change the meaning of a label selector built from a labels dict.
 SELECTOR_SPECIAL_CHARACTERS = frozenset(",=!() ")
@@ -261,11 +263,7 @@ class HetznerBackend(CloudBackend):
         return server
 
     def get_server(self, server_id: str) -> ServerInfo:
-        numeric_id = _parse_server_id(server_id)
-        if numeric_id is None:
-            raise ServerNotFound(
-                f"Hetzner server id {server_id!r} is not a number", code="not_found"
-            )
+        numeric_id = self._require_server_id(server_id)
         item = self._call(
             "get_server", f"server {server_id}", self._client.servers.get_by_id, numeric_id
         )
@@ -281,6 +279,22 @@ class HetznerBackend(CloudBackend):
             label_selector=selector or None,
         )
         return sorted((_to_server_info(item) for item in items), key=lambda server: int(server.id))
+
+    def start_server(self, server_id: str) -> None:
+        numeric_id = self._require_server_id(server_id)
+        self._call("start_server", f"server {server_id}", self._client.servers.power_on, HcloudServer(id=numeric_id))
+        logger.info("Powered on Hetzner server %s", server_id)
+
+    def stop_server(self, server_id: str) -> None:
+        numeric_id = self._require_server_id(server_id)
+        self._call("stop_server", f"server {server_id}", self._client.servers.power_off, HcloudServer(id=numeric_id))
+        logger.info("Powered off Hetzner server %s", server_id)
+
+    def _require_server_id(self, server_id: str) -> int:
+        numeric_id = _parse_server_id(server_id)
+        if numeric_id is None:
+            raise ServerNotFound(f"Hetzner server id {server_id!r} is not a number", code="not_found")
+        return numeric_id
 
     def delete_server(self, server_id: str, *, labels: dict[str, str] | None = None) -> None:
         """Delete the server, then the SSH key objects that carry `labels`.

@@ -370,6 +370,25 @@ class ProxmoxBackend(CloudBackend):
             )
         return result
 
+    def start_server(self, server_id: str) -> None:
+        """Start the VM and wait for Proxmox's start task; the guest agent reports the address later."""
+        self._set_power(server_id, action="start", done_status="running")
+
+    def stop_server(self, server_id: str) -> None:
+        """Stop the VM at once (Proxmox `status/stop`, not a guest shutdown) and wait for the task."""
+        self._set_power(server_id, action="stop", done_status="stopped")
+
+    def _set_power(self, server_id: str, *, action: str, done_status: str) -> None:
+        vmid = _parse_vmid(server_id)
+        subject = f"VM {vmid}"
+        status = self._call(f"{action}_server", subject, self._vm(vmid).status.current.get)
+        if status.get("status") == done_status:
+            return
+        endpoint = getattr(self._vm(vmid).status, action)
+        upid = self._call(f"{action}_server", subject, endpoint.post)
+        self._await_task(upid, action, subject, failure=TransientCloudError)
+        logger.info("Proxmox %s: %s done", subject, action)
+
     def delete_server(self, server_id: str, *, labels: dict[str, str] | None = None) -> None:
         """Stop the VM and destroy it with its disks (`purge`), after checking it carries our labels.
 

@@ -74,11 +74,18 @@ class SandboxBackend(CloudBackend):
         ]
 
     def _info(self, server) -> ServerInfo:
-        booted = timezone.now() >= server.created_at + timedelta(seconds=server.boot_seconds)
+        powered_on_at = server.started_at or server.created_at
+        booted = timezone.now() >= powered_on_at + timedelta(seconds=server.boot_seconds)
+        if server.stopped_at is not None:
+            status = "off"
+        elif booted:
+            status = "running"
+        else:
+            status = "starting" if server.started_at else "initializing"
         return ServerInfo(
             id=str(server.pk),
             name=server.name,
-            status="running" if booted else "initializing",
+            status=status,
             ipv4=server.ipv4,
             labels=dict(server.labels),
         )
@@ -122,6 +129,16 @@ class SandboxBackend(CloudBackend):
         if server is None:
             raise ServerNotFound(f"Sandbox server {server_id} not found.")
         return self._info(server)
+
+    def start_server(self, server_id: str) -> None:
+        self.get_server(server_id)
+        self._live().filter(pk=int(server_id), stopped_at__isnull=False).update(stopped_at=None, started_at=timezone.now())
+        logger.info("Sandbox: started simulated server %s", server_id)
+
+    def stop_server(self, server_id: str) -> None:
+        self.get_server(server_id)
+        self._live().filter(pk=int(server_id), stopped_at__isnull=True).update(stopped_at=timezone.now())
+        logger.info("Sandbox: stopped simulated server %s", server_id)
 
     def delete_server(self, server_id: str, *, labels: dict[str, str] | None = None) -> None:
         if server_id.isdigit():

@@ -912,6 +912,8 @@ class HetznerApiServer:
             ("GET", r"/servers/(\d+)", self._get_server),
             ("DELETE", r"/servers/(\d+)", self._delete_server),
             ("GET", r"/servers/(\d+)/actions", self._list_server_actions),
+            ("POST", r"/servers/(\d+)/actions/poweron", self._power_on_server),
+            ("POST", r"/servers/(\d+)/actions/poweroff", self._power_off_server),
             ("GET", r"/actions/(\d+)", self._get_action),
         ]
 
@@ -1444,6 +1446,31 @@ class HetznerApiServer:
         self._release_address(self._server_addresses.pop(int(server_id), None))
         action = self._new_action("delete_server", int(server_id), duration=0.0)
         return 200, {"action": dict(action)}
+
+    def _power_on_server(
+        self, query: dict[str, list[str]], body: Any, server_id: str
+    ) -> tuple[int, Any]:
+        """Start an `off` server; it reports `running` after `boot_delay`, as a created one does."""
+        server = self._servers.get(int(server_id))
+        if server is None:
+            raise ApiError("not_found", f"server with ID {server_id} not found")
+        if server["status"] == "off":
+            server["status"] = "starting"
+            self._server_ready_at[int(server_id)] = time.monotonic() + self.boot_delay
+        action = self._new_action("start_server", int(server_id), duration=self.boot_delay)
+        return 201, {"action": dict(action)}
+
+    def _power_off_server(
+        self, query: dict[str, list[str]], body: Any, server_id: str
+    ) -> tuple[int, Any]:
+        """Cut the power of a server at once, as Hetzner's `poweroff` action does."""
+        server = self._servers.get(int(server_id))
+        if server is None:
+            raise ApiError("not_found", f"server with ID {server_id} not found")
+        server["status"] = "off"
+        self._server_ready_at.pop(int(server_id), None)
+        action = self._new_action("stop_server", int(server_id), duration=0.0)
+        return 201, {"action": dict(action)}
 
     def _list_server_actions(
         self, query: dict[str, list[str]], body: Any, server_id: str

@@ -53,3 +53,9 @@ class AgentPoolBackend(CloudBackend):
 
     def delete_server(self, server_id: str, *, labels: dict[str, str] | None = None) -> None:
         raise NotImplementedError("Agent pools' VMs are deleted by their agents.")
+
+    def start_server(self, server_id: str) -> None:
+        raise NotImplementedError("Agent pools' VMs are started by their agents.")
+
+    def stop_server(self, server_id: str) -> None:
+        raise NotImplementedError("Agent pools' VMs are stopped by their agents.")

@@ -24,7 +24,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from marketplace import selectors
 from marketplace.filters import ProviderRentalFilter
-from marketplace.forms import REJECT_REASON_MAX_LENGTH, OfferingForm, ProviderProfileForm
+from marketplace.forms import REJECT_REASON_MAX_LENGTH, OfferingForm, ProviderProfileForm, parse_whole_number
 from marketplace.models import ContractStatus, Offering, ProviderProfile, Visibility
 from marketplace.redirects import safe_next_url
 from marketplace.services import onboarding
@@ -253,8 +253,7 @@ def _add_service_errors(form: OfferingForm, exc: ValidationError) -> None:
 
 
 def _whole_number(raw) -> int:
-    text = str(raw if raw is not None else "").strip()
-    return int(text) if text.isdigit() else 0
+    return parse_whole_number(str(raw if raw is not None else "")) or 0
 
 
 def _cents(raw) -> int:
@@ -302,9 +301,9 @@ def _preview_offering(form: OfferingForm, user) -> Offering:
     account = form.selected_account()
     if account is not None:
         preview.cloud_account = account
-    recipe_version_id = form.current_value("recipe_version")
-    if recipe_version_id.isdigit():
-        preview.recipe_version = form.fields["recipe_version"].queryset.filter(pk=int(recipe_version_id)).first()
+    recipe_version_id = parse_whole_number(form.current_value("recipe_version"))
+    if recipe_version_id is not None:
+        preview.recipe_version = form.fields["recipe_version"].queryset.filter(pk=recipe_version_id).first()
     location = form.catalog.location(preview.location_code) if form.catalog is not None else None
     if location is not None:
         preview.country = preview.country or location.country.upper()

@@ -196,6 +196,7 @@ class ProviderProfileForm(forms.ModelForm):
     class Meta:
         model = ProviderProfile
         fields = ["display_name", "description", "website", "country", "auto_accept"]
+        field_classes = {"description": MultilineCharField}
         widgets = {"description": forms.Textarea(attrs={"rows": 4})}
 
     def clean_display_name(self) -> str:
@@ -317,6 +318,7 @@ class OfferingForm(forms.ModelForm):
             "city": "Leave empty to take it from the location.",
             "gpu_model": "For example NVIDIA L4; leave empty when there is no GPU.",
         }
+        field_classes = {"description": MultilineCharField}
         widgets = {"description": forms.Textarea(attrs={"rows": 4})}
 
     def __init__(self, *args, user, catalog: CloudCatalog | None = None, **kwargs):

@@ -126,6 +126,30 @@ def test_profile_edit_updates_profile(client, provider):
     assert provider.auto_accept is False
 
 
+def textarea_text(length: int) -> str:
+    """Return text of `length` characters as a browser counts them, with CRLF line ends as browsers submit them.
+
+    A textarea's maxlength counts a line break as one character, but the form posts it as two.
+    """
+    lines, rest = divmod(length - 4, 5)
+    return "line" + "\r\nline" * lines + "x" * rest
+
+
+@pytest.mark.django_db
+def test_profile_description_line_ends_count_once(client, provider):
+    client.force_login(provider.user)
+    description = textarea_text(5000)
+
+    response = client.post(
+        reverse("marketplace:provider_profile_save"),
+        {"profile-display_name": "Acme Compute", "profile-description": description},
+    )
+
+    provider.refresh_from_db()
+    assert response.status_code == 302
+    assert provider.description == description.replace("\r\n", "\n")
+
+
 # --- dashboard ---------------------------------------------------------------------------------
 
 
@@ -222,6 +246,17 @@ def test_offering_create_happy_path(client, provider, account):
     assert offering.country == "DE"
     assert offering.city == "Falkenstein"
     assert offering.recipe_version == version
+
+
+@pytest.mark.django_db
+def test_offering_description_line_ends_count_once(client, provider, account):
+    client.force_login(provider.user)
+    description = textarea_text(10000)
+
+    response = client.post(NEW_OFFERING_URL, _offering_data(account, description=description))
+
+    assert response.status_code == 302
+    assert Offering.objects.get().description == description.replace("\r\n", "\n")
 
 
 @pytest.mark.django_db

@@ -181,6 +181,8 @@ def offering_edit(request: HttpRequest, slug: str | None = None) -> HttpResponse
     catalog, catalog_error = _catalog_for(probe.selected_account())
     action = request.POST.get("action", "save")
     if action in _RELOAD_ACTIONS:
+        # Going back from the confirmation step is no confirmation, so the next save shows that step again.
+        values.pop("confirmed_visibility", None)
         initial = _fill_specs(values, catalog, server_type_changed=False) if action == "load_options" else values
         form = OfferingForm(instance=offering, user=request.user, initial=initial, catalog=catalog)
         return _render_form(request, form, offering, catalog_error)

@@ -57,6 +57,17 @@ def test_back_to_form_keeps_offering_public(page: Page, live_server, public_offe
     assert public_offering.name == "Public box"
 
 
+def test_save_after_going_back_asks_again(page: Page, live_server, public_offering):  # noqa: F811
+    open_hide_confirmation(page, public_offering)
+    page.get_by_role("button", name="Back to the form").click()
+
+    page.get_by_role("button", name="Save changes").click()
+
+    expect(page.get_by_role("heading", name="Make Public box private?")).to_be_visible()
+    public_offering.refresh_from_db()
+    assert public_offering.visibility == Visibility.PUBLIC
+
+
 def test_confirm_makes_offering_private(page: Page, live_server, public_offering):  # noqa: F811
     open_hide_confirmation(page, public_offering)
 

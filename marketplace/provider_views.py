@@ -24,7 +24,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from marketplace import selectors
 from marketplace.filters import ProviderRentalFilter
-from marketplace.forms import REJECT_REASON_MAX_LENGTH, OfferingForm, ProviderProfileForm, parse_whole_number
+from marketplace.forms import (
+    REJECT_REASON_MAX_LENGTH,
+    OfferingForm,
+    ProviderProfileForm,
+    parse_whole_number,
+)
 from marketplace.models import ContractStatus, Offering, ProviderProfile, Visibility
 from marketplace.redirects import safe_next_url
 from marketplace.services import onboarding

@@ -12,7 +12,13 @@ from django.urls import reverse
 from playwright.sync_api import Page, expect
 
 from marketplace.models import Offering, Visibility
-from tests.factories import DEFAULT_PASSWORD, make_cloud_account, make_offering, make_provider, make_user
+from tests.factories import (
+    DEFAULT_PASSWORD,
+    make_cloud_account,
+    make_offering,
+    make_provider,
+    make_user,
+)
 from tests.test_browser_journeys import (  # noqa: F401  (fixtures used by name)
     _allow_orm_beside_playwright,
     browser,

@@ -11,7 +11,13 @@ from django.test import Client
 from django.urls import reverse
 from playwright.sync_api import Browser
 
-from tests.factories import make_cloud_account, make_contract, make_offering, make_provider, make_user
+from tests.factories import (
+    make_cloud_account,
+    make_contract,
+    make_offering,
+    make_provider,
+    make_user,
+)
 from tests.test_browser_journeys import _allow_orm_beside_playwright, browser  # noqa: F401  (fixtures used by name)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]

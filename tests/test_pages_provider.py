@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from marketplace.models import Offering, ProviderProfile, Visibility
+from marketplace.services.providers import provider_profile_create
 from provisioning.models import CloudAccount
 from tests.factories import (
     make_cloud_account,
@@ -15,6 +17,7 @@ from tests.factories import (
     make_recipe,
     make_user,
 )
+from tests.test_break_billing import _in_threads
 
 NEW_OFFERING_URL = reverse("marketplace:offering_create")
 
@@ -582,3 +585,16 @@ def test_offering_form_name_with_bidi_control_is_rejected(client, provider, acco
     assert response.context["form"].errors["name"] == [
         "This name contains an invisible text-direction character (U+202E); remove it."
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_profile_creates_make_one_profile():
+    user = make_user()
+
+    errors = _in_threads(*[lambda: provider_profile_create(user=user, display_name="Twin Cloud") for _ in range(4)])
+
+    assert ProviderProfile.objects.filter(user=user).count() == 1
+    assert len(errors) == 3, errors
+    for error in errors:
+        assert isinstance(error, ValidationError), repr(error)
+        assert error.messages == ["You already have a provider profile; edit it on the provider dashboard."]

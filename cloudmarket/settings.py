@@ -267,7 +267,7 @@ REST_FRAMEWORK = {
     # header, so a missing or revoked token gets 401 (Session alone would give 403). Token
     # requests need no CSRF token; session requests still do.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "knox.auth.TokenAuthentication",
+        "marketplace.api.tokens.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PARSER_CLASSES": [

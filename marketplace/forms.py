@@ -132,6 +132,15 @@ def reject_reason_too_long_message(length: int) -> str:
     return f"The message to the tenant is {length} characters; shorten it to {REJECT_REASON_MAX_LENGTH} or fewer."
 
 
+def parse_whole_number(text: str) -> int | None:
+    """Return `text` as a non-negative int if it is ASCII digits only, else None.
+
+    str.isdigit() alone also accepts digits such as "²" (U+00B2) that int() rejects.
+    """
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 class MultilineCharField(forms.CharField):
     """A textarea field that stores line ends as LF.
 
@@ -187,6 +196,7 @@ class ProviderProfileForm(forms.ModelForm):
     class Meta:
         model = ProviderProfile
         fields = ["display_name", "description", "website", "country", "auto_accept"]
+        field_classes = {"description": MultilineCharField}
         widgets = {"description": forms.Textarea(attrs={"rows": 4})}
 
     def clean_display_name(self) -> str:
@@ -308,6 +318,7 @@ class OfferingForm(forms.ModelForm):
             "city": "Leave empty to take it from the location.",
             "gpu_model": "For example NVIDIA L4; leave empty when there is no GPU.",
         }
+        field_classes = {"description": MultilineCharField}
         widgets = {"description": forms.Textarea(attrs={"rows": 4})}
 
     def __init__(self, *args, user, catalog: CloudCatalog | None = None, **kwargs):
@@ -337,10 +348,10 @@ class OfferingForm(forms.ModelForm):
 
     def selected_account(self) -> CloudAccount | None:
         """Return the chosen cloud account if it is one of the user's, else None."""
-        value = self.current_value("cloud_account")
-        if not value.isdigit():
+        pk = parse_whole_number(self.current_value("cloud_account"))
+        if pk is None:
             return None
-        return self.fields["cloud_account"].queryset.filter(pk=int(value)).first()
+        return self.fields["cloud_account"].queryset.filter(pk=pk).first()
 
     def use_catalog(self, catalog: CloudCatalog) -> None:
         """Offer the catalog's server types, locations and images as choices.

@@ -24,7 +24,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from marketplace import selectors
 from marketplace.filters import ProviderRentalFilter
-from marketplace.forms import REJECT_REASON_MAX_LENGTH, OfferingForm, ProviderProfileForm
+from marketplace.forms import (
+    REJECT_REASON_MAX_LENGTH,
+    OfferingForm,
+    ProviderProfileForm,
+    parse_whole_number,
+)
 from marketplace.models import ContractStatus, Offering, ProviderProfile, Visibility
 from marketplace.redirects import safe_next_url
 from marketplace.services import onboarding
@@ -181,6 +186,8 @@ def offering_edit(request: HttpRequest, slug: str | None = None) -> HttpResponse
     catalog, catalog_error = _catalog_for(probe.selected_account())
     action = request.POST.get("action", "save")
     if action in _RELOAD_ACTIONS:
+        # Going back from the confirmation step is no confirmation, so the next save shows that step again.
+        values.pop("confirmed_visibility", None)
         initial = _fill_specs(values, catalog, server_type_changed=False) if action == "load_options" else values
         form = OfferingForm(instance=offering, user=request.user, initial=initial, catalog=catalog)
         return _render_form(request, form, offering, catalog_error)
@@ -253,8 +260,7 @@ def _add_service_errors(form: OfferingForm, exc: ValidationError) -> None:
 
 
 def _whole_number(raw) -> int:
-    text = str(raw if raw is not None else "").strip()
-    return int(text) if text.isdigit() else 0
+    return parse_whole_number(str(raw if raw is not None else "")) or 0
 
 
 def _cents(raw) -> int:
@@ -302,9 +308,9 @@ def _preview_offering(form: OfferingForm, user) -> Offering:
     account = form.selected_account()
     if account is not None:
         preview.cloud_account = account
-    recipe_version_id = form.current_value("recipe_version")
-    if recipe_version_id.isdigit():
-        preview.recipe_version = form.fields["recipe_version"].queryset.filter(pk=int(recipe_version_id)).first()
+    recipe_version_id = parse_whole_number(form.current_value("recipe_version"))
+    if recipe_version_id is not None:
+        preview.recipe_version = form.fields["recipe_version"].queryset.filter(pk=recipe_version_id).first()
     location = form.catalog.location(preview.location_code) if form.catalog is not None else None
     if location is not None:
         preview.country = preview.country or location.country.upper()

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.http import Http404
 from django.utils import timezone
 
 from marketplace.validators import validate_visible_text
@@ -139,13 +140,26 @@ def cloud_account_create_proxmox(
     return account
 
 
+def _lock_account(account: CloudAccount) -> CloudAccount:
+    """Return the account's row locked for update; raise Http404 when a concurrent request deleted it.
+
+    The views found the row before calling a service, so a missing row here means a delete
+    in another request won the race. Http404 becomes a 404 page or a JSON 404 in the API.
+    """
+    locked = CloudAccount.objects.select_for_update().filter(pk=account.pk).first()
+    if locked is None:
+        logger.info("Cloud account %s was deleted by a concurrent request", account.pk)
+        raise Http404(f"Cloud account {account.pk} was deleted.")
+    return locked
+
+
 def cloud_account_rename(*, account: CloudAccount, actor, label: str) -> CloudAccount:
     """Change the account's label; raises `ValidationError` on `label` when it is invalid or taken."""
     _check_owner(account, actor)
     label = _clean_label(owner=account.owner, label=label, exclude_pk=account.pk)
     try:
         with transaction.atomic():
-            locked = CloudAccount.objects.select_for_update().get(pk=account.pk)
+            locked = _lock_account(account)
             old_label = locked.label
             locked.label = label
             locked.save(update_fields=["label"])
@@ -181,7 +195,7 @@ def cloud_account_replace_token(*, account: CloudAccount, actor, token: str, pro
     _check_before_saving(candidate)
 
     with transaction.atomic():
-        locked = CloudAccount.objects.select_for_update().get(pk=account.pk)
+        locked = _lock_account(account)
         locked.set_token(token)
         locked.proxmox_token_id = candidate.proxmox_token_id
         locked.validation_status = ValidationStatus.VALID
@@ -207,7 +221,7 @@ def cloud_account_delete(*, account: CloudAccount, actor) -> bool:
     """
     _check_owner(account, actor)
     with transaction.atomic():
-        locked = CloudAccount.objects.select_for_update().get(pk=account.pk)
+        locked = _lock_account(account)
         dependents = cloud_account_dependents(account=locked)
         if dependents.offerings or dependents.rentals or dependents.resources:
             raise CloudAccountInUse(
@@ -432,7 +446,10 @@ def cloud_account_validate(*, account: CloudAccount) -> CloudAccount:
     )
     if not saved:
         logger.info("Cloud account %s: token replaced or account deleted during the check; outcome not stored", account.pk)
-        account.refresh_from_db()
+        current = CloudAccount.objects.filter(pk=account.pk).first()
+        if current is None:
+            raise Http404(f"Cloud account {account.pk} was deleted.")
+        return current
     return account
 
 

@@ -62,6 +62,17 @@ def test_revoked_token_is_401(tenant):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize("key", ["\xff\xfe", "caf\xe9"])
+def test_token_that_is_not_utf8_is_401(tenant, key):
+    # WSGI passes header bytes decoded as ISO-8859-1, so "\xff" here is the byte 0xFF.
+    response = _token_client(key).get("/api/v1/rentals/")
+
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Invalid token."}
+    assert response["WWW-Authenticate"] == "Token"
+
+
+@pytest.mark.django_db
 def test_token_rent_needs_no_csrf_token(tenant, offering):
     token = api_token_create(user=tenant)
     client = _token_client(token.key, enforce_csrf_checks=True)

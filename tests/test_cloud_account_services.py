@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.core.exceptions import ValidationError
 from django.db import connection
+from django.http import Http404
 
 from provisioning.models import Backend, CloudAccount, ValidationStatus
 from provisioning.services import (
@@ -105,3 +106,45 @@ def test_in_use_message_truncates_names():
     assert "'Box 10'" not in message
     assert "move the offerings to another cloud account." in message
     assert len(caught.value.offerings) == 12
+
+
+# --- an account deleted by a concurrent request -------------------------------------------------
+
+
+def _deleted_meanwhile(**fields) -> CloudAccount:
+    """Return an account instance whose row another request has just deleted."""
+    account = make_cloud_account(owner=make_user(), **fields)
+    CloudAccount.objects.filter(pk=account.pk).delete()
+    return account
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda account: cloud_account_delete(account=account, actor=account.owner),
+        lambda account: cloud_account_rename(account=account, actor=account.owner, label="New label"),
+    ],
+    ids=["delete", "rename"],
+)
+def test_change_of_deleted_account_is_404(change):
+    account = _deleted_meanwhile()
+
+    with pytest.raises(Http404):
+        change(account)
+
+
+@pytest.mark.django_db
+def test_token_replace_of_deleted_account_is_404(hetzner_api):
+    account = _deleted_meanwhile(backend=Backend.HETZNER, token=TEST_HCLOUD_TOKEN)
+
+    with pytest.raises(Http404):
+        cloud_account_replace_token(account=account, actor=account.owner, token=TEST_HCLOUD_TOKEN)
+
+
+@pytest.mark.django_db
+def test_revalidate_of_deleted_account_is_404(hetzner_api):
+    account = _deleted_meanwhile(backend=Backend.HETZNER, token=TEST_HCLOUD_TOKEN)
+
+    with pytest.raises(Http404):
+        cloud_account_revalidate(account=account, actor=account.owner)

@@ -322,6 +322,40 @@ def test_preview_tolerates_invalid_values(signed_in, hetzner_account, hetzner_ap
     assert "<strong>0</strong> vCPU" in html
 
 
+# A digit such as "²" (U+00B2) passes str.isdigit() but int() rejects it.
+NON_ASCII_DIGIT = "\u00b2"
+
+
+def test_preview_tolerates_non_ascii_digits(signed_in, hetzner_account, hetzner_api):
+    response = signed_in.post(
+        PREVIEW_URL,
+        form_data(hetzner_account, vcpu=NON_ASCII_DIGIT, recipe_version=NON_ASCII_DIGIT, price="3"),
+    )
+
+    assert response.status_code == 200
+    assert "<strong>0</strong> vCPU" in response.content.decode()
+
+
+def test_preview_with_non_ascii_account_id(signed_in, hetzner_account, hetzner_api):
+    response = signed_in.post(PREVIEW_URL, form_data(hetzner_account, cloud_account=NON_ASCII_DIGIT))
+
+    assert response.status_code == 200
+
+
+def test_options_with_non_ascii_account_id_is_404(signed_in, hetzner_account, hetzner_api):
+    response = signed_in.get(OPTIONS_URL, {"cloud_account": NON_ASCII_DIGIT, "changed": "cloud_account"})
+
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize("action", ["load_options", "save"])
+def test_form_with_non_ascii_account_id(signed_in, hetzner_account, hetzner_api, action):
+    response = signed_in.post(NEW_OFFERING_URL, form_data(hetzner_account, cloud_account=NON_ASCII_DIGIT, action=action))
+
+    assert response.status_code == 200
+    assert Offering.objects.count() == 0
+
+
 # --- API ------------------------------------------------------------------------------------
 
 

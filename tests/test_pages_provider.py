@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from marketplace.models import Offering, ProviderProfile, Visibility
+from marketplace.services.providers import provider_profile_create
 from provisioning.models import CloudAccount
 from tests.factories import (
     make_cloud_account,
@@ -15,6 +17,7 @@ from tests.factories import (
     make_recipe,
     make_user,
 )
+from tests.test_break_billing import _in_threads
 
 NEW_OFFERING_URL = reverse("marketplace:offering_create")
 
@@ -126,6 +129,30 @@ def test_profile_edit_updates_profile(client, provider):
     assert provider.auto_accept is False
 
 
+def textarea_text(length: int) -> str:
+    """Return text of `length` characters as a browser counts them, with CRLF line ends as browsers submit them.
+
+    A textarea's maxlength counts a line break as one character, but the form posts it as two.
+    """
+    lines, rest = divmod(length - 4, 5)
+    return "line" + "\r\nline" * lines + "x" * rest
+
+
+@pytest.mark.django_db
+def test_profile_description_line_ends_count_once(client, provider):
+    client.force_login(provider.user)
+    description = textarea_text(5000)
+
+    response = client.post(
+        reverse("marketplace:provider_profile_save"),
+        {"profile-display_name": "Acme Compute", "profile-description": description},
+    )
+
+    provider.refresh_from_db()
+    assert response.status_code == 302
+    assert provider.description == description.replace("\r\n", "\n")
+
+
 # --- dashboard ---------------------------------------------------------------------------------
 
 
@@ -222,6 +249,17 @@ def test_offering_create_happy_path(client, provider, account):
     assert offering.country == "DE"
     assert offering.city == "Falkenstein"
     assert offering.recipe_version == version
+
+
+@pytest.mark.django_db
+def test_offering_description_line_ends_count_once(client, provider, account):
+    client.force_login(provider.user)
+    description = textarea_text(10000)
+
+    response = client.post(NEW_OFFERING_URL, _offering_data(account, description=description))
+
+    assert response.status_code == 302
+    assert Offering.objects.get().description == description.replace("\r\n", "\n")
 
 
 @pytest.mark.django_db
@@ -547,3 +585,16 @@ def test_offering_form_name_with_bidi_control_is_rejected(client, provider, acco
     assert response.context["form"].errors["name"] == [
         "This name contains an invisible text-direction character (U+202E); remove it."
     ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_profile_creates_make_one_profile():
+    user = make_user()
+
+    errors = _in_threads(*[lambda: provider_profile_create(user=user, display_name="Twin Cloud") for _ in range(4)])
+
+    assert ProviderProfile.objects.filter(user=user).count() == 1
+    assert len(errors) == 3, errors
+    for error in errors:
+        assert isinstance(error, ValidationError), repr(error)
+        assert error.messages == ["You already have a provider profile; edit it on the provider dashboard."]

@@ -135,7 +135,7 @@ def test_offering_form_keeps_multiline_description(client, provider, account):
     )
 
     assert response.status_code == 302
-    assert provider.offerings.get().description == "Line one\r\nLine two\tend"
+    assert provider.offerings.get().description == "Line one\nLine two\tend"
 
 
 @pytest.mark.django_db

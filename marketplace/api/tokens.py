@@ -11,12 +11,36 @@ from dataclasses import dataclass
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
+from knox.auth import TokenAuthentication
 from knox.models import AuthToken
 from knox.settings import CONSTANTS
+from rest_framework.exceptions import AuthenticationFailed
 
 from marketplace.models import User
 
 logger = logging.getLogger(__name__)
+
+
+class ApiTokenAuthentication(TokenAuthentication):
+    """Knox token authentication that rejects a key that is not UTF-8 with 401.
+
+    django-rest-knox 5.1.0 decodes the key with bytes.decode("utf-8") unguarded, so a header such as
+    `Authorization: Token \\xff` raised UnicodeDecodeError and returned 500.
+    """
+
+    def authenticate_credentials(self, token: bytes):
+        try:
+            token.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise AuthenticationFailed("Invalid token.") from exc
+        return super().authenticate_credentials(token)
+
+
+class ApiTokenScheme(KnoxTokenScheme):
+    """Describes ApiTokenAuthentication in the OpenAPI document as knox's own scheme."""
+
+    target_class = "marketplace.api.tokens.ApiTokenAuthentication"
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,9 @@ def provider_profile_create(
     auto_accept: bool = True,
 ) -> ProviderProfile:
     """Make `user` a provider with a public profile; the slug is derived from the display name."""
+    # Locking the user row serialises concurrent creates for one user (a double-submitted form),
+    # so the later ones see the first profile and get the message below.
+    User.objects.select_for_update().filter(pk=user.pk).first()
     if ProviderProfile.objects.filter(user=user).exists():
         raise ValidationError("You already have a provider profile; edit it on the provider dashboard.")
     profile = ProviderProfile(

@@ -7,6 +7,16 @@
   document.addEventListener("submit", function (event) {
     var form = event.target;
     if (!form.matches("[data-disable-on-submit]")) return;
+    // The browser builds the form data after this handler runs and leaves out disabled buttons,
+    // so the clicked button's name and value (such as action=edit) are copied into a hidden field.
+    var submitter = event.submitter;
+    if (submitter && submitter.name) {
+      var copy = document.createElement("input");
+      copy.type = "hidden";
+      copy.name = submitter.name;
+      copy.value = submitter.value;
+      form.appendChild(copy);
+    }
     form.querySelectorAll("button[type=submit], input[type=submit]").forEach(function (button) {
       button.disabled = true;
       if (button.dataset.busyLabel) button.textContent = button.dataset.busyLabel;

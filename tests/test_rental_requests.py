@@ -293,6 +293,18 @@ def test_api_tenant_sees_deadline(offering, tenant):
     assert body["response_deadline"].startswith((contract.paid_at + timedelta(hours=24)).strftime("%Y-%m-%dT%H:%M"))
 
 
+def test_api_can_accept_only_for_provider(provider, offering, tenant):
+    # Found by a review: the tenant's view of a paid request said can_accept true.
+    contract = make_contract(tenant=tenant, offering=offering)
+    url = f"/api/v1/rentals/{contract.public_id}/"
+
+    tenant_view = api_client(tenant).get(url).json()
+    provider_view = api_client(provider.user).get(url).json()
+
+    assert tenant_view["can_accept"] is False
+    assert provider_view["can_accept"] is True
+
+
 def test_api_rental_requests_query_count(provider, offering, django_assert_num_queries):
     for index in range(5):
         make_contract(tenant=make_user(email=f"q{index}@example.com"), offering=offering)

@@ -478,7 +478,9 @@ class RentalDetailSerializer(RentalListSerializer):
     events = ContractEventSerializer(many=True, read_only=True)
     role = serializers.SerializerMethodField()
     can_cancel = serializers.BooleanField(read_only=True)
-    can_accept = serializers.BooleanField(read_only=True)
+    can_accept = serializers.SerializerMethodField(
+        help_text="True when you may accept or reject the request now: you are its provider (or staff) and it waits for you."
+    )
     payment = serializers.SerializerMethodField()
 
     class Meta(RentalListSerializer.Meta):
@@ -546,6 +548,10 @@ class RentalDetailSerializer(RentalListSerializer):
         return RecipeRunSummarySerializer(run).data if run is not None else None
 
     @extend_schema_field(serializers.ChoiceField(choices=["tenant", "provider", "staff"]))
+    def get_can_accept(self, obj: Contract) -> bool:
+        user = self.context["request"].user
+        return bool(obj.can_accept) and (obj.provider.user_id == user.pk or user.is_staff)
+
     def get_role(self, obj: Contract) -> str:
         user = self.context["request"].user
         if obj.tenant_id == user.pk:

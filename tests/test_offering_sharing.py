@@ -302,6 +302,22 @@ def test_api_visibility_endpoint_sets_allowlist(provider):
     assert offering.visibility == Visibility.SHARED
 
 
+def test_api_edit_with_allowlist_is_400(provider):
+    # Found by a review: the allowlist sent with an edit was dropped, so the offering was shared with nobody.
+    make_offering(provider=provider, slug="popular")
+    client = api_client(provider.user)
+
+    response = client.patch(
+        "/api/v1/provider/offerings/popular/",
+        {"visibility": "shared", "allowlist": ["friend@example.com"], "confirm_visibility": True},
+        format="json",
+    )
+
+    assert response.status_code == 400
+    assert "/visibility/" in response.json()["allowlist"][0]
+    assert Offering.objects.get(slug="popular").visibility == Visibility.PUBLIC
+
+
 def test_api_visibility_unknown_value_is_400(provider):
     make_offering(provider=provider, slug="popular")
 

@@ -125,6 +125,14 @@ class ProviderOfferingSerializer(serializers.ModelSerializer):
             fields["cloud_account"].queryset = CloudAccount.objects.filter(owner=request.user)
         return fields
 
+    def validate(self, attrs):
+        # The allowlist is not an offering field; accepting it silently left shared offerings shared with nobody.
+        if hasattr(self.initial_data, "get") and "allowlist" in self.initial_data:
+            raise serializers.ValidationError(
+                {"allowlist": "Set the allowlist with PATCH /api/v1/provider/offerings/<slug>/visibility/ after saving."}
+            )
+        return super().validate(attrs)
+
 
 class OfferingVisibilitySerializer(serializers.Serializer):
     """The visibility of an offering and the users who may see and rent it."""

@@ -5,14 +5,18 @@ from __future__ import annotations
 from django import forms
 
 from billing.models import BillingProfile
+from billing.payouts import PAYOUT_NOTE_MAX_CHARS
 from billing.profiles import PROFILE_FIELDS
+from marketplace.forms import MultilineCharField
+from marketplace.validators import validate_multiline_text
 
 
 class MarkPaidOutForm(forms.Form):
     """The note staff give when recording a payout they paid outside Stripe."""
 
-    note = forms.CharField(
-        max_length=2000,
+    note = MultilineCharField(
+        max_length=PAYOUT_NOTE_MAX_CHARS,
+        validators=[validate_multiline_text],
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
         help_text="How the money was paid, for example the bank transfer reference. The beneficiary sees this note.",
     )

@@ -547,6 +547,29 @@ def test_mark_paid_out_admin_action(rental, django_capture_on_commit_callbacks):
 
 
 @pytest.mark.django_db
+def test_mark_paid_out_form_counts_crlf_once(rental, django_capture_on_commit_callbacks):
+    # Found by a review: a note within the textarea's limit was rejected because browsers send CRLF.
+    staff = make_superuser(email="staff@example.com")
+    staff_client = Client()
+    staff_client.force_login(staff)
+    card_payment(rental["contract"], start=LAST_MONTH[0])
+    run_month(LAST_MONTH)
+    payout = Payout.objects.get(beneficiary=rental["provider"])
+    note = "line\r\n" * 399 + "end"
+
+    with django_capture_on_commit_callbacks(execute=False):
+        response = staff_client.post(
+            reverse("admin:billing_payout_changelist"),
+            {"action": "mark_paid_out", "_selected_action": [payout.pk], "apply": "1", "note": note},
+        )
+
+    payout.refresh_from_db()
+    assert response.status_code == 302
+    assert payout.status == PayoutStatus.PAID
+    assert payout.note == note.replace("\r\n", "\n")
+
+
+@pytest.mark.django_db
 def test_mark_paid_rejects_paid_and_empty_note(rental):
     staff = make_superuser(email="staff@example.com")
     card_payment(rental["contract"], start=LAST_MONTH[0])

@@ -511,14 +511,19 @@ def test_retry_rejects_payout_not_failed(rental, connect):
 # --- manual payouts by staff ---------------------------------------------------------------------
 
 
-@pytest.mark.django_db
-def test_mark_paid_out_admin_action(rental, django_capture_on_commit_callbacks):
+def staff_and_provider_payout(rental) -> tuple:
+    """Return a staff user, a client signed in as them, and the provider's pending payout of last month."""
     staff = make_superuser(email="staff@example.com")
     staff_client = Client()
     staff_client.force_login(staff)
     card_payment(rental["contract"], start=LAST_MONTH[0])
     run_month(LAST_MONTH)
-    payout = Payout.objects.get(beneficiary=rental["provider"])
+    return staff, staff_client, Payout.objects.get(beneficiary=rental["provider"])
+
+
+@pytest.mark.django_db
+def test_mark_paid_out_admin_action(rental, django_capture_on_commit_callbacks):
+    staff, staff_client, payout = staff_and_provider_payout(rental)
     url = reverse("admin:billing_payout_changelist")
 
     form_page = staff_client.post(url, {"action": "mark_paid_out", "_selected_action": [payout.pk]})
@@ -549,12 +554,7 @@ def test_mark_paid_out_admin_action(rental, django_capture_on_commit_callbacks):
 @pytest.mark.django_db
 def test_mark_paid_out_form_counts_crlf_once(rental, django_capture_on_commit_callbacks):
     # Found by a review: a note within the textarea's limit was rejected because browsers send CRLF.
-    staff = make_superuser(email="staff@example.com")
-    staff_client = Client()
-    staff_client.force_login(staff)
-    card_payment(rental["contract"], start=LAST_MONTH[0])
-    run_month(LAST_MONTH)
-    payout = Payout.objects.get(beneficiary=rental["provider"])
+    _staff, staff_client, payout = staff_and_provider_payout(rental)
     note = "line\r\n" * 399 + "end"
 
     with django_capture_on_commit_callbacks(execute=False):

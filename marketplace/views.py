@@ -21,7 +21,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST
 
-from billing.models import CheckoutSession, Payment, PaymentMethod
+from billing.models import CheckoutSession, Payment, PaymentMethod, Subscription
 from billing.services import PaymentFailed, contract_refund_state, payment_method_check
 from billing.stripe_billing import CheckoutUnavailable, checkout_open
 from marketplace import offering_csv_format as csv_format
@@ -399,10 +399,23 @@ def rental_detail(request: HttpRequest, public_id) -> HttpResponse:
     return _render_rental_page(request, contract)
 
 
+def _card_past_due(contract: Contract) -> bool:
+    """Whether Stripe reports the running rental's subscription as past due (a renewal payment failed)."""
+    if not contract.pays_by_card or contract.is_ended:
+        return False
+    subscription = Subscription.objects.filter(contract=contract).only("status").first()
+    return subscription is not None and subscription.status in ("past_due", "unpaid")
+
+
 def _render_rental_page(request: HttpRequest, contract: Contract, *, reject_form: RejectForm | None = None) -> HttpResponse:
     is_tenant = contract.tenant_id == request.user.pk
     is_provider = contract.provider.user_id == request.user.pk
-    payments = list(Payment.objects.filter(contract=contract).select_related("invoice").order_by("created_at", "id"))
+    payments = list(
+        Payment.objects.filter(contract=contract)
+        .select_related("invoice")
+        .prefetch_related("invoice__credit_notes")
+        .order_by("created_at", "id")
+    )
     context = _live_context(contract, returned_from_checkout=request.GET.get("checkout") == "success")
     context.update(
         {
@@ -412,6 +425,7 @@ def _render_rental_page(request: HttpRequest, contract: Contract, *, reject_form
             "can_cancel": (is_tenant or request.user.is_staff) and contract.can_cancel(),
             "ends_now": contract.status != ContractStatus.ACTIVE or contract.cancel_ends_now,
             "refund_state": contract_refund_state(contract),
+            "card_past_due": _card_past_due(contract),
             "payments": payments,
             "paid_with_sandbox": bool(payments) and all(payment.method == PaymentMethod.SANDBOX for payment in payments),
             "events": _event_rows(contract, show_raw_actor=request.user.is_staff),

@@ -10,8 +10,9 @@ from pypdf import PdfReader
 from rest_framework.test import APIClient
 
 from billing.invoicing import credit_note_issue_for_refund, invoice_issue_for_payment
-from billing.models import BillingProfile, Invoice
+from billing.models import BillingProfile, Invoice, Subscription
 from billing.pdf import format_rate, render_document_pdf
+from marketplace.models import Contract, ContractStatus
 from marketplace.services import contracts
 from tests.billing_documents import make_card_payment, make_rental, make_succeeded_refund
 from tests.factories import make_superuser, make_user
@@ -552,3 +553,25 @@ def test_pdf_without_cjk_font_still_renders(settings, documents, tmp_path, caplo
 
     assert "Łódź Müller" in _pdf_text(content)
     assert "fonts-droid-fallback" in caplog.text
+
+
+def test_rental_page_links_credit_note(client, documents):
+    client.force_login(documents["tenant"])
+
+    response = client.get(reverse("marketplace:rental", args=[documents["contract"].public_id]))
+
+    assert f"Credit note {documents['credit_note'].number}" in response.text
+    assert reverse("billing:credit_note", args=[documents["credit_note"].number]) in response.text
+
+
+@pytest.mark.parametrize(("status", "shown"), [("past_due", True), ("unpaid", True), ("active", False)])
+def test_rental_page_asks_to_update_card(client, status, shown):
+    # Found by a review: a tenant whose renewal failed got an email but no hint on the rental page.
+    contract = make_rental(tenant_email="late@example.com")
+    Contract.objects.filter(pk=contract.pk).update(payment_method="stripe", status=ContractStatus.ACTIVE)
+    Subscription.objects.create(contract=contract, subscription_id=f"sub_{status}", status=status)
+    client.force_login(contract.tenant)
+
+    response = client.get(reverse("marketplace:rental", args=[contract.public_id]))
+
+    assert ("Update your card" in response.text) is shown

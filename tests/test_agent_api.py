@@ -18,7 +18,7 @@ from marketplace.selectors import catalog_offerings
 from marketplace.services import contracts as contract_services
 from provisioning import pipeline
 from provisioning.agent_services import agent_revoke, agent_setup_token_create, secret_hash
-from provisioning.models import Agent, AgentSetupToken, Backend
+from provisioning.models import Agent, AgentSetupToken, Backend, HealthCheck, HealthSource
 from provisioning.tasks import provision_contract_task
 from tests.agent_helpers import make_agent, make_pool
 from tests.factories import make_contract, make_user, ssh_public_key
@@ -557,6 +557,103 @@ def test_reconcile_decisions(pool_with_agent):
     assert response.status_code == 200
     decisions = {item["server_id"]: item["decision"] for item in response.json()["decisions"]}
     assert decisions == {"100": "keep", "101": "terminate", "200": "terminate", "300": "unknown", "400": "unknown"}
+    kept = response.json()["decisions"][0]
+    assert (kept["address"], kept["port"]) == ("192.0.2.10", 22)
+    assert response.json()["decisions"][1]["address"] is None
+
+
+# --- health reports ---------------------------------------------------------------------------
+
+
+def health_report(contract_id, **overrides) -> dict:
+    report = {"contract_id": contract_id, "checked_at": timezone.now().isoformat(), "up": True, "latency_ms": 2.5}
+    report.update(overrides)
+    return report
+
+
+def test_health_report_stored_as_agent_check(pool_with_agent):
+    contract, client = activate(pool_with_agent)
+
+    response = client.post(
+        url("health"), {"reports": [health_report(contract.pk, hypervisor_state="running", detail="ok")]}, format="json"
+    )
+
+    assert response.status_code == 200
+    check = HealthCheck.objects.get(contract=contract)
+    assert response.json()["results"] == [{"contract_id": contract.pk, "accepted": True, "health_check_id": check.pk, "reason": ""}]
+    assert check.source == HealthSource.AGENT
+    assert check.hypervisor_state == "running"
+    assert check.latency_ms == 2.5
+
+
+def test_health_report_without_credential_401():
+    response = APIClient().post(url("health"), {"reports": [health_report(1)]}, format="json")
+
+    assert response.status_code == 401
+
+
+def test_health_report_from_revoked_agent_401(pool_with_agent):
+    contract, client = activate(pool_with_agent)
+    pool, _offering, agent, _credential = pool_with_agent
+    agent_revoke(agent=agent, actor=pool.cloud_account.owner)
+
+    response = client.post(url("health"), {"reports": [health_report(contract.pk)]}, format="json")
+
+    assert response.status_code == 401
+    assert not HealthCheck.objects.exists()
+
+
+def test_health_report_future_time_rejected_per_item(pool_with_agent):
+    contract, client = activate(pool_with_agent)
+    future = (timezone.now() + timedelta(hours=1)).isoformat()
+
+    response = client.post(
+        url("health"), {"reports": [health_report(contract.pk, checked_at=future), health_report(contract.pk)]}, format="json"
+    )
+
+    assert response.status_code == 200
+    first, second = response.json()["results"]
+    assert first["accepted"] is False
+    assert "is in the future" in first["reason"]
+    assert second["accepted"] is True
+    assert HealthCheck.objects.filter(contract=contract).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("latency_ms", -1, "(got -1)"),
+        ("up", "maybe", "(got 'maybe')"),
+        ("contract_id", "abc", "(got 'abc')"),
+        ("checked_at", "yesterday", "(got 'yesterday')"),
+    ],
+)
+def test_health_report_invalid_field_400(pool_with_agent, field, value, message):
+    contract, client = activate(pool_with_agent)
+    report = health_report(contract.pk)
+    report[field] = value
+
+    response = client.post(url("health"), {"reports": [report]}, format="json")
+
+    assert response.status_code == 400
+    assert message in response.json()["reports"]["0"][field][0]
+
+
+def test_health_report_empty_batch_400(pool_with_agent):
+    _contract, client = activate(pool_with_agent)
+
+    response = client.post(url("health"), {"reports": []}, format="json")
+
+    assert response.status_code == 400
+    assert "reports" in response.json()
+
+
+def test_health_endpoint_in_openapi_schema(client):
+    schema = client.get(reverse("api-schema"), {"format": "json"}).json()
+
+    operation = schema["paths"]["/api/v1/agent/health/"]["post"]
+    assert operation["summary"] == "Send health reports of the VMs this agent serves"
+    assert "200" in operation["responses"]
 
 
 def test_revoke_releases_leases(pool_with_agent):

@@ -92,5 +92,9 @@ class PlatformClient:
     def terminated(self, contract_id: int) -> dict:
         return self._request("POST", f"/contracts/{contract_id}/terminated/")
 
+    def health(self, reports: list[dict]) -> list[dict]:
+        """Send health reports; return one result per report with `accepted` and, if rejected, `reason`."""
+        return self._request("POST", "/health/", {"reports": reports})["results"]
+
     def reconcile(self, servers: list[dict]) -> list[dict]:
         return self._request("POST", "/reconcile/", {"servers": servers})["decisions"]

@@ -11,7 +11,11 @@ from marketplace.models import ProvisioningStep
 from marketplace.sshkeys import parse_public_key
 from provisioning.agent_services import HEARTBEAT_JSON_MAX_CHARS
 from provisioning.agent_work import AgentFailureReason, ReconcileDecision
+from provisioning.health import DETAIL_MAX_LENGTH, HYPERVISOR_STATE_MAX_LENGTH
 from provisioning.models import ProvisionerType
+
+#: Maximum number of health reports in one request; the agent sends larger batches in parts.
+HEALTH_REPORTS_MAX = 500
 
 
 def _bounded_object(value, field: str):
@@ -139,10 +143,59 @@ class ReconcileAnswerSerializer(serializers.Serializer):
     contract_id = serializers.IntegerField(allow_null=True)
     decision = serializers.ChoiceField(choices=ReconcileDecision.choices)
     reason = serializers.CharField()
+    address = serializers.CharField(allow_null=True, help_text="The address tenants use, for a `keep` of an active contract.")
+    port = serializers.IntegerField(allow_null=True, help_text="The SSH port tenants use, for a `keep` of an active contract.")
 
 
 class ReconcileResponseSerializer(serializers.Serializer):
     decisions = ReconcileAnswerSerializer(many=True)
+
+
+class HealthReportSerializer(serializers.Serializer):
+    contract_id = serializers.IntegerField(min_value=1)
+    checked_at = serializers.DateTimeField(help_text="When the probe ran, with a timezone, for example 2026-01-05T10:00:00Z.")
+    up = serializers.BooleanField(help_text="True when the SSH port accepted a TCP connection and the VM is running.")
+    latency_ms = serializers.FloatField(
+        min_value=0, max_value=600_000, allow_null=True, required=False, default=None,
+        help_text="Milliseconds until the TCP connection was established, from the host; null when down.",
+    )
+    hypervisor_state = serializers.CharField(
+        max_length=HYPERVISOR_STATE_MAX_LENGTH, allow_blank=True, required=False, default="",
+        help_text="The hypervisor's state of the VM, for example running, stopped or missing.",
+    )
+    detail = serializers.CharField(
+        max_length=DETAIL_MAX_LENGTH, allow_blank=True, required=False, default="",
+        help_text="The probe's error or a short note.",
+    )
+
+
+    def to_internal_value(self, data):
+        """Parse one report; every field error also names the value that was sent."""
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if not isinstance(exc.detail, dict) or not isinstance(data, dict):
+                raise
+            detail = {
+                field: [f"{message} (got {data.get(field)!r})" for message in messages] if field in data else messages
+                for field, messages in exc.detail.items()
+            }
+            raise serializers.ValidationError(detail) from exc
+
+
+class HealthReportsRequestSerializer(serializers.Serializer):
+    reports = HealthReportSerializer(many=True, min_length=1, max_length=HEALTH_REPORTS_MAX)
+
+
+class HealthReportResultSerializer(serializers.Serializer):
+    contract_id = serializers.IntegerField()
+    accepted = serializers.BooleanField()
+    health_check_id = serializers.IntegerField(allow_null=True)
+    reason = serializers.CharField(help_text="Why the report was rejected; empty when it was accepted.")
+
+
+class HealthReportsResponseSerializer(serializers.Serializer):
+    results = HealthReportResultSerializer(many=True, help_text="One result per report, in the order sent.")
 
 
 # --- the provider's pool API -------------------------------------------------------------------

@@ -30,6 +30,8 @@ from provisioning.api.agent_serializers import (
     ContractSpecSerializer,
     ContractStateSerializer,
     FailureRequestSerializer,
+    HealthReportsRequestSerializer,
+    HealthReportsResponseSerializer,
     HeartbeatRequestSerializer,
     HeartbeatResponseSerializer,
     ProgressRequestSerializer,
@@ -238,3 +240,18 @@ class ReconcileView(AgentView):
         body.is_valid(raise_exception=True)
         answers = agent_work.agent_reconcile(agent=self.agent, servers=body.validated_data["servers"])
         return Response({"decisions": [answer.__dict__ for answer in answers]})
+
+
+class HealthView(AgentView):
+    @extend_schema(
+        tags=["agent"], request=HealthReportsRequestSerializer, responses={200: HealthReportsResponseSerializer, **AGENT_ERRORS},
+        summary="Send health reports of the VMs this agent serves",
+        description="Each report is accepted or rejected on its own: a report for a contract of another pool, an "
+        "unknown contract or one that is not active is rejected with a reason, and the others are stored.",
+    )
+    def post(self, request):
+        body = HealthReportsRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        reports = [agent_work.HealthReport(**item) for item in body.validated_data["reports"]]
+        results = agent_work.agent_health_report(agent=self.agent, reports=reports)
+        return Response({"results": [result.__dict__ for result in results]})

@@ -391,6 +391,11 @@ class ProxmoxApiServer:
             vm["status"] = status
             return json.loads(json.dumps(vm))
 
+    def set_vm_status_behind_back(self, vmid: int, status: str) -> None:
+        """Set a VM's status ("running", "stopped") directly, as a host crash or another user would."""
+        with self._lock:
+            self._vms[int(vmid)]["status"] = status
+
     def delete_vm_behind_back(self, vmid: int) -> None:
         with self._lock:
             self._vms.pop(int(vmid), None)

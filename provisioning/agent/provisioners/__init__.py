@@ -13,6 +13,11 @@ RETRYABLE_REASONS = ("hypervisor_unavailable", "timeout", "rate_limited", "insuf
 PERMANENT_REASONS = ("image_not_found", "invalid_spec", "boot_failed", "provisioner_error")
 REASON_CODES = RETRYABLE_REASONS + PERMANENT_REASONS
 
+#: The `vm_state` of a VM that serves its tenant; health reports count every other state as down.
+RUNNING_STATE = "running"
+#: The `vm_state` of a VM the hypervisor does not have.
+MISSING_STATE = "missing"
+
 #: VM names the platform hands out: cm-<deployment>-<contract id>.
 VM_NAME_RE = re.compile(r"^cm-(?P<deployment>[a-z0-9-]+?)-(?P<contract_id>\d+)$")
 
@@ -76,6 +81,13 @@ class Provisioner(abc.ABC):
     @abc.abstractmethod
     def list_running(self) -> list[RunningVm]:
         """Return the VMs on the host that carry platform names, running or not."""
+
+    @abc.abstractmethod
+    def vm_state(self, spec: dict[str, Any]) -> str:
+        """Return the hypervisor's state of the contract's VM, such as `running` or `stopped`; `missing` when it is gone.
+
+        `spec` needs `id`, `name` and `cloud_server_id`.
+        """
 
     @abc.abstractmethod
     def health(self) -> dict[str, Any]:

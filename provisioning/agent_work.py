@@ -132,7 +132,7 @@ def agent_contract_claim(*, agent: Agent, contract_id: int) -> Contract:
 
     Raises `Contract.DoesNotExist` when the contract is not in the agent's pool and
     `ClaimRejected` when it is not pending or another agent holds it. A contract with a recipe
-    is failed and refunded, because agents cannot run recipes yet.
+    gets its platform key pair here, so the agent can put the public key on the VM.
     """
     Contract.objects.only("pk").get(pk=contract_id, cloud_account_id=agent.pool.cloud_account_id)
     if not _provisioner_matches(agent):
@@ -161,14 +161,9 @@ def agent_contract_claim(*, agent: Agent, contract_id: int) -> Contract:
     contract = Contract.objects.get(pk=contract_id)
     logger.info("Contract %s: claimed by agent %s for %s (try %s)", contract_id, agent.pk, contract.status, contract.attempts)
     if contract.status == ContractStatus.PROVISIONING and contract.recipe_script.strip():
-        # TODO: remove once agents run recipes over SSH like the platform's workers.
-        contract_services.contract_fail(
-            contract_id=contract_id,
-            reason="This provider's agents cannot run recipes yet, so the rental was cancelled and refunded.",
-            actor_label=f"agent:{agent.pk}",
-            lease_owner=agent.lease_owner,
-        )
-        raise ClaimRejected(f"Contract {contract_id} has a recipe, which agents cannot run yet; it was failed and refunded.")
+        from provisioning.agent_recipes import ensure_platform_key
+
+        contract = ensure_platform_key(contract)
     return contract
 
 
@@ -209,13 +204,20 @@ def agent_contract_progress(*, agent: Agent, contract_id: int, step: str = "") -
 def agent_contract_succeed(
     *, agent: Agent, contract_id: int, server_id: str, address: str, port: int, host_public_key: str
 ) -> Contract:
-    """Store the VM's connection details and activate the contract (the tenant is notified)."""
+    """Store the VM's connection details and activate the contract (the tenant is notified).
+
+    A contract with a recipe is activated only after the agent reported a successful recipe run.
+    """
+    from provisioning.agent_recipes import check_recipe_succeeded
+
     contract = _held(agent, contract_id, status=ContractStatus.PROVISIONING)
+    check_recipe_succeeded(contract)
     Contract.objects.filter(pk=contract.pk).update(
         cloud_server_id=server_id,
         ip_address=address,
         ssh_port=port,
         host_public_key=host_public_key,
+        ssh_username=settings.PROVISIONING_SSH_USERNAME,
         provisioning_step=ProvisioningStep.FINALIZING,
     )
     return contract_services.contract_activate(contract_id=contract.pk, worker=agent.lease_owner)

@@ -243,11 +243,7 @@ def _run_recipe(lease: Lease, contract: Contract, backend: CloudBackend) -> Cont
     if not contract.recipe_script.strip():
         return contract
     # A run still marked running belongs to a worker that died; this worker starts the recipe again.
-    interrupted = RecipeRun.objects.filter(contract=contract, status=RecipeRunStatus.RUNNING).update(
-        status=RecipeRunStatus.FAILED,
-        finished_at=timezone.now(),
-        error="The run was interrupted because its worker stopped; the recipe was started again.",
-    )
+    interrupted = recipe_runs_interrupt(contract_id=contract.pk)
     if interrupted:
         logger.warning("Contract %s: %s interrupted recipe run(s) marked failed; running the recipe again", contract.pk, interrupted)
     run = RecipeRun.objects.create(
@@ -277,15 +273,42 @@ def _run_recipe(lease: Lease, contract: Contract, backend: CloudBackend) -> Cont
         "output_bytes": result.output_bytes,
         "truncated": result.truncated,
     }
-    if result.timed_out:
-        RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.TIMED_OUT, **fields)
-        raise ProvisioningError(f"The recipe timed out after {run.timeout_seconds} seconds and was stopped.")
-    if result.exit_code != 0:
-        RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.FAILED, **fields)
-        raise ProvisioningError(f"The recipe failed with exit code {result.exit_code}.")
-    RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.SUCCEEDED, **fields)
+    status, failure = recipe_run_outcome(
+        exit_code=result.exit_code, timed_out=result.timed_out, timeout_seconds=run.timeout_seconds
+    )
+    RecipeRun.objects.filter(pk=run.pk).update(status=status, **fields)
+    if failure:
+        raise ProvisioningError(failure)
     logger.info("Contract %s: recipe run %s succeeded in %.1f s", contract.pk, run.pk, result.duration_seconds)
     return contract
+
+
+def recipe_run_outcome(*, exit_code: int | None, timed_out: bool, timeout_seconds: int) -> tuple[str, str]:
+    """Return the finished run's status and, for a failed run, the reason shown to tenant and provider.
+
+    Platform workers and agents both use it, so a recipe fails with the same message on every backend.
+    """
+    if timed_out:
+        return RecipeRunStatus.TIMED_OUT, f"The recipe timed out after {timeout_seconds} seconds and was stopped."
+    if exit_code != 0:
+        return RecipeRunStatus.FAILED, f"The recipe failed with exit code {exit_code}."
+    return RecipeRunStatus.SUCCEEDED, ""
+
+
+def recipe_ssh_failure_message(error: str) -> str:
+    """Return the reason shown when the recipe could not be run or finished over SSH."""
+    return f"The recipe run failed over SSH: {error}"
+
+
+#: Why a recipe run still marked running was failed when the recipe started again.
+RECIPE_RUN_INTERRUPTED = "The run was interrupted because its worker stopped; the recipe was started again."
+
+
+def recipe_runs_interrupt(*, contract_id: int) -> int:
+    """Mark the contract's recipe runs that are still running as failed, because a new run starts; return how many."""
+    return RecipeRun.objects.filter(contract_id=contract_id, status=RecipeRunStatus.RUNNING).update(
+        status=RecipeRunStatus.FAILED, finished_at=timezone.now(), error=RECIPE_RUN_INTERRUPTED
+    )
 
 
 def _execute_recipe_streaming(lease: Lease, contract: Contract, run: RecipeRun):
@@ -343,7 +366,7 @@ def _execute_recipe_streaming(lease: Lease, contract: Contract, run: RecipeRun):
     error = outcome.get("error")
     if isinstance(error, RecipeRunError):
         RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.FAILED, error=str(error), finished_at=timezone.now())
-        raise ProvisioningError(f"The recipe run failed over SSH: {error}") from error
+        raise ProvisioningError(recipe_ssh_failure_message(str(error))) from error
     if error is not None:
         raise error
     return outcome["result"]

@@ -29,9 +29,10 @@ from marketplace.selectors import catalog_offerings
 from marketplace.services import contracts as contract_services
 from provisioning.agent_services import agent_revoke, agent_setup_token_create
 from provisioning.models import Agent, AgentSetupToken, HealthCheck, HealthSource, HealthStatus
+from recipes.models import RecipeRun, RecipeRunStatus
 from tests.agent_helpers import make_agent, make_pool
 from tests.conftest import REPO_ROOT, TEST_PROXMOX_TOKEN_ID, TEST_PROXMOX_TOKEN_SECRET
-from tests.factories import make_contract, make_user
+from tests.factories import make_contract, make_recipe, make_user
 
 pytestmark = [pytest.mark.journey, pytest.mark.django_db(transaction=True)]
 
@@ -329,6 +330,82 @@ def test_revoked_agent_stops(live_server, proxmox_api, session_sshd, tmp_path, a
     assert offering not in catalog_offerings()
 
 
+# --- recipes run by the agent ----------------------------------------------------------------
+
+
+RECIPE_SCRIPT = 'for i in 1 2 3; do echo "line $i of the recipe"; sleep 0.2; done\necho "recipe done"\n'
+
+
+def start_recipe_agent(live_server, proxmox_api, session_sshd, tmp_path, agents, *, script: str, **config_overrides):
+    """Start a Proxmox agent whose pool's offering has a recipe with `script`; return the offering and the agent."""
+    provider, pool, offering = make_pool()
+    offering.recipe_version = make_recipe(author=provider.user, script=script)
+    offering.save()
+    config = set_up_agent(live_server, pool, tmp_path / "agent.json", proxmox_settings(proxmox_api, session_sshd), name="host-1")
+    config.write_text(json.dumps({**json.loads(config.read_text()), **config_overrides}))
+    agent = agents(config)
+    wait_for(lambda: offering in catalog_offerings(), what="the offering to be listed", log=agent.log)
+    return offering, agent
+
+
+def test_agent_runs_recipe_over_ssh(live_server, proxmox_api, session_sshd, tmp_path, agents, settings):
+    settings.PROVISIONING_SSH_USERNAME = session_sshd.username
+    offering, agent = start_recipe_agent(live_server, proxmox_api, session_sshd, tmp_path, agents, script=RECIPE_SCRIPT)
+
+    contract = make_contract(tenant=make_user(), offering=offering)
+
+    wait_for(lambda: contract_status(contract.pk) == ContractStatus.ACTIVE, what="the rental to become active", log=agent.log)
+    contract.refresh_from_db()
+    run = RecipeRun.objects.get(contract=contract)
+    assert run.status == RecipeRunStatus.SUCCEEDED
+    assert run.exit_code == 0
+    assert run.executed is True
+    assert run.duration_seconds > 0.5
+    assert "line 1 of the recipe\nline 2 of the recipe\nline 3 of the recipe\nrecipe done\n" == run.output
+    assert run.output_bytes == len(run.output.encode())
+    sequences = list(run.chunks.values_list("sequence", flat=True))
+    assert sequences == list(range(len(sequences)))
+    assert contract.platform_public_key.split()[1] in " ".join(session_sshd.authorized_keys())
+    steps = list(ContractEvent.objects.filter(contract=contract).exclude(step="").values_list("step", flat=True))
+    assert "running_recipe" in steps
+
+
+def test_agent_recipe_failure_fails_rental(live_server, proxmox_api, session_sshd, tmp_path, agents, settings):
+    settings.PROVISIONING_SSH_USERNAME = session_sshd.username
+    offering, agent = start_recipe_agent(
+        live_server, proxmox_api, session_sshd, tmp_path, agents, script="echo starting\nfalse\necho never printed\n"
+    )
+
+    contract = make_contract(tenant=make_user(), offering=offering)
+
+    wait_for(lambda: contract_status(contract.pk) == ContractStatus.FAILED, what="the rental to fail", log=agent.log)
+    contract.refresh_from_db()
+    run = RecipeRun.objects.get(contract=contract)
+    assert contract.status_reason == "The recipe failed with exit code 1."
+    assert run.status == RecipeRunStatus.FAILED
+    assert run.exit_code == 1
+    assert run.output == "starting\n"
+    assert contract.payments.get().refunds.exists()
+    assert not ContractEvent.objects.filter(contract=contract, to_status=ContractStatus.ACTIVE).exists()
+
+
+def test_agent_recipe_rejects_wrong_host_key(live_server, proxmox_api, session_sshd, tmp_path, agents, settings):
+    settings.PROVISIONING_SSH_USERNAME = session_sshd.username
+    # The guest agent does not install the generated host key, so the sshd keeps presenting its old one.
+    proxmox_api.skip_host_key_install = True
+    offering, agent = start_recipe_agent(
+        live_server, proxmox_api, session_sshd, tmp_path, agents, script="echo ready\n", ssh_wait_timeout=2
+    )
+
+    contract = make_contract(tenant=make_user(), offering=offering)
+
+    wait_for(lambda: contract_status(contract.pk) == ContractStatus.FAILED, what="the rental to fail", log=agent.log)
+    contract.refresh_from_db()
+    assert contract.status_reason.startswith("The recipe run failed over SSH: SSH on 127.0.0.1")
+    assert "does not match the key generated for this server" in contract.status_reason
+    assert RecipeRun.objects.get(contract=contract).exit_code is None
+
+
 # --- health reports ---------------------------------------------------------------------------
 
 
@@ -413,7 +490,7 @@ VM_SCRIPT = textwrap.dedent(
     """\
     #!{python}
     # Keeps "VMs" in a JSON file; speaks the script provisioner's JSON protocol.
-    import json, sys
+    import json, os, sys
     state_path = {state!r}
     try:
         with open(state_path) as handle:
@@ -440,8 +517,11 @@ VM_SCRIPT = textwrap.dedent(
         result = {{"state": "running" if contract["cloud_server_id"] in state else "missing"}}
     else:
         result = {{"state": "ok", "free": {{"vcpu": 8 - len(state)}}}}
-    with open(state_path, "w") as handle:
-        json.dump(state, handle)
+    if action in ("provision", "terminate"):
+        # Replaced whole, because the agent runs other actions and the test reads the file meanwhile.
+        with open(state_path + ".tmp", "w") as handle:
+            json.dump(state, handle)
+        os.replace(state_path + ".tmp", state_path)
     print(json.dumps(result))
     """
 )
@@ -488,7 +568,8 @@ def test_script_provisioner_lifecycle(live_server, tmp_path, agents):
 def test_agent_package_imports_no_django():
     code = (
         "import sys, provisioning.agent.cli, provisioning.agent.runner, provisioning.agent.provisioners.proxmox, "
-        "provisioning.agent.provisioners.script; "
+        "provisioning.agent.provisioners.script, provisioning.agent.provisioners.docker, provisioning.agent.recipe_runs, "
+        "provisioning.agent.health_reports, recipes.runner; "
         "print(sorted(name for name in sys.modules if name.split('.')[0] == 'django'))"
     )
 

@@ -30,6 +30,8 @@ class AgentConfig:
     heartbeat_interval: float = 30.0
     poll_interval: float = 10.0
     reconcile_interval: float = 300.0
+    # Seconds to wait for a new VM's SSH server to accept the recipe's login.
+    ssh_wait_timeout: float = 300.0
     # Seconds between health reports on the VMs this agent serves.
     health_interval: float = 60.0
     # Seconds one TCP connect of a health probe may take.

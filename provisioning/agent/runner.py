@@ -18,7 +18,7 @@ from typing import Any
 from provisioning.agent.client import CredentialRejected, LeaseLost, PlatformClient, PlatformError
 from provisioning.agent.config import AgentConfig
 from provisioning.agent.health_reports import HealthReporter, ServedVm
-from provisioning.agent.provisioners import Provisioner, ProvisionerError
+from provisioning.agent.provisioners import Provisioner, ProvisionerError, VmResult
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +205,8 @@ class AgentRunner:
             return
         if taken_away.is_set():
             raise JobStopped(f"contract {contract_id} was taken away while its VM was created")
+        if spec.get("recipe") and not self._run_recipe(spec, result, taken_away, progress):
+            return
         self.client.succeed(
             contract_id,
             server_id=result.server_id,
@@ -216,6 +218,34 @@ class AgentRunner:
             ServedVm(contract_id=contract_id, server_id=result.server_id, name=spec["name"], address=result.address, port=result.port)
         )
         logger.info("Contract %s: active on VM %s at %s:%s", contract_id, result.server_id, result.address, result.port)
+
+    def _run_recipe(self, spec: dict[str, Any], vm: VmResult, taken_away: threading.Event, progress) -> bool:
+        """Run the contract's recipe on its new VM; return whether it succeeded (the platform failed the contract if not)."""
+        from provisioning.agent.recipe_runs import RecipeTakenAway, run_contract_recipe
+
+        progress("waiting_for_ssh")
+        stop = threading.Event()
+
+        def watch() -> None:
+            # Kill the recipe when the platform takes the contract away or the agent stops.
+            while not stop.is_set():
+                if taken_away.is_set() or self.stop_event.is_set():
+                    stop.set()
+                time.sleep(0.5)
+
+        watcher = threading.Thread(target=watch, name=f"recipe-watch-{spec['id']}", daemon=True)
+        watcher.start()
+        try:
+            succeeded = run_contract_recipe(
+                client=self.client, spec=spec, vm=vm, ssh_wait_timeout=self.config.ssh_wait_timeout, should_stop=stop
+            )
+        except RecipeTakenAway as exc:
+            raise JobStopped(str(exc)) from exc
+        finally:
+            stop.set()
+        if not succeeded:
+            logger.warning("Contract %s: the recipe failed; the platform failed the rental", spec["id"])
+        return succeeded
 
     def _terminate(self, spec: dict[str, Any], taken_away: threading.Event) -> None:
         contract_id = spec["id"]

@@ -14,6 +14,8 @@ from provisioning.agent_work import AgentFailureReason, ReconcileDecision
 from provisioning.health import DETAIL_MAX_LENGTH, HYPERVISOR_STATE_MAX_LENGTH
 from provisioning.models import ProvisionerType
 
+#: Maximum number of characters in one recipe output chunk; the agent sends chunks of about 4 KiB.
+RECIPE_CHUNK_MAX_CHARS = 65536
 #: Maximum number of health reports in one request; the agent sends larger batches in parts.
 HEALTH_REPORTS_MAX = 500
 
@@ -77,6 +79,18 @@ class WorkResponseSerializer(serializers.Serializer):
     items = WorkItemSerializer(many=True)
 
 
+class RecipeSpecSerializer(serializers.Serializer):
+    """The recipe of a contract, and how the platform runs it."""
+
+    script = serializers.CharField(help_text="The bash script, run with `bash -euo pipefail`.")
+    username = serializers.CharField(help_text="The user the recipe logs in as.")
+    client_private_key = serializers.CharField(
+        help_text="The contract's platform key (OpenSSH private key) to log in with; its public half is in ssh_public_keys."
+    )
+    timeout_seconds = serializers.IntegerField(help_text="Seconds after which the script is killed and the run fails.")
+    max_output_bytes = serializers.IntegerField(help_text="Output bytes kept; later output is dropped.")
+
+
 class ContractSpecSerializer(serializers.Serializer):
     """What the agent needs to create or delete one contract's VM."""
 
@@ -93,6 +107,7 @@ class ContractSpecSerializer(serializers.Serializer):
     location_code = serializers.CharField()
     ssh_public_keys = serializers.ListField(child=serializers.CharField())
     cloud_server_id = serializers.CharField(help_text="The VM id stored so far; empty before success.")
+    recipe = RecipeSpecSerializer(allow_null=True, help_text="Set when the agent must run a recipe before it reports success.")
     lease_expires_at = serializers.DateTimeField()
     lease_seconds = serializers.IntegerField()
 
@@ -127,6 +142,40 @@ class FailureRequestSerializer(serializers.Serializer):
     reason_code = serializers.ChoiceField(choices=AgentFailureReason.choices)
     message = serializers.CharField(max_length=2000, allow_blank=True, default="")
     server_id = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
+
+
+class RecipeRunStartResponseSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="The run's id, used in the log and result paths.")
+    timeout_seconds = serializers.IntegerField()
+
+
+class RecipeLogRequestSerializer(serializers.Serializer):
+    sequence = serializers.IntegerField(min_value=0, help_text="The chunk's number, from 0 without gaps.")
+    text = serializers.CharField(max_length=RECIPE_CHUNK_MAX_CHARS, trim_whitespace=False)
+
+
+class RecipeLogResponseSerializer(serializers.Serializer):
+    run_id = serializers.IntegerField()
+    sequence = serializers.IntegerField()
+
+
+class RecipeResultRequestSerializer(serializers.Serializer):
+    exit_code = serializers.IntegerField(allow_null=True, help_text="The script's exit code; null after a timeout or an SSH error.")
+    timed_out = serializers.BooleanField()
+    duration_seconds = serializers.FloatField(min_value=0)
+    output_bytes = serializers.IntegerField(min_value=0, help_text="All output bytes, including those dropped after the cap.")
+    truncated = serializers.BooleanField()
+    error = serializers.CharField(
+        max_length=2000, allow_blank=True, required=False, default="",
+        help_text="Why the recipe could not be run or finished over SSH; empty when it ran to the end.",
+    )
+    server_id = serializers.CharField(max_length=64, allow_blank=True, required=False, default="")
+
+
+class RecipeResultResponseSerializer(serializers.Serializer):
+    run_id = serializers.IntegerField()
+    run_status = serializers.CharField()
+    contract = ContractStateSerializer()
 
 
 class ReconcileServerSerializer(serializers.Serializer):

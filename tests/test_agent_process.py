@@ -174,8 +174,8 @@ def test_doctor_and_test_provision(live_server, proxmox_api, session_sshd, tmp_p
     test = run_agent_command("test-provision", "--image", "ubuntu-24.04", "--contract-id", "7", config=config)
 
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
-    assert "ok   platform" in doctor.stdout
-    assert "ok   hypervisor" in doctor.stdout
+    assert f"ok   platform: {live_server.url} is reachable and accepted the credential" in doctor.stdout
+    assert f"ok   hypervisor: proxmox at {proxmox_api.url}" in doctor.stdout
     assert test.returncode == 0, test.stdout + test.stderr
     assert "test provisioning succeeded" in test.stdout
     assert len(proxmox_api.requests_matching("POST", r".*/qemu/\d+/clone")) == 1
@@ -190,8 +190,31 @@ def test_doctor_reports_unreachable_hypervisor(live_server, tmp_path):
     doctor = run_agent_command("doctor", config=config)
 
     assert doctor.returncode == 1
-    assert "FAIL hypervisor" in doctor.stdout
+    assert "FAIL hypervisor: proxmox at http://127.0.0.1:9/api2/json is unreachable" in doctor.stdout
     assert "ok   platform" in doctor.stdout
+
+
+def test_doctor_reports_unreachable_platform(live_server, proxmox_api, session_sshd, tmp_path):
+    _provider, pool, _offering = make_pool()
+    config = set_up_agent(live_server, pool, tmp_path / "agent.json", proxmox_settings(proxmox_api, session_sshd), name="host-1")
+    config.write_text(json.dumps({**json.loads(config.read_text()), "platform_url": "http://127.0.0.1:9", "request_timeout": 5}))
+
+    doctor = run_agent_command("doctor", config=config)
+
+    assert doctor.returncode == 1
+    assert "FAIL platform: http://127.0.0.1:9 is unreachable; check the address, DNS and firewall" in doctor.stdout
+    assert "ok   hypervisor" in doctor.stdout
+
+
+def test_doctor_reports_revoked_credential(live_server, proxmox_api, session_sshd, tmp_path):
+    _provider, pool, _offering = make_pool()
+    config = set_up_agent(live_server, pool, tmp_path / "agent.json", proxmox_settings(proxmox_api, session_sshd), name="host-1")
+    agent_revoke(agent=Agent.objects.get(pool=pool), actor=pool.cloud_account.owner)
+
+    doctor = run_agent_command("doctor", config=config)
+
+    assert doctor.returncode == 1
+    assert f"FAIL platform: {live_server.url} is reachable but rejected the credential" in doctor.stdout
 
 
 # --- the Proxmox provisioner end to end --------------------------------------------------------

@@ -97,6 +97,11 @@ class Provisioner(abc.ABC):
         """Return the image names offerings may use; empty when the provisioner cannot tell."""
         return []
 
+    @property
+    def endpoint(self) -> str:
+        """Where the provisioner reaches its hypervisor (a URL, socket or command), for messages; never a secret."""
+        return ""
+
 
 def build_provisioner(settings: dict[str, Any]) -> Provisioner:
     """Build the provisioner that the configuration's `provisioner.type` names; raise `ValueError` otherwise."""

@@ -180,6 +180,10 @@ class DockerProvisioner(Provisioner):
         # Docker's states: created, restarting, running, removing, paused, exited, dead.
         return str((container.get("State") or {}).get("Status") or "unknown")
 
+    @property
+    def endpoint(self) -> str:
+        return self.docker_url
+
     def list_running(self) -> list[RunningVm]:
         filters = json.dumps({"label": [CONTRACT_LABEL]})
         _status, items = self._request("GET", f"/containers/json?{urlencode({'all': 1, 'filters': filters})}")

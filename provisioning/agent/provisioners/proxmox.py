@@ -295,6 +295,10 @@ class ProxmoxProvisioner(Provisioner):
         status = self._call(f"status of VM {vmid}", self._vm(vmid).status.current.get)
         return str(status.get("status") or "unknown")
 
+    @property
+    def endpoint(self) -> str:
+        return self.base_url
+
     def list_running(self) -> list[RunningVm]:
         items = self._call("VM list", self._api.nodes(self.node).qemu.get) or []
         result = []

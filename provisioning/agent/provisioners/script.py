@@ -102,6 +102,10 @@ class ScriptProvisioner(Provisioner):
     def terminate(self, spec: dict[str, Any]) -> None:
         self._run("terminate", spec)
 
+    @property
+    def endpoint(self) -> str:
+        return self.command[0]
+
     def list_running(self) -> list[RunningVm]:
         output = self._run("list")
         servers = output.get("servers")

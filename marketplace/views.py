@@ -442,7 +442,8 @@ def _render_rental_page(request: HttpRequest, contract: Contract, *, reject_form
             windows=contract_uptime(contract=contract),
             series=contract_latency_series(contract=contract),
             subject="this rental's server",
-            probed=contract.backend not in settings.HEALTH_PROBE_SKIP_BACKENDS,
+            probed=contract.backend != Backend.SANDBOX,
+            by_agent=contract.backend == Backend.AGENT,
         )
     return render(request, "marketplace/rental_detail.html", context)
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from marketplace.models import ENDED_STATUSES, Contract, ContractStatus, ProvisioningStep
 from marketplace.services import contracts as contract_services
-from provisioning.models import Agent
+from provisioning.health import health_check_record
+from provisioning.models import Agent, HealthSource
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +65,35 @@ class ReconcileDecision(models.TextChoices):
 
 @dataclass(frozen=True)
 class ReconcileAnswer:
+    """The platform's decision on one VM; `address` and `port` are set for a `keep` of an active contract."""
+
     server_id: str
     contract_id: int | None
     decision: str
+    reason: str
+    address: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """One agent's probe of one contract's VM, as the agent sent it."""
+
+    contract_id: int
+    checked_at: datetime
+    up: bool
+    latency_ms: float | None
+    hypervisor_state: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class HealthReportResult:
+    """Whether one report was stored: `health_check_id` when accepted, else the reason it was rejected."""
+
+    contract_id: int
+    accepted: bool
+    health_check_id: int | None
     reason: str
 
 
@@ -104,7 +132,7 @@ def agent_contract_claim(*, agent: Agent, contract_id: int) -> Contract:
 
     Raises `Contract.DoesNotExist` when the contract is not in the agent's pool and
     `ClaimRejected` when it is not pending or another agent holds it. A contract with a recipe
-    is failed and refunded, because agents cannot run recipes yet.
+    gets its platform key pair here, so the agent can put the public key on the VM.
     """
     Contract.objects.only("pk").get(pk=contract_id, cloud_account_id=agent.pool.cloud_account_id)
     if not _provisioner_matches(agent):
@@ -133,14 +161,9 @@ def agent_contract_claim(*, agent: Agent, contract_id: int) -> Contract:
     contract = Contract.objects.get(pk=contract_id)
     logger.info("Contract %s: claimed by agent %s for %s (try %s)", contract_id, agent.pk, contract.status, contract.attempts)
     if contract.status == ContractStatus.PROVISIONING and contract.recipe_script.strip():
-        # TODO: remove once agents run recipes over SSH like the platform's workers.
-        contract_services.contract_fail(
-            contract_id=contract_id,
-            reason="This provider's agents cannot run recipes yet, so the rental was cancelled and refunded.",
-            actor_label=f"agent:{agent.pk}",
-            lease_owner=agent.lease_owner,
-        )
-        raise ClaimRejected(f"Contract {contract_id} has a recipe, which agents cannot run yet; it was failed and refunded.")
+        from provisioning.agent_recipes import ensure_platform_key
+
+        contract = ensure_platform_key(contract)
     return contract
 
 
@@ -181,13 +204,20 @@ def agent_contract_progress(*, agent: Agent, contract_id: int, step: str = "") -
 def agent_contract_succeed(
     *, agent: Agent, contract_id: int, server_id: str, address: str, port: int, host_public_key: str
 ) -> Contract:
-    """Store the VM's connection details and activate the contract (the tenant is notified)."""
+    """Store the VM's connection details and activate the contract (the tenant is notified).
+
+    A contract with a recipe is activated only after the agent reported a successful recipe run.
+    """
+    from provisioning.agent_recipes import check_recipe_succeeded
+
     contract = _held(agent, contract_id, status=ContractStatus.PROVISIONING)
+    check_recipe_succeeded(contract)
     Contract.objects.filter(pk=contract.pk).update(
         cloud_server_id=server_id,
         ip_address=address,
         ssh_port=port,
         host_public_key=host_public_key,
+        ssh_username=settings.PROVISIONING_SSH_USERNAME,
         provisioning_step=ProvisioningStep.FINALIZING,
     )
     return contract_services.contract_activate(contract_id=contract.pk, worker=agent.lease_owner)
@@ -256,7 +286,7 @@ def agent_reconcile(*, agent: Agent, servers: list[dict]) -> list[ReconcileAnswe
     contracts = {
         contract.pk: contract
         for contract in Contract.objects.filter(pk__in=ids, cloud_account_id=agent.pool.cloud_account_id).only(
-            "pk", "status", "cloud_server_id"
+            "pk", "status", "cloud_server_id", "ip_address", "ssh_port"
         )
     }
     answers = []
@@ -277,6 +307,13 @@ def agent_reconcile(*, agent: Agent, servers: list[dict]) -> list[ReconcileAnswe
                     f"The contract runs on server {contract.cloud_server_id}, not this one.",
                 )
             )
+        elif contract.status == ContractStatus.ACTIVE and contract.ip_address:
+            answers.append(
+                ReconcileAnswer(
+                    server_id, contract_id, ReconcileDecision.KEEP, f"The contract is {contract.status}.",
+                    address=contract.ip_address, port=contract.ssh_port,
+                )
+            )
         else:
             answers.append(ReconcileAnswer(server_id, contract_id, ReconcileDecision.KEEP, f"The contract is {contract.status}."))
     logger.info(
@@ -286,3 +323,56 @@ def agent_reconcile(*, agent: Agent, servers: list[dict]) -> list[ReconcileAnswe
         sum(answer.decision == ReconcileDecision.UNKNOWN for answer in answers),
     )
     return answers
+
+
+def agent_health_report(*, agent: Agent, reports: list[HealthReport]) -> list[HealthReportResult]:
+    """Store the agent's health reports through `health_check_record`, with source "agent".
+
+    Each report is accepted or rejected on its own, so one bad report does not lose the rest.
+    A report is rejected when no contract of the agent's pool has its id, when the contract is
+    not active, or when `health_check_record` finds a value invalid (for example a future time).
+    """
+    ids = {report.contract_id for report in reports}
+    contracts = {
+        contract.pk: contract
+        for contract in Contract.objects.filter(pk__in=ids, cloud_account_id=agent.pool.cloud_account_id).select_related(
+            "provider__user", "tenant"
+        )
+    }
+    results = []
+    for report in reports:
+        contract = contracts.get(report.contract_id)
+        if contract is None:
+            results.append(_rejected(report, f"No contract of agent pool {agent.pool_id} has id {report.contract_id}."))
+            continue
+        if contract.status != ContractStatus.ACTIVE:
+            results.append(
+                _rejected(report, f"Contract {contract.pk} is {contract.status}; health reports are stored for active contracts only.")
+            )
+            continue
+        try:
+            check = health_check_record(
+                contract=contract,
+                source=HealthSource.AGENT,
+                up=report.up,
+                latency_ms=report.latency_ms,
+                checked_at=report.checked_at,
+                hypervisor_state=report.hypervisor_state,
+                detail=report.detail,
+            )
+        except ValidationError as exc:
+            messages = [message for field_messages in exc.message_dict.values() for message in field_messages]
+            results.append(_rejected(report, " ".join(messages)))
+            continue
+        results.append(HealthReportResult(report.contract_id, True, check.pk, ""))
+    rejected = [result for result in results if not result.accepted]
+    if rejected:
+        logger.warning(
+            "Agent %s: %s of %s health reports rejected; first: contract %s: %s",
+            agent.pk, len(rejected), len(results), rejected[0].contract_id, rejected[0].reason,
+        )
+    return results
+
+
+def _rejected(report: HealthReport, reason: str) -> HealthReportResult:
+    return HealthReportResult(report.contract_id, False, None, reason)

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -22,6 +19,7 @@ from django.utils import timezone
 from marketplace.models import Contract, ContractStatus
 from notifications.models import Event
 from notifications.services import notify_contract_event
+from provisioning.agent.probe import ProbeResult, tcp_probe
 from provisioning.models import (
     HealthCheck,
     HealthProbeState,
@@ -173,28 +171,6 @@ def health_probes_claim_due(*, now: datetime | None = None, limit: int | None = 
             next_probe_at=now + timedelta(seconds=settings.HEALTH_PROBE_INTERVAL_SECONDS)
         )
     return [contract_id for _, contract_id in due]
-
-
-@dataclass(frozen=True)
-class ProbeResult:
-    """The outcome of one TCP connect: `latency_ms` when it connected, else the error in `detail`."""
-
-    up: bool
-    latency_ms: float | None
-    detail: str
-
-
-def tcp_probe(*, host: str, port: int, timeout: float) -> ProbeResult:
-    """Open a TCP connection to `host`:`port`, close it, and return the time it took to connect."""
-    started = time.perf_counter()
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            elapsed_ms = (time.perf_counter() - started) * 1000
-    except TimeoutError:
-        return ProbeResult(up=False, latency_ms=None, detail=f"Connecting to {host} port {port} timed out after {timeout:g} s.")
-    except OSError as exc:
-        return ProbeResult(up=False, latency_ms=None, detail=f"Connecting to {host} port {port} failed: {exc.strerror or exc}.")
-    return ProbeResult(up=True, latency_ms=round(elapsed_ms, 2), detail="")
 
 
 def health_probe_contracts(*, contract_ids: list[int]) -> list[HealthCheck]:

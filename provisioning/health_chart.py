@@ -122,12 +122,19 @@ def latency_chart(series: LatencySeries) -> LatencyChart:
 
 
 def health_panel_context(
-    *, windows: list[UptimeWindow], series: LatencySeries, subject: str, probed: bool = True, many_servers: bool = False
+    *,
+    windows: list[UptimeWindow],
+    series: LatencySeries,
+    subject: str,
+    probed: bool = True,
+    by_agent: bool = False,
+    many_servers: bool = False,
 ) -> dict:
     """Return the `health` context of `provisioning/includes/health_panel.html`.
 
     `subject` names what was probed in the panel's text. `probed` is False for servers the
-    platform does not probe (Sandbox), so that the empty state promises no checks.
+    platform does not probe (Sandbox), so that the empty state promises no checks. `by_agent` is
+    True for servers of an agent pool, whose agent reports the checks instead of the platform.
     `many_servers` explains coverage for a provider's servers taken together.
     """
     return {
@@ -137,6 +144,7 @@ def health_panel_context(
         "has_checks": series.has_checks or any(window.known_seconds for window in windows),
         "health_subject": subject,
         "probed": probed,
+        "by_agent": by_agent,
         "many_servers": many_servers,
         "probe_interval_seconds": settings.HEALTH_PROBE_INTERVAL_SECONDS,
         "min_coverage_percent": settings.HEALTH_UPTIME_MIN_COVERAGE * 100,

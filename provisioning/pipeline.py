@@ -356,11 +356,7 @@ def _run_recipe(lease: Lease, contract, backend: CloudBackend):
         return contract
     owner_field = {lease.kind.recipe_run_field: contract}
     # A run still marked running belongs to a worker that died; this worker starts the recipe again.
-    interrupted = RecipeRun.objects.filter(**owner_field, status=RecipeRunStatus.RUNNING).update(
-        status=RecipeRunStatus.FAILED,
-        finished_at=timezone.now(),
-        error="The run was interrupted because its worker stopped; the recipe was started again.",
-    )
+    interrupted = recipe_runs_interrupt(**owner_field)
     if interrupted:
         logger.warning(
             "%s %s: %s interrupted recipe run(s) marked failed; running the recipe again", lease.kind.noun, contract.pk, interrupted
@@ -392,15 +388,43 @@ def _run_recipe(lease: Lease, contract, backend: CloudBackend):
         "output_bytes": result.output_bytes,
         "truncated": result.truncated,
     }
-    if result.timed_out:
-        RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.TIMED_OUT, **fields)
-        raise ProvisioningError(f"The recipe timed out after {run.timeout_seconds} seconds and was stopped.")
-    if result.exit_code != 0:
-        RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.FAILED, **fields)
-        raise ProvisioningError(f"The recipe failed with exit code {result.exit_code}.")
-    RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.SUCCEEDED, **fields)
+    status, failure = recipe_run_outcome(
+        exit_code=result.exit_code, timed_out=result.timed_out, timeout_seconds=run.timeout_seconds
+    )
+    RecipeRun.objects.filter(pk=run.pk).update(status=status, **fields)
+    if failure:
+        raise ProvisioningError(failure)
     logger.info("%s %s: recipe run %s succeeded in %.1f s", lease.kind.noun, contract.pk, run.pk, result.duration_seconds)
     return contract
+
+
+def recipe_run_outcome(*, exit_code: int | None, timed_out: bool, timeout_seconds: int) -> tuple[str, str]:
+    """Return the finished run's status and, for a failed run, the reason shown to tenant and provider.
+
+    Platform workers and agents both use it, so a recipe fails with the same message on every backend.
+    """
+    if timed_out:
+        return RecipeRunStatus.TIMED_OUT, f"The recipe timed out after {timeout_seconds} seconds and was stopped."
+    if exit_code != 0:
+        return RecipeRunStatus.FAILED, f"The recipe failed with exit code {exit_code}."
+    return RecipeRunStatus.SUCCEEDED, ""
+
+
+def recipe_ssh_failure_message(error: str) -> str:
+    """Return the reason shown when the recipe could not be run or finished over SSH."""
+    return f"The recipe run failed over SSH: {error}"
+
+
+#: Why a recipe run still marked running was failed when the recipe started again.
+RECIPE_RUN_INTERRUPTED = "The run was interrupted because its worker stopped; the recipe was started again."
+
+
+def recipe_runs_interrupt(**owner) -> int:
+    """Mark the recipe runs of one contract or resource that are still running as failed, because a new run
+    starts; return how many. `owner` is one filter, for example `contract_id=7` or `resource=resource`."""
+    return RecipeRun.objects.filter(**owner, status=RecipeRunStatus.RUNNING).update(
+        status=RecipeRunStatus.FAILED, finished_at=timezone.now(), error=RECIPE_RUN_INTERRUPTED
+    )
 
 
 def _execute_recipe_streaming(lease: Lease, contract, run: RecipeRun):
@@ -458,7 +482,7 @@ def _execute_recipe_streaming(lease: Lease, contract, run: RecipeRun):
     error = outcome.get("error")
     if isinstance(error, RecipeRunError):
         RecipeRun.objects.filter(pk=run.pk).update(status=RecipeRunStatus.FAILED, error=str(error), finished_at=timezone.now())
-        raise ProvisioningError(f"The recipe run failed over SSH: {error}") from error
+        raise ProvisioningError(recipe_ssh_failure_message(str(error))) from error
     if error is not None:
         raise error
     return outcome["result"]

@@ -18,10 +18,12 @@ from marketplace.selectors import catalog_offerings
 from marketplace.services import contracts as contract_services
 from provisioning import pipeline
 from provisioning.agent_services import agent_revoke, agent_setup_token_create, secret_hash
-from provisioning.models import Agent, AgentSetupToken, Backend
+from provisioning.models import Agent, AgentSetupToken, Backend, HealthCheck, HealthSource
+from provisioning.pipeline import platform_private_key
 from provisioning.tasks import provision_contract_task
+from recipes.models import RecipeLogChunk, RecipeRun, RecipeRunStatus
 from tests.agent_helpers import make_agent, make_pool
-from tests.factories import make_contract, make_user, ssh_public_key
+from tests.factories import make_contract, make_recipe, make_user, ssh_public_key
 
 pytestmark = pytest.mark.django_db
 
@@ -344,20 +346,170 @@ def test_claim_other_pool_contract_404(pool_with_agent):
     assert Contract.objects.get(pk=contract.pk).lease_owner == ""
 
 
-def test_claim_contract_with_recipe_fails_it(pool_with_agent):
+def claimed_with_recipe(pool_with_agent, script: str = "echo ready\n"):
     _pool, offering, _agent, credential = pool_with_agent
-    from tests.factories import make_recipe
-
-    offering.recipe_version = make_recipe(author=offering.provider.user)
+    offering.recipe_version = make_recipe(author=offering.provider.user, script=script)
     offering.save()
     contract = make_contract(tenant=make_user(), offering=offering)
+    client = agent_client(credential)
+    claim = client.post(url("claim", pk=contract.pk))
+    assert claim.status_code == 200
+    return Contract.objects.get(pk=contract.pk), client, claim.json()
 
-    response = agent_client(credential).post(url("claim", pk=contract.pk))
+
+def test_claim_contract_with_recipe_gives_recipe(pool_with_agent, settings):
+    settings.PROVISIONING_SSH_USERNAME = "root"
+
+    contract, _client, spec = claimed_with_recipe(pool_with_agent)
+
+    assert contract.status == ContractStatus.PROVISIONING
+    assert contract.platform_public_key.startswith("ssh-ed25519 ")
+    assert spec["ssh_public_keys"] == [contract.ssh_public_key, contract.platform_public_key]
+    assert spec["recipe"]["script"] == "echo ready\n"
+    assert spec["recipe"]["username"] == "root"
+    assert spec["recipe"]["timeout_seconds"] == settings.RECIPE_TIMEOUT_SECONDS
+    assert spec["recipe"]["max_output_bytes"] == settings.RECIPE_MAX_OUTPUT_BYTES
+    assert spec["recipe"]["client_private_key"] == platform_private_key(contract)
+
+
+def test_claim_contract_without_recipe_gives_none(pool_with_agent):
+    _contract, _client, _agent = claimed(pool_with_agent)
+    _pool, offering, _agent, credential = pool_with_agent
+    other = make_contract(tenant=make_user(), offering=offering)
+
+    spec = agent_client(credential).post(url("claim", pk=other.pk)).json()
+
+    assert spec["recipe"] is None
+    assert spec["ssh_public_keys"] == [other.ssh_public_key]
+
+
+def test_recipe_log_chunks_idempotent_and_ordered(pool_with_agent):
+    contract, client, _spec = claimed_with_recipe(pool_with_agent)
+    run = client.post(url("recipe-run", pk=contract.pk))
+    run_id = run.json()["id"]
+
+    first = client.post(url("recipe-log", pk=contract.pk, run_id=run_id), {"sequence": 0, "text": "one\n"}, format="json")
+    repeat = client.post(url("recipe-log", pk=contract.pk, run_id=run_id), {"sequence": 0, "text": "one\n"}, format="json")
+    changed = client.post(url("recipe-log", pk=contract.pk, run_id=run_id), {"sequence": 0, "text": "other\n"}, format="json")
+    gap = client.post(url("recipe-log", pk=contract.pk, run_id=run_id), {"sequence": 2, "text": "three\n"}, format="json")
+    second = client.post(url("recipe-log", pk=contract.pk, run_id=run_id), {"sequence": 1, "text": "  two\n"}, format="json")
+
+    assert run.status_code == 201
+    assert Contract.objects.get(pk=contract.pk).provisioning_step == "running_recipe"
+    assert first.status_code == 200
+    assert repeat.status_code == 200
+    assert changed.status_code == 409
+    assert "already stored with other text" in changed.json()["detail"]
+    assert gap.status_code == 409
+    assert "send chunk 1 next" in gap.json()["detail"]
+    assert second.status_code == 200
+    assert RecipeRun.objects.get(pk=run_id).output == "one\n  two\n"
+
+
+def test_recipe_log_of_other_pool_404(pool_with_agent):
+    contract, client, _spec = claimed_with_recipe(pool_with_agent)
+    run_id = client.post(url("recipe-run", pk=contract.pk)).json()["id"]
+    _provider, other_pool, _offering = make_pool(name="Other rack")
+    _other_agent, other_credential = make_agent(other_pool)
+
+    response = agent_client(other_credential).post(
+        url("recipe-log", pk=contract.pk, run_id=run_id), {"sequence": 0, "text": "x"}, format="json"
+    )
+
+    assert response.status_code == 404
+    assert not RecipeLogChunk.objects.exists()
+
+
+def test_success_before_recipe_result_409(pool_with_agent):
+    contract, client, _spec = claimed_with_recipe(pool_with_agent)
+    client.post(url("recipe-run", pk=contract.pk))
+
+    response = client.post(
+        url("success", pk=contract.pk),
+        {"server_id": "100", "address": "192.0.2.10", "port": 22, "host_public_key": ssh_public_key()},
+        format="json",
+    )
 
     assert response.status_code == 409
+    assert "has not succeeded yet" in response.json()["detail"]
+    assert Contract.objects.get(pk=contract.pk).status == ContractStatus.PROVISIONING
+
+
+def finish(client, contract, run_id, **overrides):
+    body = {"exit_code": 0, "timed_out": False, "duration_seconds": 1.5, "output_bytes": 6, "truncated": False}
+    body.update(overrides)
+    return client.post(url("recipe-result", pk=contract.pk, run_id=run_id), body, format="json")
+
+
+def test_recipe_success_then_contract_active(pool_with_agent):
+    contract, client, _spec = claimed_with_recipe(pool_with_agent)
+    run_id = client.post(url("recipe-run", pk=contract.pk)).json()["id"]
+
+    result = finish(client, contract, run_id)
+    success = client.post(
+        url("success", pk=contract.pk),
+        {"server_id": "100", "address": "192.0.2.10", "port": 22, "host_public_key": ssh_public_key()},
+        format="json",
+    )
+
+    assert result.status_code == 200
+    assert result.json()["run_status"] == RecipeRunStatus.SUCCEEDED
+    run = RecipeRun.objects.get(pk=run_id)
+    assert run.exit_code == 0
+    assert run.duration_seconds == 1.5
+    assert success.status_code == 200
+    assert Contract.objects.get(pk=contract.pk).status == ContractStatus.ACTIVE
+
+
+@pytest.mark.parametrize(
+    ("overrides", "run_status", "reason"),
+    [
+        ({"exit_code": 3}, RecipeRunStatus.FAILED, "The recipe failed with exit code 3."),
+        ({"exit_code": None, "timed_out": True}, RecipeRunStatus.TIMED_OUT, "The recipe timed out after 1800 seconds and was stopped."),
+        (
+            {"exit_code": None, "error": "SSH connection to 192.0.2.10:22 failed: refused"},
+            RecipeRunStatus.FAILED,
+            "The recipe run failed over SSH: SSH connection to 192.0.2.10:22 failed: refused",
+        ),
+    ],
+)
+def test_recipe_failure_fails_and_refunds(pool_with_agent, settings, overrides, run_status, reason):
+    settings.RECIPE_TIMEOUT_SECONDS = 1800
+    contract, client, _spec = claimed_with_recipe(pool_with_agent)
+    run_id = client.post(url("recipe-run", pk=contract.pk)).json()["id"]
+
+    response = finish(client, contract, run_id, server_id="100", **overrides)
+
+    assert response.status_code == 200
+    assert response.json()["run_status"] == run_status
+    assert response.json()["contract"]["status"] == ContractStatus.FAILED
     contract.refresh_from_db()
-    assert contract.status == ContractStatus.FAILED
-    assert "cannot run recipes" in contract.status_reason
+    assert contract.status_reason == reason
+    assert contract.cloud_server_id == "100"
+    assert Refund.objects.filter(payment__contract=contract).exists()
+
+
+def test_recipe_result_twice_409(pool_with_agent):
+    contract, client, _spec = claimed_with_recipe(pool_with_agent)
+    run_id = client.post(url("recipe-run", pk=contract.pk)).json()["id"]
+    finish(client, contract, run_id)
+
+    again = finish(client, contract, run_id)
+    late_chunk = client.post(url("recipe-log", pk=contract.pk, run_id=run_id), {"sequence": 0, "text": "x"}, format="json")
+
+    assert again.status_code == 409
+    assert late_chunk.status_code == 409
+
+
+def test_new_recipe_run_fails_running_one(pool_with_agent):
+    contract, client, _spec = claimed_with_recipe(pool_with_agent)
+    first = client.post(url("recipe-run", pk=contract.pk)).json()["id"]
+
+    second = client.post(url("recipe-run", pk=contract.pk)).json()["id"]
+
+    assert RecipeRun.objects.get(pk=first).status == RecipeRunStatus.FAILED
+    assert "interrupted" in RecipeRun.objects.get(pk=first).error
+    assert RecipeRun.objects.get(pk=second).status == RecipeRunStatus.RUNNING
 
 
 # --- progress and results -------------------------------------------------------------------
@@ -557,6 +709,103 @@ def test_reconcile_decisions(pool_with_agent):
     assert response.status_code == 200
     decisions = {item["server_id"]: item["decision"] for item in response.json()["decisions"]}
     assert decisions == {"100": "keep", "101": "terminate", "200": "terminate", "300": "unknown", "400": "unknown"}
+    kept = response.json()["decisions"][0]
+    assert (kept["address"], kept["port"]) == ("192.0.2.10", 22)
+    assert response.json()["decisions"][1]["address"] is None
+
+
+# --- health reports ---------------------------------------------------------------------------
+
+
+def health_report(contract_id, **overrides) -> dict:
+    report = {"contract_id": contract_id, "checked_at": timezone.now().isoformat(), "up": True, "latency_ms": 2.5}
+    report.update(overrides)
+    return report
+
+
+def test_health_report_stored_as_agent_check(pool_with_agent):
+    contract, client = activate(pool_with_agent)
+
+    response = client.post(
+        url("health"), {"reports": [health_report(contract.pk, hypervisor_state="running", detail="ok")]}, format="json"
+    )
+
+    assert response.status_code == 200
+    check = HealthCheck.objects.get(contract=contract)
+    assert response.json()["results"] == [{"contract_id": contract.pk, "accepted": True, "health_check_id": check.pk, "reason": ""}]
+    assert check.source == HealthSource.AGENT
+    assert check.hypervisor_state == "running"
+    assert check.latency_ms == 2.5
+
+
+def test_health_report_without_credential_401():
+    response = APIClient().post(url("health"), {"reports": [health_report(1)]}, format="json")
+
+    assert response.status_code == 401
+
+
+def test_health_report_from_revoked_agent_401(pool_with_agent):
+    contract, client = activate(pool_with_agent)
+    pool, _offering, agent, _credential = pool_with_agent
+    agent_revoke(agent=agent, actor=pool.cloud_account.owner)
+
+    response = client.post(url("health"), {"reports": [health_report(contract.pk)]}, format="json")
+
+    assert response.status_code == 401
+    assert not HealthCheck.objects.exists()
+
+
+def test_health_report_future_time_rejected_per_item(pool_with_agent):
+    contract, client = activate(pool_with_agent)
+    future = (timezone.now() + timedelta(hours=1)).isoformat()
+
+    response = client.post(
+        url("health"), {"reports": [health_report(contract.pk, checked_at=future), health_report(contract.pk)]}, format="json"
+    )
+
+    assert response.status_code == 200
+    first, second = response.json()["results"]
+    assert first["accepted"] is False
+    assert "is in the future" in first["reason"]
+    assert second["accepted"] is True
+    assert HealthCheck.objects.filter(contract=contract).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("latency_ms", -1, "(got -1)"),
+        ("up", "maybe", "(got 'maybe')"),
+        ("contract_id", "abc", "(got 'abc')"),
+        ("checked_at", "yesterday", "(got 'yesterday')"),
+    ],
+)
+def test_health_report_invalid_field_400(pool_with_agent, field, value, message):
+    contract, client = activate(pool_with_agent)
+    report = health_report(contract.pk)
+    report[field] = value
+
+    response = client.post(url("health"), {"reports": [report]}, format="json")
+
+    assert response.status_code == 400
+    assert message in response.json()["reports"]["0"][field][0]
+
+
+def test_health_report_empty_batch_400(pool_with_agent):
+    _contract, client = activate(pool_with_agent)
+
+    response = client.post(url("health"), {"reports": []}, format="json")
+
+    assert response.status_code == 400
+    assert "reports" in response.json()
+
+
+def test_health_endpoint_in_openapi_schema(client):
+    schema = client.get(reverse("api-schema"), {"format": "json"}).json()
+
+    operation = schema["paths"]["/api/v1/agent/health/"]["post"]
+    assert operation["summary"] == "Send health reports of the VMs this agent serves"
+    assert "200" in operation["responses"]
 
 
 def test_revoke_releases_leases(pool_with_agent):

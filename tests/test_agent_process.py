@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -16,23 +17,28 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncssh
 import pytest
+from django.urls import reverse
 
 from marketplace.models import Contract, ContractEvent, ContractStatus
 from marketplace.selectors import catalog_offerings
 from marketplace.services import contracts as contract_services
 from provisioning.agent_services import agent_revoke, agent_setup_token_create
-from provisioning.models import Agent, AgentSetupToken
-from tests.agent_helpers import make_pool
+from provisioning.models import Agent, AgentSetupToken, HealthCheck, HealthSource, HealthStatus
+from recipes.models import RecipeRun, RecipeRunStatus
+from tests.agent_helpers import make_agent, make_pool
 from tests.conftest import REPO_ROOT, TEST_PROXMOX_TOKEN_ID, TEST_PROXMOX_TOKEN_SECRET
-from tests.factories import make_contract, make_user
+from tests.factories import make_contract, make_recipe, make_user
 
 pytestmark = [pytest.mark.journey, pytest.mark.django_db(transaction=True)]
 
-FAST_LOOP = {"heartbeat_interval": 0.5, "poll_interval": 0.3, "reconcile_interval": 1.0, "orphan_grace_seconds": 0.0}
+FAST_LOOP = {
+    "heartbeat_interval": 0.5, "poll_interval": 0.3, "reconcile_interval": 1.0, "health_interval": 0.5, "orphan_grace_seconds": 0.0,
+}
 
 
 def wait_for(condition: Callable[[], object], *, timeout: float = 30.0, what: str = "condition", log=None) -> object:
@@ -168,8 +174,8 @@ def test_doctor_and_test_provision(live_server, proxmox_api, session_sshd, tmp_p
     test = run_agent_command("test-provision", "--image", "ubuntu-24.04", "--contract-id", "7", config=config)
 
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
-    assert "ok   platform" in doctor.stdout
-    assert "ok   hypervisor" in doctor.stdout
+    assert f"ok   platform: {live_server.url} is reachable and accepted the credential" in doctor.stdout
+    assert f"ok   hypervisor: proxmox at {proxmox_api.url}" in doctor.stdout
     assert test.returncode == 0, test.stdout + test.stderr
     assert "test provisioning succeeded" in test.stdout
     assert len(proxmox_api.requests_matching("POST", r".*/qemu/\d+/clone")) == 1
@@ -184,8 +190,31 @@ def test_doctor_reports_unreachable_hypervisor(live_server, tmp_path):
     doctor = run_agent_command("doctor", config=config)
 
     assert doctor.returncode == 1
-    assert "FAIL hypervisor" in doctor.stdout
+    assert "FAIL hypervisor: proxmox at http://127.0.0.1:9/api2/json is unreachable" in doctor.stdout
     assert "ok   platform" in doctor.stdout
+
+
+def test_doctor_reports_unreachable_platform(live_server, proxmox_api, session_sshd, tmp_path):
+    _provider, pool, _offering = make_pool()
+    config = set_up_agent(live_server, pool, tmp_path / "agent.json", proxmox_settings(proxmox_api, session_sshd), name="host-1")
+    config.write_text(json.dumps({**json.loads(config.read_text()), "platform_url": "http://127.0.0.1:9", "request_timeout": 5}))
+
+    doctor = run_agent_command("doctor", config=config)
+
+    assert doctor.returncode == 1
+    assert "FAIL platform: http://127.0.0.1:9 is unreachable; check the address, DNS and firewall" in doctor.stdout
+    assert "ok   hypervisor" in doctor.stdout
+
+
+def test_doctor_reports_revoked_credential(live_server, proxmox_api, session_sshd, tmp_path):
+    _provider, pool, _offering = make_pool()
+    config = set_up_agent(live_server, pool, tmp_path / "agent.json", proxmox_settings(proxmox_api, session_sshd), name="host-1")
+    agent_revoke(agent=Agent.objects.get(pool=pool), actor=pool.cloud_account.owner)
+
+    doctor = run_agent_command("doctor", config=config)
+
+    assert doctor.returncode == 1
+    assert f"FAIL platform: {live_server.url} is reachable but rejected the credential" in doctor.stdout
 
 
 # --- the Proxmox provisioner end to end --------------------------------------------------------
@@ -324,13 +353,167 @@ def test_revoked_agent_stops(live_server, proxmox_api, session_sshd, tmp_path, a
     assert offering not in catalog_offerings()
 
 
+# --- recipes run by the agent ----------------------------------------------------------------
+
+
+RECIPE_SCRIPT = 'for i in 1 2 3; do echo "line $i of the recipe"; sleep 0.2; done\necho "recipe done"\n'
+
+
+def start_recipe_agent(live_server, proxmox_api, session_sshd, tmp_path, agents, *, script: str, **config_overrides):
+    """Start a Proxmox agent whose pool's offering has a recipe with `script`; return the offering and the agent."""
+    provider, pool, offering = make_pool()
+    offering.recipe_version = make_recipe(author=provider.user, script=script)
+    offering.save()
+    config = set_up_agent(live_server, pool, tmp_path / "agent.json", proxmox_settings(proxmox_api, session_sshd), name="host-1")
+    config.write_text(json.dumps({**json.loads(config.read_text()), **config_overrides}))
+    agent = agents(config)
+    wait_for(lambda: offering in catalog_offerings(), what="the offering to be listed", log=agent.log)
+    return offering, agent
+
+
+def test_agent_runs_recipe_over_ssh(live_server, proxmox_api, session_sshd, tmp_path, agents, settings):
+    settings.PROVISIONING_SSH_USERNAME = session_sshd.username
+    offering, agent = start_recipe_agent(live_server, proxmox_api, session_sshd, tmp_path, agents, script=RECIPE_SCRIPT)
+
+    contract = make_contract(tenant=make_user(), offering=offering)
+
+    wait_for(lambda: contract_status(contract.pk) == ContractStatus.ACTIVE, what="the rental to become active", log=agent.log)
+    contract.refresh_from_db()
+    run = RecipeRun.objects.get(contract=contract)
+    assert run.status == RecipeRunStatus.SUCCEEDED
+    assert run.exit_code == 0
+    assert run.executed is True
+    assert run.duration_seconds > 0.5
+    assert "line 1 of the recipe\nline 2 of the recipe\nline 3 of the recipe\nrecipe done\n" == run.output
+    assert run.output_bytes == len(run.output.encode())
+    sequences = list(run.chunks.values_list("sequence", flat=True))
+    assert sequences == list(range(len(sequences)))
+    assert contract.platform_public_key.split()[1] in " ".join(session_sshd.authorized_keys())
+    steps = list(ContractEvent.objects.filter(contract=contract).exclude(step="").values_list("step", flat=True))
+    assert "running_recipe" in steps
+
+
+def test_agent_recipe_failure_fails_rental(live_server, proxmox_api, session_sshd, tmp_path, agents, settings):
+    settings.PROVISIONING_SSH_USERNAME = session_sshd.username
+    offering, agent = start_recipe_agent(
+        live_server, proxmox_api, session_sshd, tmp_path, agents, script="echo starting\nfalse\necho never printed\n"
+    )
+
+    contract = make_contract(tenant=make_user(), offering=offering)
+
+    wait_for(lambda: contract_status(contract.pk) == ContractStatus.FAILED, what="the rental to fail", log=agent.log)
+    contract.refresh_from_db()
+    run = RecipeRun.objects.get(contract=contract)
+    assert contract.status_reason == "The recipe failed with exit code 1."
+    assert run.status == RecipeRunStatus.FAILED
+    assert run.exit_code == 1
+    assert run.output == "starting\n"
+    assert contract.payments.get().refunds.exists()
+    assert not ContractEvent.objects.filter(contract=contract, to_status=ContractStatus.ACTIVE).exists()
+
+
+def test_agent_recipe_rejects_wrong_host_key(live_server, proxmox_api, session_sshd, tmp_path, agents, settings):
+    settings.PROVISIONING_SSH_USERNAME = session_sshd.username
+    # The guest agent does not install the generated host key, so the sshd keeps presenting its old one.
+    proxmox_api.skip_host_key_install = True
+    offering, agent = start_recipe_agent(
+        live_server, proxmox_api, session_sshd, tmp_path, agents, script="echo ready\n", ssh_wait_timeout=2
+    )
+
+    contract = make_contract(tenant=make_user(), offering=offering)
+
+    wait_for(lambda: contract_status(contract.pk) == ContractStatus.FAILED, what="the rental to fail", log=agent.log)
+    contract.refresh_from_db()
+    assert contract.status_reason.startswith("The recipe run failed over SSH: SSH on 127.0.0.1")
+    assert "does not match the key generated for this server" in contract.status_reason
+    assert RecipeRun.objects.get(contract=contract).exit_code is None
+
+
+# --- health reports ---------------------------------------------------------------------------
+
+
+def test_agent_reports_health(live_server, proxmox_api, session_sshd, tmp_path, agents, settings, client):
+    # A few seconds of checks cover a tiny part of a day, so allow uptime from that little.
+    settings.HEALTH_UPTIME_MIN_COVERAGE = 0.000001
+    _provider, pool, offering = make_pool()
+    config = set_up_agent(live_server, pool, tmp_path / "agent.json", proxmox_settings(proxmox_api, session_sshd), name="host-1")
+    agent = agents(config)
+    wait_for(lambda: offering in catalog_offerings(), what="the offering to be listed", log=agent.log)
+    contract = make_contract(tenant=make_user(), offering=offering)
+    wait_for(lambda: contract_status(contract.pk) == ContractStatus.ACTIVE, what="the rental to become active", log=agent.log)
+    vmid = int(Contract.objects.get(pk=contract.pk).cloud_server_id)
+
+    wait_for(
+        lambda: HealthCheck.objects.filter(contract=contract, status=HealthStatus.UP).count() >= 2,
+        what="two up reports", log=agent.log,
+    )
+    proxmox_api.set_vm_status_behind_back(vmid, "stopped")
+    down = wait_for(
+        lambda: HealthCheck.objects.filter(contract=contract, status=HealthStatus.DOWN).first(),
+        what="a down report", log=agent.log,
+    )
+
+    up = HealthCheck.objects.filter(contract=contract, status=HealthStatus.UP).first()
+    assert up.source == HealthSource.AGENT
+    assert up.hypervisor_state == "running"
+    assert up.latency_ms is not None
+    assert down.source == HealthSource.AGENT
+    assert down.hypervisor_state == "stopped"
+    assert down.latency_ms is None
+    assert f"VM {vmid} as stopped" in down.detail
+    assert not HealthCheck.objects.filter(contract=contract, source=HealthSource.PLATFORM).exists()
+    client.force_login(contract.tenant)
+    body = client.get(reverse("api-rental-health", kwargs={"public_id": contract.public_id})).json()
+    assert 0 < body["uptime"][0]["uptime_percent"] < 100
+    assert body["recent_checks"][0]["source"] == "agent"
+    html = client.get(contract.get_absolute_url()).content.decode()
+    assert 'id="health-heading"' in html
+    assert re.search(r"\d+\.\d+ %", html)
+
+
+def test_health_reports_rejected_per_item(live_server, tmp_path):
+    from provisioning.agent.client import PlatformClient, PlatformError
+
+    _provider, pool, offering = make_pool()
+    agent, credential = make_agent(pool)
+    own = make_contract(tenant=make_user(), offering=offering)
+    # Test setup only: the rental runs on a VM.
+    Contract.objects.filter(pk=own.pk).update(status=ContractStatus.ACTIVE, ip_address="127.0.0.1", cloud_server_id="100001")
+    waiting = make_contract(tenant=make_user(), offering=offering)
+    _other_provider, other_pool, other_offering = make_pool(name="Other rack")
+    make_agent(other_pool)
+    foreign = make_contract(tenant=make_user(), offering=other_offering)
+    client = PlatformClient(base_url=live_server.url, credential=credential)
+    now = datetime.now(UTC).isoformat()
+
+    results = client.health(
+        [
+            {"contract_id": own.pk, "checked_at": now, "up": True, "latency_ms": 1.5, "hypervisor_state": "running"},
+            {"contract_id": foreign.pk, "checked_at": now, "up": True, "latency_ms": 1.5},
+            {"contract_id": 999999, "checked_at": now, "up": False},
+            {"contract_id": waiting.pk, "checked_at": now, "up": False},
+        ]
+    )
+    with pytest.raises(PlatformError) as invalid:
+        client.health([{"contract_id": own.pk, "checked_at": "yesterday", "up": True}])
+
+    assert [result["accepted"] for result in results] == [True, False, False, False]
+    assert results[0]["health_check_id"] == HealthCheck.objects.get(contract=own).pk
+    assert f"No contract of agent pool {pool.pk} has id {foreign.pk}" in results[1]["reason"]
+    assert "has id 999999" in results[2]["reason"]
+    assert f"Contract {waiting.pk} is provisioning" in results[3]["reason"]
+    assert not HealthCheck.objects.filter(contract=foreign).exists()
+    assert invalid.value.status == 400
+    assert "(got 'yesterday')" in invalid.value.body["reports"]["0"]["checked_at"][0]
+
+
 # --- the script provisioner ------------------------------------------------------------------
 
 VM_SCRIPT = textwrap.dedent(
     """\
     #!{python}
     # Keeps "VMs" in a JSON file; speaks the script provisioner's JSON protocol.
-    import json, sys
+    import json, os, sys
     state_path = {state!r}
     try:
         with open(state_path) as handle:
@@ -353,10 +536,15 @@ VM_SCRIPT = textwrap.dedent(
         result = {{}}
     elif action == "list":
         result = {{"servers": [{{"server_id": key, "name": value["name"]}} for key, value in state.items()]}}
+    elif action == "state":
+        result = {{"state": "running" if contract["cloud_server_id"] in state else "missing"}}
     else:
         result = {{"state": "ok", "free": {{"vcpu": 8 - len(state)}}}}
-    with open(state_path, "w") as handle:
-        json.dump(state, handle)
+    if action in ("provision", "terminate"):
+        # Replaced whole, because the agent runs other actions and the test reads the file meanwhile.
+        with open(state_path + ".tmp", "w") as handle:
+            json.dump(state, handle)
+        os.replace(state_path + ".tmp", state_path)
     print(json.dumps(result))
     """
 )
@@ -383,6 +571,10 @@ def test_script_provisioner_lifecycle(live_server, tmp_path, agents):
     assert contract.ssh_port == 2200
     assert json.loads(state.read_text())[f"vm-{contract.pk}"]["vcpu"] == contract.vcpu
     wait_for(lambda: Agent.objects.get(pool=pool).free_resources.get("vcpu") == 7, what="a heartbeat with free resources")
+    # The script's "state" answer counts: 192.0.2.7 is unreachable, so the report is down but says running.
+    check = wait_for(lambda: HealthCheck.objects.filter(contract=contract).first(), what="a health report", log=agent.log)
+    assert check.source == HealthSource.AGENT
+    assert check.hypervisor_state == "running"
 
     contract_services.contract_terminate(contract=contract, actor=None, actor_label="staff", reason="Test ends.")
     wait_for(lambda: contract_status(contract.pk) == ContractStatus.TERMINATED, what="termination", log=agent.log)
@@ -399,7 +591,8 @@ def test_script_provisioner_lifecycle(live_server, tmp_path, agents):
 def test_agent_package_imports_no_django():
     code = (
         "import sys, provisioning.agent.cli, provisioning.agent.runner, provisioning.agent.provisioners.proxmox, "
-        "provisioning.agent.provisioners.script; "
+        "provisioning.agent.provisioners.script, provisioning.agent.provisioners.docker, provisioning.agent.recipe_runs, "
+        "provisioning.agent.health_reports, recipes.runner; "
         "print(sorted(name for name in sys.modules if name.split('.')[0] == 'django'))"
     )
 
@@ -439,6 +632,10 @@ def test_docker_provisioner_lifecycle(live_server, docker_api, session_sshd, tmp
     assert container["HostConfig"]["NanoCpus"] == contract.vcpu * 1_000_000_000
     assert contract.ssh_port == session_sshd.port
     assert host_key_presented(session_sshd.port) == " ".join(contract.host_public_key.split()[:2])
+    check = wait_for(
+        lambda: HealthCheck.objects.filter(contract=contract, status=HealthStatus.UP).first(), what="an up report", log=agent.log
+    )
+    assert check.hypervisor_state == "running"
 
     contract_services.contract_terminate(contract=contract, actor=None, actor_label="staff", reason="Test ends.")
     wait_for(lambda: contract_status(contract.pk) == ContractStatus.TERMINATED, what="termination", log=agent.log)

@@ -69,9 +69,19 @@ urlpatterns += [
     path("agent/heartbeat/", agent_views.HeartbeatView.as_view(), name="api-agent-heartbeat"),
     path("agent/work/", agent_views.WorkView.as_view(), name="api-agent-work"),
     path("agent/reconcile/", agent_views.ReconcileView.as_view(), name="api-agent-reconcile"),
+    path("agent/health/", agent_views.HealthView.as_view(), name="api-agent-health"),
     path("agent/contracts/<int:pk>/claim/", agent_views.ClaimView.as_view(), name="api-agent-claim"),
     path("agent/contracts/<int:pk>/progress/", agent_views.ProgressView.as_view(), name="api-agent-progress"),
     path("agent/contracts/<int:pk>/success/", agent_views.SuccessView.as_view(), name="api-agent-success"),
     path("agent/contracts/<int:pk>/failure/", agent_views.FailureView.as_view(), name="api-agent-failure"),
+    path("agent/contracts/<int:pk>/recipe-runs/", agent_views.RecipeRunStartView.as_view(), name="api-agent-recipe-run"),
+    path(
+        "agent/contracts/<int:pk>/recipe-runs/<int:run_id>/log/", agent_views.RecipeLogView.as_view(), name="api-agent-recipe-log"
+    ),
+    path(
+        "agent/contracts/<int:pk>/recipe-runs/<int:run_id>/result/",
+        agent_views.RecipeResultView.as_view(),
+        name="api-agent-recipe-result",
+    ),
     path("agent/contracts/<int:pk>/terminated/", agent_views.TerminatedView.as_view(), name="api-agent-terminated"),
 ]

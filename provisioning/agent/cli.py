@@ -86,8 +86,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_doctor(args: argparse.Namespace) -> int:
-    """Check the configuration, the platform and the hypervisor; print one line per check."""
-    failures = 0
+    """Check the configuration, then whether the hypervisor and the platform are reachable; print one line per check."""
     try:
         config = _load(args)
     except ConfigError as exc:
@@ -99,29 +98,49 @@ def command_doctor(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _out(f"FAIL provisioner settings: {exc}")
         return 1
+    health, capabilities, hypervisor_ok = _check_hypervisor(provisioner, config)
+    platform_ok = _check_platform(config, provisioner, health, capabilities)
+    return 0 if hypervisor_ok and platform_ok else 1
+
+
+def _check_hypervisor(provisioner, config: AgentConfig) -> tuple[dict, dict, bool]:
+    """Print whether the hypervisor is reachable; return its health, the agent's capabilities and the verdict."""
+    where = f"{provisioner.type} at {provisioner.endpoint}"
     try:
         health = provisioner.health()
-        _out(f"ok   hypervisor: {json.dumps(health, sort_keys=True)}")
-        capabilities = {"provisioner": provisioner.type, "images": provisioner.images(), "max_parallel": config.max_parallel}
+        images = provisioner.images()
     except ProvisionerError as exc:
-        _out(f"FAIL hypervisor: {exc}")
-        failures += 1
-        health, capabilities = {}, {"provisioner": provisioner.type}
+        if exc.reason_code == "hypervisor_unavailable":
+            _out(f"FAIL hypervisor: {where} is unreachable: {exc}")
+        else:
+            _out(f"FAIL hypervisor: {where} is reachable but its health check failed ({exc.reason_code}): {exc}")
+        return {}, {"provisioner": provisioner.type}, False
+    _out(f"ok   hypervisor: {where} is reachable: {json.dumps(health, sort_keys=True)}")
+    return health, {"provisioner": provisioner.type, "images": images, "max_parallel": config.max_parallel}, True
+
+
+def _check_platform(config: AgentConfig, provisioner, health: dict, capabilities: dict) -> bool:
+    """Send a heartbeat and print whether the platform is reachable and accepts the credential."""
     try:
         response = _client(config).heartbeat(capabilities=capabilities, free_resources=health.get("free", {}))
     except CredentialRejected as exc:
-        _out(f"FAIL platform: credential rejected: {exc}")
-        failures += 1
+        _out(
+            f"FAIL platform: {config.platform_url} is reachable but rejected the credential (revoked or unknown); "
+            f"create a setup token on the agent pool's page and run setup again: {exc}"
+        )
+        return False
     except PlatformError as exc:
-        _out(f"FAIL platform: {exc}")
-        failures += 1
-    else:
-        pool = response["pool"]
-        _out(f"ok   platform: {config.platform_url} accepted the credential (pool {pool['name']!r})")
-        if not response["provisioner_matches"]:
-            _out(f"FAIL provisioner type: this agent runs {provisioner.type}, the pool uses {pool['provisioner_type']}")
-            failures += 1
-    return 1 if failures else 0
+        if exc.status == 0:
+            _out(f"FAIL platform: {config.platform_url} is unreachable; check the address, DNS and firewall: {exc}")
+        else:
+            _out(f"FAIL platform: {config.platform_url} is reachable but returned HTTP {exc.status}: {exc}")
+        return False
+    pool = response["pool"]
+    _out(f"ok   platform: {config.platform_url} is reachable and accepted the credential (pool {pool['name']!r})")
+    if not response["provisioner_matches"]:
+        _out(f"FAIL provisioner type: this agent runs {provisioner.type}, the pool uses {pool['provisioner_type']}")
+        return False
+    return True
 
 
 def command_test_provision(args: argparse.Namespace) -> int:

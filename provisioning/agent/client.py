@@ -89,8 +89,23 @@ class PlatformClient:
         body = {"reason_code": reason_code, "message": message[:2000], "server_id": server_id}
         return self._request("POST", f"/contracts/{contract_id}/failure/", body)
 
+    def recipe_run_start(self, contract_id: int) -> dict:
+        return self._request("POST", f"/contracts/{contract_id}/recipe-runs/")
+
+    def recipe_log(self, contract_id: int, run_id: int, *, sequence: int, text: str) -> dict:
+        body = {"sequence": sequence, "text": text}
+        return self._request("POST", f"/contracts/{contract_id}/recipe-runs/{run_id}/log/", body)
+
+    def recipe_result(self, contract_id: int, run_id: int, **result: Any) -> dict:
+        """Report how the run ended: exit_code, timed_out, duration_seconds, output_bytes, truncated, error, server_id."""
+        return self._request("POST", f"/contracts/{contract_id}/recipe-runs/{run_id}/result/", result)
+
     def terminated(self, contract_id: int) -> dict:
         return self._request("POST", f"/contracts/{contract_id}/terminated/")
+
+    def health(self, reports: list[dict]) -> list[dict]:
+        """Send health reports; return one result per report with `accepted` and, if rejected, `reason`."""
+        return self._request("POST", "/health/", {"reports": reports})["results"]
 
     def reconcile(self, servers: list[dict]) -> list[dict]:
         return self._request("POST", "/reconcile/", {"servers": servers})["decisions"]

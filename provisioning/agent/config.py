@@ -30,6 +30,12 @@ class AgentConfig:
     heartbeat_interval: float = 30.0
     poll_interval: float = 10.0
     reconcile_interval: float = 300.0
+    # Seconds to wait for a new VM's SSH server to accept the recipe's login.
+    ssh_wait_timeout: float = 300.0
+    # Seconds between health reports on the VMs this agent serves.
+    health_interval: float = 60.0
+    # Seconds one TCP connect of a health probe may take.
+    health_probe_timeout: float = 5.0
     # A VM the platform marks "terminate" is deleted once it has been reported this long.
     orphan_grace_seconds: float = 3600.0
     # Seconds one HTTP request to the platform may take.

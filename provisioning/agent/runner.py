@@ -1,6 +1,7 @@
 """The agent's main loop: heartbeats, the work queue, leases, provisioning jobs and reconciliation.
 
-Threads: one sends heartbeats, one renews the leases of the contracts in flight, and a pool of
+Threads: one sends heartbeats, one renews the leases of the contracts in flight, one sends
+health reports on the VMs the agent serves, and a pool of
 up to `max_parallel` threads runs provisioning and termination jobs. The main thread polls the
 work queue and reconciles. A slow hypervisor call therefore never delays a heartbeat, except
 the hypervisor health check that the heartbeat itself includes (bounded by the HTTP timeout).
@@ -16,7 +17,8 @@ from typing import Any
 
 from provisioning.agent.client import CredentialRejected, LeaseLost, PlatformClient, PlatformError
 from provisioning.agent.config import AgentConfig
-from provisioning.agent.provisioners import Provisioner, ProvisionerError
+from provisioning.agent.health_reports import HealthReporter, ServedVm
+from provisioning.agent.provisioners import Provisioner, ProvisionerError, VmResult
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class AgentRunner:
         # Server id -> monotonic time of the first "terminate" decision the platform returned for it.
         self._orphans_seen: dict[str, float] = {}
         self._executor = ThreadPoolExecutor(max_workers=config.max_parallel, thread_name_prefix="job")
+        # VMs of active contracts: added on success and by reconciliation, which also fills the list after a restart.
+        self.health_reporter = HealthReporter(client=client, provisioner=provisioner, probe_timeout=config.health_probe_timeout)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -53,6 +57,7 @@ class AgentRunner:
         threads = [
             threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True),
             threading.Thread(target=self._lease_loop, name="leases", daemon=True),
+            threading.Thread(target=self._health_loop, name="health", daemon=True),
         ]
         for thread in threads:
             thread.start()
@@ -109,6 +114,15 @@ class AgentRunner:
     def _heartbeat_loop(self) -> None:
         while not self.stop_event.wait(self.config.heartbeat_interval):
             self.send_heartbeat()
+
+    def _health_loop(self) -> None:
+        while not self.stop_event.wait(self.config.health_interval):
+            try:
+                self.health_reporter.report()
+            except CredentialRejected as exc:
+                self._fatal(exc)
+            except PlatformError as exc:
+                logger.warning("Sending health reports failed, trying again in %.1f s: %s", self.config.health_interval, exc)
 
     def _lease_loop(self) -> None:
         """Renew the lease of every contract in flight a few times per lease period."""
@@ -191,6 +205,8 @@ class AgentRunner:
             return
         if taken_away.is_set():
             raise JobStopped(f"contract {contract_id} was taken away while its VM was created")
+        if spec.get("recipe") and not self._run_recipe(spec, result, taken_away, progress):
+            return
         self.client.succeed(
             contract_id,
             server_id=result.server_id,
@@ -198,10 +214,42 @@ class AgentRunner:
             port=result.port,
             host_public_key=result.host_public_key,
         )
+        self.health_reporter.remember(
+            ServedVm(contract_id=contract_id, server_id=result.server_id, name=spec["name"], address=result.address, port=result.port)
+        )
         logger.info("Contract %s: active on VM %s at %s:%s", contract_id, result.server_id, result.address, result.port)
+
+    def _run_recipe(self, spec: dict[str, Any], vm: VmResult, taken_away: threading.Event, progress) -> bool:
+        """Run the contract's recipe on its new VM; return whether it succeeded (the platform failed the contract if not)."""
+        from provisioning.agent.recipe_runs import RecipeTakenAway, run_contract_recipe
+
+        progress("waiting_for_ssh")
+        stop = threading.Event()
+
+        def watch() -> None:
+            # Kill the recipe when the platform takes the contract away or the agent stops.
+            while not stop.is_set():
+                if taken_away.is_set() or self.stop_event.is_set():
+                    stop.set()
+                time.sleep(0.5)
+
+        watcher = threading.Thread(target=watch, name=f"recipe-watch-{spec['id']}", daemon=True)
+        watcher.start()
+        try:
+            succeeded = run_contract_recipe(
+                client=self.client, spec=spec, vm=vm, ssh_wait_timeout=self.config.ssh_wait_timeout, should_stop=stop
+            )
+        except RecipeTakenAway as exc:
+            raise JobStopped(str(exc)) from exc
+        finally:
+            stop.set()
+        if not succeeded:
+            logger.warning("Contract %s: the recipe failed; the platform failed the rental", spec["id"])
+        return succeeded
 
     def _terminate(self, spec: dict[str, Any], taken_away: threading.Event) -> None:
         contract_id = spec["id"]
+        self.health_reporter.forget(contract_id)
         try:
             self.provisioner.terminate(spec)
         except ProvisionerError as exc:
@@ -235,6 +283,15 @@ class AgentRunner:
             vm = by_server.get(server_id)
             if vm is None:
                 continue
+            if decision["decision"] == "keep" and decision.get("address") and decision.get("port"):
+                self.health_reporter.remember(
+                    ServedVm(
+                        contract_id=vm.contract_id, server_id=server_id, name=vm.name,
+                        address=decision["address"], port=decision["port"],
+                    )
+                )
+            elif vm.contract_id is not None:
+                self.health_reporter.forget(vm.contract_id)
             if decision["decision"] == "unknown":
                 logger.warning("VM %s (%s) is unknown to the platform; leaving it alone: %s", server_id, vm.name, decision["reason"])
                 continue

@@ -11,7 +11,13 @@ from marketplace.models import ProvisioningStep
 from marketplace.sshkeys import parse_public_key
 from provisioning.agent_services import HEARTBEAT_JSON_MAX_CHARS
 from provisioning.agent_work import AgentFailureReason, ReconcileDecision
+from provisioning.health import DETAIL_MAX_LENGTH, HYPERVISOR_STATE_MAX_LENGTH
 from provisioning.models import ProvisionerType
+
+#: Maximum number of characters in one recipe output chunk; the agent sends chunks of about 4 KiB.
+RECIPE_CHUNK_MAX_CHARS = 65536
+#: Maximum number of health reports in one request; the agent sends larger batches in parts.
+HEALTH_REPORTS_MAX = 500
 
 
 def _bounded_object(value, field: str):
@@ -73,6 +79,18 @@ class WorkResponseSerializer(serializers.Serializer):
     items = WorkItemSerializer(many=True)
 
 
+class RecipeSpecSerializer(serializers.Serializer):
+    """The recipe of a contract, and how the platform runs it."""
+
+    script = serializers.CharField(help_text="The bash script, run with `bash -euo pipefail`.")
+    username = serializers.CharField(help_text="The user the recipe logs in as.")
+    client_private_key = serializers.CharField(
+        help_text="The contract's platform key (OpenSSH private key) to log in with; its public half is in ssh_public_keys."
+    )
+    timeout_seconds = serializers.IntegerField(help_text="Seconds after which the script is killed and the run fails.")
+    max_output_bytes = serializers.IntegerField(help_text="Output bytes kept; later output is dropped.")
+
+
 class ContractSpecSerializer(serializers.Serializer):
     """What the agent needs to create or delete one contract's VM."""
 
@@ -89,6 +107,7 @@ class ContractSpecSerializer(serializers.Serializer):
     location_code = serializers.CharField()
     ssh_public_keys = serializers.ListField(child=serializers.CharField())
     cloud_server_id = serializers.CharField(help_text="The VM id stored so far; empty before success.")
+    recipe = RecipeSpecSerializer(allow_null=True, help_text="Set when the agent must run a recipe before it reports success.")
     lease_expires_at = serializers.DateTimeField()
     lease_seconds = serializers.IntegerField()
 
@@ -125,6 +144,40 @@ class FailureRequestSerializer(serializers.Serializer):
     server_id = serializers.CharField(max_length=64, required=False, allow_blank=True, default="")
 
 
+class RecipeRunStartResponseSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="The run's id, used in the log and result paths.")
+    timeout_seconds = serializers.IntegerField()
+
+
+class RecipeLogRequestSerializer(serializers.Serializer):
+    sequence = serializers.IntegerField(min_value=0, help_text="The chunk's number, from 0 without gaps.")
+    text = serializers.CharField(max_length=RECIPE_CHUNK_MAX_CHARS, trim_whitespace=False)
+
+
+class RecipeLogResponseSerializer(serializers.Serializer):
+    run_id = serializers.IntegerField()
+    sequence = serializers.IntegerField()
+
+
+class RecipeResultRequestSerializer(serializers.Serializer):
+    exit_code = serializers.IntegerField(allow_null=True, help_text="The script's exit code; null after a timeout or an SSH error.")
+    timed_out = serializers.BooleanField()
+    duration_seconds = serializers.FloatField(min_value=0)
+    output_bytes = serializers.IntegerField(min_value=0, help_text="All output bytes, including those dropped after the cap.")
+    truncated = serializers.BooleanField()
+    error = serializers.CharField(
+        max_length=2000, allow_blank=True, required=False, default="",
+        help_text="Why the recipe could not be run or finished over SSH; empty when it ran to the end.",
+    )
+    server_id = serializers.CharField(max_length=64, allow_blank=True, required=False, default="")
+
+
+class RecipeResultResponseSerializer(serializers.Serializer):
+    run_id = serializers.IntegerField()
+    run_status = serializers.CharField()
+    contract = ContractStateSerializer()
+
+
 class ReconcileServerSerializer(serializers.Serializer):
     server_id = serializers.CharField(max_length=64)
     contract_id = serializers.IntegerField(allow_null=True, required=False, default=None)
@@ -139,10 +192,59 @@ class ReconcileAnswerSerializer(serializers.Serializer):
     contract_id = serializers.IntegerField(allow_null=True)
     decision = serializers.ChoiceField(choices=ReconcileDecision.choices)
     reason = serializers.CharField()
+    address = serializers.CharField(allow_null=True, help_text="The address tenants use, for a `keep` of an active contract.")
+    port = serializers.IntegerField(allow_null=True, help_text="The SSH port tenants use, for a `keep` of an active contract.")
 
 
 class ReconcileResponseSerializer(serializers.Serializer):
     decisions = ReconcileAnswerSerializer(many=True)
+
+
+class HealthReportSerializer(serializers.Serializer):
+    contract_id = serializers.IntegerField(min_value=1)
+    checked_at = serializers.DateTimeField(help_text="When the probe ran, with a timezone, for example 2026-01-05T10:00:00Z.")
+    up = serializers.BooleanField(help_text="True when the SSH port accepted a TCP connection and the VM is running.")
+    latency_ms = serializers.FloatField(
+        min_value=0, max_value=600_000, allow_null=True, required=False, default=None,
+        help_text="Milliseconds until the TCP connection was established, from the host; null when down.",
+    )
+    hypervisor_state = serializers.CharField(
+        max_length=HYPERVISOR_STATE_MAX_LENGTH, allow_blank=True, required=False, default="",
+        help_text="The hypervisor's state of the VM, for example running, stopped or missing.",
+    )
+    detail = serializers.CharField(
+        max_length=DETAIL_MAX_LENGTH, allow_blank=True, required=False, default="",
+        help_text="The probe's error or a short note.",
+    )
+
+
+    def to_internal_value(self, data):
+        """Parse one report; every field error also names the value that was sent."""
+        try:
+            return super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            if not isinstance(exc.detail, dict) or not isinstance(data, dict):
+                raise
+            detail = {
+                field: [f"{message} (got {data.get(field)!r})" for message in messages] if field in data else messages
+                for field, messages in exc.detail.items()
+            }
+            raise serializers.ValidationError(detail) from exc
+
+
+class HealthReportsRequestSerializer(serializers.Serializer):
+    reports = HealthReportSerializer(many=True, min_length=1, max_length=HEALTH_REPORTS_MAX)
+
+
+class HealthReportResultSerializer(serializers.Serializer):
+    contract_id = serializers.IntegerField()
+    accepted = serializers.BooleanField()
+    health_check_id = serializers.IntegerField(allow_null=True)
+    reason = serializers.CharField(help_text="Why the report was rejected; empty when it was accepted.")
+
+
+class HealthReportsResponseSerializer(serializers.Serializer):
+    results = HealthReportResultSerializer(many=True, help_text="One result per report, in the order sent.")
 
 
 # --- the provider's pool API -------------------------------------------------------------------

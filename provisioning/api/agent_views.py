@@ -21,7 +21,7 @@ from rest_framework.views import APIView
 from marketplace.api.serializers import ErrorSerializer
 from marketplace.models import Contract, ContractStatus
 from marketplace.services.contracts import InvalidTransition
-from provisioning import agent_work
+from provisioning import agent_recipes, agent_work
 from provisioning.agent_services import SetupTokenInvalid, agent_heartbeat, agent_setup
 from provisioning.api.agent_auth import AgentCredentialAuthentication, IsAgent
 from provisioning.api.agent_serializers import (
@@ -30,9 +30,16 @@ from provisioning.api.agent_serializers import (
     ContractSpecSerializer,
     ContractStateSerializer,
     FailureRequestSerializer,
+    HealthReportsRequestSerializer,
+    HealthReportsResponseSerializer,
     HeartbeatRequestSerializer,
     HeartbeatResponseSerializer,
     ProgressRequestSerializer,
+    RecipeLogRequestSerializer,
+    RecipeLogResponseSerializer,
+    RecipeResultRequestSerializer,
+    RecipeResultResponseSerializer,
+    RecipeRunStartResponseSerializer,
     ReconcileRequestSerializer,
     ReconcileResponseSerializer,
     SuccessRequestSerializer,
@@ -142,7 +149,9 @@ class ContractView(AgentView):
     def handle_exception(self, exc):
         if isinstance(exc, Contract.DoesNotExist):
             exc = NotFound("No such contract in this agent's pool.")
-        elif isinstance(exc, (agent_work.LeaseNotHeld, agent_work.ClaimRejected, InvalidTransition)):
+        elif isinstance(
+            exc, (agent_work.LeaseNotHeld, agent_work.ClaimRejected, InvalidTransition, agent_recipes.RecipeReportRejected)
+        ):
             return _conflict(exc)
         return super().handle_exception(exc)
 
@@ -154,6 +163,11 @@ class ClaimView(ContractView):
     )
     def post(self, request, pk: int):
         contract = agent_work.agent_contract_claim(agent=self.agent, contract_id=pk)
+        recipe = agent_recipes.recipe_spec(contract) if contract.status == ContractStatus.PROVISIONING else None
+        ssh_public_keys = [contract.ssh_public_key]
+        if recipe is not None:
+            # The recipe logs in with the platform key, as on the platform's own backends.
+            ssh_public_keys.append(contract.platform_public_key)
         return Response(
             {
                 "id": contract.pk,
@@ -167,7 +181,8 @@ class ClaimView(ContractView):
                 "image": contract.image,
                 "server_type": contract.server_type,
                 "location_code": contract.location_code,
-                "ssh_public_keys": [contract.ssh_public_key],
+                "ssh_public_keys": ssh_public_keys,
+                "recipe": recipe,
                 "cloud_server_id": contract.cloud_server_id,
                 "lease_expires_at": contract.lease_expires_at,
                 "lease_seconds": settings.AGENT_LEASE_SECONDS,
@@ -228,6 +243,50 @@ class TerminatedView(ContractView):
         return Response(_state(contract))
 
 
+class RecipeRunStartView(ContractView):
+    @extend_schema(
+        tags=["agent"], request=None, responses={201: RecipeRunStartResponseSerializer, **AGENT_ERRORS, **LEASE_CONFLICT},
+        summary="Start a recipe run on the contract's new VM",
+        description="Runs of this contract still marked running are failed, because the recipe starts again.",
+    )
+    def post(self, request, pk: int):
+        run = agent_recipes.agent_recipe_run_start(agent=self.agent, contract_id=pk)
+        return Response({"id": run.pk, "timeout_seconds": run.timeout_seconds}, status=status.HTTP_201_CREATED)
+
+
+class RecipeLogView(ContractView):
+    @extend_schema(
+        tags=["agent"], request=RecipeLogRequestSerializer,
+        responses={200: RecipeLogResponseSerializer, **AGENT_ERRORS, **LEASE_CONFLICT},
+        summary="Append one chunk of a recipe run's output",
+        description="Chunks are numbered from 0 without gaps. Sending a stored chunk again with the same text "
+        "changes nothing, so a retry after a lost response is safe. Other text under a stored number, a gap, or a run "
+        "that already ended is a 409.",
+    )
+    def post(self, request, pk: int, run_id: int):
+        body = RecipeLogRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        chunk = agent_recipes.agent_recipe_log_append(agent=self.agent, contract_id=pk, run_id=run_id, **body.validated_data)
+        return Response({"run_id": run_id, "sequence": chunk.sequence})
+
+
+class RecipeResultView(ContractView):
+    @extend_schema(
+        tags=["agent"], request=RecipeResultRequestSerializer,
+        responses={200: RecipeResultResponseSerializer, **AGENT_ERRORS, **LEASE_CONFLICT},
+        summary="Report how a recipe run ended",
+        description="A non-zero exit code, a timeout or an SSH error fails the rental and refunds it. After a "
+        "successful run the agent reports success with the VM's connection details.",
+    )
+    def post(self, request, pk: int, run_id: int):
+        body = RecipeResultRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        run, contract = agent_recipes.agent_recipe_run_finish(
+            agent=self.agent, contract_id=pk, run_id=run_id, **body.validated_data
+        )
+        return Response({"run_id": run.pk, "run_status": run.status, "contract": _state(contract)})
+
+
 class ReconcileView(AgentView):
     @extend_schema(
         tags=["agent"], request=ReconcileRequestSerializer, responses={200: ReconcileResponseSerializer, **AGENT_ERRORS},
@@ -238,3 +297,18 @@ class ReconcileView(AgentView):
         body.is_valid(raise_exception=True)
         answers = agent_work.agent_reconcile(agent=self.agent, servers=body.validated_data["servers"])
         return Response({"decisions": [answer.__dict__ for answer in answers]})
+
+
+class HealthView(AgentView):
+    @extend_schema(
+        tags=["agent"], request=HealthReportsRequestSerializer, responses={200: HealthReportsResponseSerializer, **AGENT_ERRORS},
+        summary="Send health reports of the VMs this agent serves",
+        description="Each report is accepted or rejected on its own: a report for a contract of another pool, an "
+        "unknown contract or one that is not active is rejected with a reason, and the others are stored.",
+    )
+    def post(self, request):
+        body = HealthReportsRequestSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        reports = [agent_work.HealthReport(**item) for item in body.validated_data["reports"]]
+        results = agent_work.agent_health_report(agent=self.agent, reports=reports)
+        return Response({"results": [result.__dict__ for result in results]})

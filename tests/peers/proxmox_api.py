@@ -193,6 +193,9 @@ class ProxmoxApiServer:
         self.sshd = sshd
         self.ipv4 = ipv4
         self.agent_delay = agent_delay
+        # When True, guest commands that install a host key succeed without changing the sshd's key,
+        # as on a VM that presents another host key than the one generated for it.
+        self.skip_host_key_install = False
         self.task_seconds = {**DEFAULT_TASK_SECONDS, **(task_seconds or {})}
         self._initial_agent_delay = agent_delay
         self._initial_task_seconds = dict(self.task_seconds)
@@ -320,6 +323,7 @@ class ProxmoxApiServer:
             self.tokens.clear()
             self.tokens.update(self._initial_tokens)
             self.agent_delay = self._initial_agent_delay
+            self.skip_host_key_install = False
             self.task_seconds = dict(self._initial_task_seconds)
             self.requests.clear()
             self.guest_commands.clear()
@@ -390,6 +394,11 @@ class ProxmoxApiServer:
                 vm["config"]["tags"] = tags
             vm["status"] = status
             return json.loads(json.dumps(vm))
+
+    def set_vm_status_behind_back(self, vmid: int, status: str) -> None:
+        """Set a VM's status ("running", "stopped") directly, as a host crash or another user would."""
+        with self._lock:
+            self._vms[int(vmid)]["status"] = status
 
     def delete_vm_behind_back(self, vmid: int) -> None:
         with self._lock:
@@ -818,7 +827,7 @@ class ProxmoxApiServer:
         guest_command = GuestCommand(pid=pid, command=list(command), input_data=input_data, done_at=time.monotonic())
         if self._guest_failures:
             guest_command.exit_code, guest_command.err_data = self._guest_failures.pop(0)
-        elif self.sshd is not None and "BEGIN OPENSSH PRIVATE KEY" in input_data and any(
+        elif self.sshd is not None and not self.skip_host_key_install and "BEGIN OPENSSH PRIVATE KEY" in input_data and any(
             "ssh_host_ed25519_key" in part for part in command
         ):
             self.sshd.install_host_key(input_data)

@@ -13,6 +13,11 @@ RETRYABLE_REASONS = ("hypervisor_unavailable", "timeout", "rate_limited", "insuf
 PERMANENT_REASONS = ("image_not_found", "invalid_spec", "boot_failed", "provisioner_error")
 REASON_CODES = RETRYABLE_REASONS + PERMANENT_REASONS
 
+#: The `vm_state` of a VM that serves its tenant; health reports count every other state as down.
+RUNNING_STATE = "running"
+#: The `vm_state` of a VM the hypervisor does not have.
+MISSING_STATE = "missing"
+
 #: VM names the platform hands out: cm-<deployment>-<contract id>.
 VM_NAME_RE = re.compile(r"^cm-(?P<deployment>[a-z0-9-]+?)-(?P<contract_id>\d+)$")
 
@@ -78,12 +83,24 @@ class Provisioner(abc.ABC):
         """Return the VMs on the host that carry platform names, running or not."""
 
     @abc.abstractmethod
+    def vm_state(self, spec: dict[str, Any]) -> str:
+        """Return the hypervisor's state of the contract's VM, such as `running` or `stopped`; `missing` when it is gone.
+
+        `spec` needs `id`, `name` and `cloud_server_id`.
+        """
+
+    @abc.abstractmethod
     def health(self) -> dict[str, Any]:
         """Return the hypervisor's state and free resources; raise `ProvisionerError` when it is unreachable."""
 
     def images(self) -> list[str]:
         """Return the image names offerings may use; empty when the provisioner cannot tell."""
         return []
+
+    @property
+    def endpoint(self) -> str:
+        """Where the provisioner reaches its hypervisor (a URL, socket or command), for messages; never a secret."""
+        return ""
 
 
 def build_provisioner(settings: dict[str, Any]) -> Provisioner:

@@ -26,6 +26,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from provisioning.agent.hostkeys import generate_host_key
 from provisioning.agent.provisioners import (
+    MISSING_STATE,
     ProgressCallback,
     Provisioner,
     ProvisionerError,
@@ -171,6 +172,17 @@ class DockerProvisioner(Provisioner):
             raise ProvisionerError("provisioner_error", f"Not deleting container {target}: it carries no label of contract {spec['id']}.")
         self._request("DELETE", f"/containers/{container['Id']}?force=1&v=1", allow=(404,))
         logger.info("Contract %s: container %s deleted", spec["id"], container["Id"][:12])
+
+    def vm_state(self, spec: dict[str, Any]) -> str:
+        container = self._inspect(str(spec.get("cloud_server_id") or spec["name"]))
+        if container is None:
+            return MISSING_STATE
+        # Docker's states: created, restarting, running, removing, paused, exited, dead.
+        return str((container.get("State") or {}).get("Status") or "unknown")
+
+    @property
+    def endpoint(self) -> str:
+        return self.docker_url
 
     def list_running(self) -> list[RunningVm]:
         filters = json.dumps({"label": [CONTRACT_LABEL]})

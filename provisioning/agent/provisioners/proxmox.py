@@ -28,6 +28,7 @@ from proxmoxer.core import ProxmoxResource, ResourceException
 
 from provisioning.agent.hostkeys import generate_host_key
 from provisioning.agent.provisioners import (
+    MISSING_STATE,
     ProgressCallback,
     Provisioner,
     ProvisionerError,
@@ -286,6 +287,17 @@ class ProxmoxProvisioner(Provisioner):
         upid = self._call(f"deletion of VM {vmid}", self._vm(vmid).delete, purge=1, **{"destroy-unreferenced-disks": 1})
         self._await_task(upid, f"deletion of VM {vmid}")
         logger.info("Contract %s: VM %s deleted", spec["id"], vmid)
+
+    def vm_state(self, spec: dict[str, Any]) -> str:
+        vmid = int(spec.get("cloud_server_id") or self.vmid_for(int(spec["id"])))
+        if self._config(vmid) is None:
+            return MISSING_STATE
+        status = self._call(f"status of VM {vmid}", self._vm(vmid).status.current.get)
+        return str(status.get("status") or "unknown")
+
+    @property
+    def endpoint(self) -> str:
+        return self.base_url
 
     def list_running(self) -> list[RunningVm]:
         items = self._call("VM list", self._api.nodes(self.node).qemu.get) or []

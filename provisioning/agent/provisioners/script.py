@@ -1,11 +1,13 @@
 """The script provisioner: an external command that speaks JSON on standard input and output.
 
 For each operation the agent runs `command` once and writes one JSON object to its standard
-input: `{"action": "provision" | "terminate" | "list" | "health", "contract": <spec>}`
-(`contract` only for provision and terminate). The command exits 0 and prints one JSON object:
+input: `{"action": "provision" | "terminate" | "state" | "list" | "health", "contract": <spec>}`
+(`contract` only for provision, terminate and state). The command exits 0 and prints one JSON object:
 
 - provision: `{"server_id", "address", "port", "host_public_key"}`
 - terminate: `{}`
+- state: `{"state": "running"}`, another state such as `stopped`, or `missing` for a VM that
+  does not exist. Health reports count every state but `running` as down.
 - list: `{"servers": [{"server_id", "name"}]}`
 - health: any object, for example `{"state": "ok", "free": {"vcpu": 8}}`
 
@@ -100,6 +102,10 @@ class ScriptProvisioner(Provisioner):
     def terminate(self, spec: dict[str, Any]) -> None:
         self._run("terminate", spec)
 
+    @property
+    def endpoint(self) -> str:
+        return self.command[0]
+
     def list_running(self) -> list[RunningVm]:
         output = self._run("list")
         servers = output.get("servers")
@@ -110,6 +116,13 @@ class ScriptProvisioner(Provisioner):
             name = str(item.get("name", ""))
             result.append(RunningVm(server_id=str(item.get("server_id", "")), name=name, contract_id=contract_id_from_name(name)))
         return result
+
+    def vm_state(self, spec: dict[str, Any]) -> str:
+        output = self._run("state", spec)
+        state = output.get("state")
+        if not isinstance(state, str) or not state:
+            raise ProvisionerError("provisioner_error", f'Script {self.command[0]} printed no "state" string for state of contract {spec["id"]}.')
+        return state
 
     def health(self) -> dict[str, Any]:
         return self._run("health")

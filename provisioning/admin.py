@@ -16,10 +16,10 @@ from marketplace.validators import validate_visible_text
 from provisioning.agent_services import agent_revoke
 from provisioning.backends.base import CloudError
 from provisioning.models import (
+    RESOURCE_STATUS_COLOURS,
     Agent,
     AgentPool,
     AgentSetupToken,
-    RESOURCE_STATUS_COLOURS,
     Backend,
     CloudAccount,
     HealthCheck,

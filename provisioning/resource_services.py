@@ -212,6 +212,9 @@ def resource_create(
         # Locking the owner's row serialises concurrent creations, so the quota holds.
         User.objects.select_for_update().get(pk=owner.pk)
         _check_quota(owner)
+        # Check the account again under its row lock, because a deletion or an invalidation may
+        # have committed during the catalog call. The lock also holds off a deletion until commit.
+        _check_cloud_account(CloudAccount.all_objects.select_for_update().get(pk=cloud_account.pk), owner)
         resource.save()
         ResourceEvent.objects.create(
             resource=resource, to_status=resource.status, step=resource.provisioning_step,
@@ -492,6 +495,9 @@ def listing_stock_take(*, offering: Offering) -> None:
 
     Raises ValidationError when the stock is already taken or the resource is not running.
     """
+    # Lock the resource before the offering, in the order resource_stop and resource_delete use,
+    # so a rental cannot take the stock of a VM that a stop or deletion committed meanwhile.
+    Resource.objects.select_for_update().filter(pk=offering.resource_id).first()
     locked = Offering.objects.select_for_update(of=("self",)).select_related("resource").get(pk=offering.pk)
     # A rental that has not ended keeps the VM even if the stock column was edited meanwhile.
     if locked.stock_status == StockStatus.OUT_OF_STOCK or resource_live_rental(locked.resource) is not None:

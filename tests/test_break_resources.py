@@ -1,7 +1,7 @@
 """Regressions found by attacking self-provisioned resources and their marketplace listings.
 
-Covers the listing form's errors on the resource page and races of a rent or a creation
-against a concurrent stop or deletion.
+Covers the listing form's errors on the resource page, a currency change between viewing and
+renting a listing, and races of a rent or a creation against a concurrent stop or deletion.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import close_old_connections, connection, transaction
 from django.test import Client
 from django.urls import reverse
+from rest_framework.test import APIClient
 
 from marketplace.models import Contract, Offering
 from marketplace.services import contracts as contract_services
@@ -77,6 +78,67 @@ def test_list_page_without_profile_shows_error():
 
     assert response.status_code == 400
     assert "Create your provider profile before you list a resource" in response.content.decode()
+
+
+# --- currency change between viewing and renting ----------------------------------------------
+
+
+def test_rent_rejects_changed_currency():
+    resource = make_resource(owner=make_provider().user)
+    list_resource_in(resource, "EUR")
+    offering = list_resource_in(resource, "USD")
+
+    with pytest.raises(ValidationError) as caught:
+        contract_services.contract_create(
+            tenant=make_user(), offering=offering, ssh_public_key=ssh_public_key(), idempotency_key="stale-eur-form",
+            expected_price_cents=1500, expected_currency="EUR",
+        )
+
+    assert "changed from EUR to USD" in " ".join(caught.value.messages)
+    assert Contract.objects.count() == 0
+
+
+def test_rent_page_stale_currency_rejected():
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource_in(resource, "EUR")
+    tenant = make_user()
+    client = _logged_in(tenant)
+    rent_url = reverse("marketplace:rent", kwargs={"slug": offering.slug})
+    form = client.get(rent_url).context["form"]
+    values = {
+        "idempotency_key": form.initial["idempotency_key"],
+        "expected_price_cents": form.initial["expected_price_cents"],
+        "expected_currency": form.initial["expected_currency"],
+        "expected_recipe_version_id": form.initial["expected_recipe_version_id"],
+        "public_key": ssh_public_key(),
+    }
+    list_resource_in(resource, "CHF")
+
+    response = client.post(rent_url, values)
+
+    assert form.initial["expected_currency"] == "EUR"
+    assert response.status_code == 200
+    assert "changed from EUR to CHF" in response.content.decode()
+    assert Contract.objects.count() == 0
+
+
+def test_api_rent_stale_currency_is_400():
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource_in(resource, "GBP")
+    client = APIClient()
+    client.force_login(make_user())
+
+    response = client.post(
+        "/api/v1/rentals/",
+        {"offering": offering.slug, "ssh_public_key": ssh_public_key(), "expected_price_cents": 1500, "expected_currency": "EUR"},
+        format="json",
+    )
+
+    body = response.json()
+    assert response.status_code == 400
+    assert list(body) == ["expected_currency"]
+    assert "GBP" in body["expected_currency"][0]
+    assert Contract.objects.count() == 0
 
 
 # --- races against a concurrent stop or deletion ----------------------------------------------

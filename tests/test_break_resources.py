@@ -1,7 +1,8 @@
 """Regressions found by attacking self-provisioned resources and their marketplace listings.
 
-Covers the listing form's errors on the resource page, a currency change between viewing and
-renting a listing, and races of a rent or a creation against a concurrent stop or deletion.
+Covers the listing form's errors on the resource page and a currency change between viewing
+and renting a listing. Also covers races of a rent or a creation against a concurrent stop or
+deletion, and the listing's stock after a failed rental or a failed stop.
 """
 
 from __future__ import annotations
@@ -16,10 +17,16 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from marketplace.models import Contract, Offering
+from marketplace.models import Contract, ContractStatus, Offering, StockStatus
 from marketplace.services import contracts as contract_services
 from provisioning.models import Backend, CloudAccount, Resource, ResourceStatus
-from provisioning.resource_services import resource_create, resource_list
+from provisioning.resource_services import (
+    listing_stock_return,
+    resource_create,
+    resource_list,
+    resource_mark_power_failed,
+    resource_stop,
+)
 from tests.factories import make_cloud_account, make_provider, make_user, ssh_public_key
 
 pytestmark = pytest.mark.django_db
@@ -222,3 +229,43 @@ def test_create_sees_account_deleted_meanwhile():
     assert isinstance(outcome[0], ValidationError), outcome[0]
     assert "was deleted" in " ".join(outcome[0].messages)
     assert Resource.objects.count() == 0
+
+
+# --- stock after a failed rental ----------------------------------------------------------------
+
+
+def test_relist_keeps_stock_until_hand_back():
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource_in(resource, "EUR")
+    tenant = make_user()
+    contract, _created = contract_services.contract_create(
+        tenant=tenant, offering=offering, ssh_public_key=ssh_public_key(), idempotency_key="rent-then-fail"
+    )
+    contract_services.contract_pay(contract=contract, actor=tenant)
+    # The failure's cleanup task, which hands the VM back and returns the stock, has not run yet.
+    contract_services.contract_fail(contract_id=contract.pk, reason="Key hand-over failed over SSH.")
+
+    relisted = list_resource_in(resource, "EUR", price_cents=900)
+
+    contract.refresh_from_db()
+    assert contract.status == ContractStatus.FAILED
+    assert relisted.price_cents == 900
+    assert relisted.stock_status == StockStatus.OUT_OF_STOCK
+
+    listing_stock_return(offering_id=offering.pk)
+
+    offering.refresh_from_db()
+    assert offering.stock_status == StockStatus.IN_STOCK
+
+
+def test_failed_stop_returns_stock():
+    resource = make_resource(owner=make_provider().user)
+    offering = list_resource_in(resource, "EUR")
+    resource_stop(resource=resource, actor=resource.owner)
+
+    resource_mark_power_failed(resource_id=resource.pk, worker="worker-1", error="Action timed out.")
+
+    resource.refresh_from_db()
+    offering.refresh_from_db()
+    assert resource.status == ResourceStatus.RUNNING
+    assert offering.stock_status == StockStatus.IN_STOCK

@@ -67,6 +67,7 @@ class RentForm(forms.Form):
     # What the page showed the tenant; contract_create rejects the rental if the offering changed
     # since. Optional, so a page rendered before these fields existed can still be submitted.
     expected_price_cents = forms.IntegerField(widget=forms.HiddenInput, required=False, min_value=0)
+    expected_currency = forms.CharField(widget=forms.HiddenInput, required=False, max_length=3)
     expected_recipe_version_id = forms.IntegerField(
         widget=forms.HiddenInput, required=False, min_value=0, help_text="0 when the offering has no recipe."
     )
@@ -115,10 +116,11 @@ class RentForm(forms.Form):
         return self.cleaned_data["saved_key"].public_key
 
 
-def expected_terms(offering: Offering) -> dict[str, int]:
-    """Return the RentForm values that pin the price and recipe version the page shows."""
+def expected_terms(offering: Offering) -> dict[str, int | str]:
+    """Return the RentForm values that pin the price, currency and recipe version the page shows."""
     return {
         "expected_price_cents": offering.price_cents,
+        "expected_currency": offering.currency,
         "expected_recipe_version_id": offering.recipe_version_id or 0,
     }
 

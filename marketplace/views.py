@@ -242,6 +242,7 @@ def _create_and_pay(request: HttpRequest, *, form: RentForm, offering: Offering)
             ssh_public_key=form.public_key_text,
             idempotency_key=idempotency_key,
             expected_price_cents=form.cleaned_data.get("expected_price_cents"),
+            expected_currency=form.cleaned_data.get("expected_currency") or None,
             expected_recipe_version_id=form.cleaned_data.get("expected_recipe_version_id"),
         )
     except ValidationError as exc:

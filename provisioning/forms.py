@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django import forms
 
+from marketplace.services.providers import MAX_PRICE_CENTS
 from marketplace.validators import validate_visible_text
 from provisioning.models import Backend, CloudAccount, ProvisionerType
 from provisioning.services import LABEL_MAX_LENGTH, TOKEN_MAX_LENGTH
@@ -192,7 +195,9 @@ class ResourceListForm(forms.Form):
     name = forms.CharField(label="Title", max_length=120, validators=[validate_visible_text])
     description = forms.CharField(required=False, max_length=10000, widget=forms.Textarea(attrs={"rows": 4}))
     price = forms.DecimalField(
-        label="Monthly price", min_value=0, max_digits=9, decimal_places=2, help_text="In the currency below, per month."
+        label="Monthly price", min_value=0, max_value=Decimal(MAX_PRICE_CENTS) / 100, max_digits=12, decimal_places=2,
+        help_text="In the currency below, per month.",
+        error_messages={"max_value": f"The price is too high: the maximum is {MAX_PRICE_CENTS // 100:,} per month."},
     )
     currency = forms.ChoiceField(choices=())
     country = forms.CharField(

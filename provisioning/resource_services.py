@@ -212,6 +212,9 @@ def resource_create(
         # Locking the owner's row serialises concurrent creations, so the quota holds.
         User.objects.select_for_update().get(pk=owner.pk)
         _check_quota(owner)
+        # Check the account again under its row lock, because a deletion or an invalidation may
+        # have committed during the catalog call. The lock also holds off a deletion until commit.
+        _check_cloud_account(CloudAccount.all_objects.select_for_update().get(pk=cloud_account.pk), owner)
         resource.save()
         ResourceEvent.objects.create(
             resource=resource, to_status=resource.status, step=resource.provisioning_step,
@@ -334,10 +337,15 @@ def resource_mark_power_done(*, resource_id: int, worker: str, ip_address: str |
         actor=None, actor_label=worker, reason="Server started.", lease_owner="", lease_expires_at=None, last_error="",
         **fields,
     )
+    _return_stock_unless_rented(resource)
+    return resource
+
+
+def _return_stock_unless_rented(resource: Resource) -> None:
+    """Give the listing's stock back once the VM runs again, unless a rental of it has not ended."""
     offering_id = Offering.objects.filter(resource=resource).values_list("pk", flat=True).first()
     if offering_id is not None and resource_live_rental(resource) is None:
         listing_stock_return(offering_id=offering_id)
-    return resource
 
 
 @transaction.atomic
@@ -348,10 +356,14 @@ def resource_mark_power_failed(*, resource_id: int, worker: str, error: str) -> 
         back, action, message = ResourceStatus.RUNNING, "stay running", f"Stopping failed: {error}"
     else:
         back, action, message = ResourceStatus.STOPPED, "stay stopped", f"Starting failed: {error}"
-    return _move(
+    resource = _move(
         resource, allowed_from={ResourceStatus.STOPPING, ResourceStatus.STARTING}, to_status=back, action=action,
         actor=None, actor_label=worker, reason=message, lease_owner="", lease_expires_at=None, last_error=message[:2000],
     )
+    if back == ResourceStatus.RUNNING:
+        # resource_stop took the listing's stock, and the VM kept running.
+        _return_stock_unless_rented(resource)
+    return resource
 
 
 # --- deletion ---------------------------------------------------------------------------------
@@ -416,7 +428,7 @@ def resource_list(
     """List a running resource on the marketplace as a public offering with a stock of one.
 
     Creates the offering bound to the resource, or updates and shows it again when the resource
-    was listed before. The stock is out while a rental of it has not ended. Raises
+    was listed before. Relisting never changes the stock, which rentals take and return. Raises
     ValidationError keyed by field for an invalid price, name, description or country, and when
     the owner has no provider profile or the resource is not running. `country` is used only
     when the resource's location reports none.
@@ -456,8 +468,10 @@ def resource_list(
     offering.image = resource.image
     offering.recipe_version = resource.recipe_version
     offering.visibility = Visibility.PUBLIC
-    rented = resource_live_rental(resource) is not None
-    offering.stock_status = StockStatus.OUT_OF_STOCK if rented else StockStatus.IN_STOCK
+    if offering.pk is None:
+        offering.stock_status = StockStatus.IN_STOCK
+    # A listed-before offering keeps its stock: a failed rental returns it only after the VM was
+    # handed back (provisioning.tasks), and a rental that has not ended keeps it taken.
     offering.full_clean(exclude=["slug"] if offering.pk else None)
     offering.save()
     Resource.objects.filter(pk=resource.pk).update(remove_owner_keys_while_rented=remove_owner_keys, updated_at=timezone.now())
@@ -492,6 +506,9 @@ def listing_stock_take(*, offering: Offering) -> None:
 
     Raises ValidationError when the stock is already taken or the resource is not running.
     """
+    # Lock the resource before the offering, in the order resource_stop and resource_delete use,
+    # so a rental cannot take the stock of a VM that a stop or deletion committed meanwhile.
+    Resource.objects.select_for_update().filter(pk=offering.resource_id).first()
     locked = Offering.objects.select_for_update(of=("self",)).select_related("resource").get(pk=offering.pk)
     # A rental that has not ended keeps the VM even if the stock column was edited meanwhile.
     if locked.stock_status == StockStatus.OUT_OF_STOCK or resource_live_rental(locked.resource) is not None:

@@ -300,6 +300,13 @@ class RentalCreateSerializer(serializers.Serializer):
         help_text="The offering's price_cents you agreed to. If the offering's price differs now, the request "
         "fails with 400 naming this field and no rental is created. Omit it to accept the current price.",
     )
+    expected_currency = serializers.CharField(
+        required=False,
+        min_length=3,
+        max_length=3,
+        help_text="The offering's currency you agreed to (ISO 4217, for example EUR). If the offering's currency "
+        "differs now, the request fails with 400 naming this field. Omit it to accept the current currency.",
+    )
     expected_recipe_version_id = serializers.IntegerField(
         required=False,
         min_value=0,

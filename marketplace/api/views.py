@@ -189,8 +189,8 @@ class RentalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         description=(
             "Creates the rental and pays for the first month. Returns 201 with the new rental, or 200 "
             "with the existing one when the idempotency key was used before for the same offering, "
-            "also while a concurrent request with that key is still paying it. Send expected_price_cents "
-            "and expected_recipe_version_id to get 400 instead of a rental when the offering changed "
+            "also while a concurrent request with that key is still paying it. Send expected_price_cents, "
+            "expected_currency and expected_recipe_version_id to get 400 instead of a rental when the offering changed "
             "since you read it."
         ),
         request=RentalCreateSerializer,
@@ -227,6 +227,7 @@ class RentalViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
                 ssh_public_key=data["ssh_public_key"],
                 idempotency_key=idempotency_key,
                 expected_price_cents=data.get("expected_price_cents"),
+                expected_currency=data.get("expected_currency"),
                 expected_recipe_version_id=data.get("expected_recipe_version_id"),
             )
         except DjangoValidationError as exc:
@@ -348,6 +349,12 @@ def _changed_terms_fields(offering: Offering, data: dict) -> dict[str, list[str]
         errors["expected_price_cents"] = [
             f"The offering's price is {current.price_cents} ({current.currency} cents per month) now, not "
             f"{expected_price}; review it and send the new price to confirm."
+        ]
+    expected_currency = data.get("expected_currency")
+    if expected_currency and expected_currency.upper() != current.currency:
+        errors["expected_currency"] = [
+            f"The offering's currency is {current.currency} now, not {expected_currency.upper()}; review the price "
+            "and send the new currency to confirm."
         ]
     expected_version = data.get("expected_recipe_version_id")
     current_version = current.recipe_version_id or 0

@@ -118,13 +118,14 @@ def contract_create(
     ssh_public_key: str,
     idempotency_key: str,
     expected_price_cents: int | None = None,
+    expected_currency: str | None = None,
     expected_recipe_version_id: int | None = None,
 ) -> tuple[Contract, bool]:
     """Create a rental request, or return the one this idempotency key already created.
 
-    `expected_price_cents` and `expected_recipe_version_id` are what the tenant was shown; when
-    given, a rental is only created if the offering still matches them, so a provider's edit
-    between viewing and paying never changes what the tenant agreed to.
+    `expected_price_cents`, `expected_currency` and `expected_recipe_version_id` are what the
+    tenant was shown. When they are given, a rental is only created if the offering still
+    matches them, so a provider's edit between viewing and paying never changes the terms.
     """
     existing = Contract.objects.filter(tenant=tenant, idempotency_key=idempotency_key).first()
     if existing is not None:
@@ -157,6 +158,11 @@ def contract_create(
         raise ValidationError(
             f"The price of this offering changed from {expected_price_cents / 100:.2f} to "
             f"{offering.price_cents / 100:.2f} {offering.currency} per month; review it and confirm again."
+        )
+    if expected_currency and expected_currency.upper() != offering.currency:
+        raise ValidationError(
+            f"The currency of this offering changed from {expected_currency.upper()} to {offering.currency}, so it "
+            f"costs {offering.price_cents / 100:.2f} {offering.currency} per month now. Review it and confirm again."
         )
     if expected_recipe_version_id is not None and expected_recipe_version_id != (offering.recipe_version_id or 0):
         raise ValidationError("The recipe of this offering changed since you opened the page; review it and confirm again.")

@@ -430,7 +430,8 @@ def resource_list(
     Creates the offering bound to the resource, or updates and shows it again when the resource
     was listed before. Relisting never changes the stock, which rentals take and return. Raises
     ValidationError keyed by field for an invalid price, name, description or country, and when
-    the owner has no provider profile or the resource is not running. `country` is used only
+    the owner has no provider profile, the resource is not running or its cloud account's
+    credentials are invalid. `country` is used only
     when the resource's location reports none.
     """
     from marketplace.models import ProviderProfile
@@ -445,6 +446,13 @@ def resource_list(
     provider = ProviderProfile.objects.filter(user_id=resource.owner_id).first()
     if provider is None:
         raise ValidationError("Create your provider profile before you list a resource on the marketplace.")
+    account = resource.cloud_account
+    if not account.is_usable:
+        # Every rent of the listing would fail while the platform cannot reach the VM's cloud.
+        raise ValidationError(
+            f"Cloud account {account.label!r} has invalid credentials; replace its token on the Cloud accounts page, "
+            "then list the resource."
+        )
     _check_price(price_cents)
 
     offering = Offering.objects.select_for_update(of=("self",)).filter(resource=resource).first()

@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 from marketplace.models import ContractStatus, Offering, StockStatus, Visibility
 from marketplace.services import contracts as contract_services
 from provisioning.agent_services import agent_pool_create
-from provisioning.models import Backend, Resource, ResourceEvent, ResourceStatus
+from provisioning.models import Backend, CloudAccount, Resource, ResourceEvent, ResourceStatus, ValidationStatus
 from provisioning.resource_services import (
     ResourceInvalidTransition,
     ResourceRented,
@@ -194,6 +194,19 @@ def test_list_rejects_stopped_resource():
         list_resource(resource)
 
     assert "only a running resource can be listed" in " ".join(caught.value.messages)
+
+
+def test_list_rejects_invalid_cloud_account():
+    # Found by a review: the listing went public although every rent of it failed.
+    resource = make_resource(owner=make_provider().user)
+    CloudAccount.objects.filter(pk=resource.cloud_account_id).update(validation_status=ValidationStatus.INVALID)
+    resource.refresh_from_db()
+
+    with pytest.raises(ValidationError) as caught:
+        list_resource(resource)
+
+    assert "has invalid credentials" in " ".join(caught.value.messages)
+    assert not Offering.objects.filter(resource=resource).exists()
 
 
 def test_relist_reuses_offering():

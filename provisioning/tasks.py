@@ -173,8 +173,14 @@ def _hand_back_after_failure(task, contract: Contract) -> None:
         Contract.objects.filter(pk=contract.pk).update(last_error=f"Hand-back failed: {exc}"[:2000])
         if task.request.retries >= task.max_retries:
             # The stock stays taken, so no other tenant gets a VM that may still accept this tenant's key.
-            # NOTE: staff learn of it only from this log line and the contract's last_error.
             logger.error("Contract %s: hand-back after failure failed for good; stock stays taken: %s", contract.pk, exc)
+            from notifications.models import Event
+            from notifications.services import notify_contract_event
+
+            contract.refresh_from_db()
+            notify_contract_event(
+                event=Event.TERMINATION_FAILED, contract=contract, to_tenant=False, to_provider=True, to_staff=True
+            )
             return
         countdown = backoff_seconds(task.request.retries)
         logger.warning("Contract %s: hand-back after failure failed, retrying in %.1f s: %s", contract.pk, countdown, exc)

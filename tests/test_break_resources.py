@@ -7,6 +7,7 @@ deletion, and the listing's stock after a failed rental or a failed stop.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -19,6 +20,7 @@ from rest_framework.test import APIClient
 
 from marketplace.models import Contract, ContractStatus, Offering, StockStatus
 from marketplace.services import contracts as contract_services
+from notifications.models import Event, Notification
 from provisioning.models import Backend, CloudAccount, Resource, ResourceStatus
 from provisioning.resource_services import (
     listing_stock_return,
@@ -27,7 +29,9 @@ from provisioning.resource_services import (
     resource_mark_power_failed,
     resource_stop,
 )
-from tests.factories import make_cloud_account, make_provider, make_user, ssh_public_key
+from provisioning import pipeline
+from provisioning.tasks import cleanup_contract_servers_task
+from tests.factories import make_cloud_account, make_provider, make_superuser, make_user, ssh_public_key
 
 pytestmark = pytest.mark.django_db
 
@@ -269,3 +273,34 @@ def test_failed_stop_returns_stock():
     offering.refresh_from_db()
     assert resource.status == ResourceStatus.RUNNING
     assert offering.stock_status == StockStatus.IN_STOCK
+
+
+def test_hand_back_failing_for_good_alerts_staff():
+    # Found by a review: staff learned of a VM stuck with the tenant's key only from a log line.
+    staff = make_superuser(email="staff@example.com")
+    resource = make_resource(owner=make_provider().user)
+    hetzner = make_cloud_account(owner=resource.owner, backend=Backend.HETZNER)
+    Resource.objects.filter(pk=resource.pk).update(cloud_account=hetzner, backend=Backend.HETZNER)
+    resource.refresh_from_db()
+    pipeline._ensure_keys(resource)  # A provisioned resource has its platform key; the row made here does not.
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        closed_port = unused.getsockname()[1]
+    Resource.objects.filter(pk=resource.pk).update(ip_address="127.0.0.1", ssh_port=closed_port)
+    offering = list_resource_in(resource, "EUR")
+    tenant = make_user()
+    contract, _created = contract_services.contract_create(
+        tenant=tenant, offering=offering, ssh_public_key=ssh_public_key(), idempotency_key="rent-then-stuck"
+    )
+    contract_services.contract_pay(contract=contract, actor=tenant)
+    contract_services.contract_fail(contract_id=contract.pk, reason="Key hand-over failed over SSH.")
+
+    cleanup_contract_servers_task.apply(args=[contract.pk], retries=cleanup_contract_servers_task.max_retries)
+
+    alerts = Notification.objects.filter(event=Event.TERMINATION_FAILED, contract=contract)
+    offering.refresh_from_db()
+    assert alerts.filter(recipient=staff).exists()
+    assert alerts.filter(recipient=resource.owner).exists()
+    assert not alerts.filter(recipient=tenant).exists()
+    assert alerts.get(recipient=staff).subject == f"Hand-back of the VM of contract {contract.public_id} failed"
+    assert offering.stock_status == StockStatus.OUT_OF_STOCK

@@ -21,6 +21,7 @@ from rest_framework.test import APIClient
 from marketplace.models import Contract, ContractStatus, Offering, StockStatus
 from marketplace.services import contracts as contract_services
 from notifications.models import Event, Notification
+from provisioning import pipeline
 from provisioning.models import Backend, CloudAccount, Resource, ResourceStatus
 from provisioning.resource_services import (
     listing_stock_return,
@@ -29,9 +30,14 @@ from provisioning.resource_services import (
     resource_mark_power_failed,
     resource_stop,
 )
-from provisioning import pipeline
 from provisioning.tasks import cleanup_contract_servers_task
-from tests.factories import make_cloud_account, make_provider, make_superuser, make_user, ssh_public_key
+from tests.factories import (
+    make_cloud_account,
+    make_provider,
+    make_superuser,
+    make_user,
+    ssh_public_key,
+)
 
 pytestmark = pytest.mark.django_db
 

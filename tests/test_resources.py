@@ -15,7 +15,14 @@ from rest_framework.test import APIClient
 from marketplace.models import ContractStatus, Offering, StockStatus, Visibility
 from marketplace.services import contracts as contract_services
 from provisioning.agent_services import agent_pool_create
-from provisioning.models import Backend, CloudAccount, Resource, ResourceEvent, ResourceStatus, ValidationStatus
+from provisioning.models import (
+    Backend,
+    CloudAccount,
+    Resource,
+    ResourceEvent,
+    ResourceStatus,
+    ValidationStatus,
+)
 from provisioning.resource_services import (
     ResourceInvalidTransition,
     ResourceRented,

@@ -188,6 +188,25 @@ def test_heartbeat_rejects_non_object_capabilities(pool_with_agent):
     assert "capabilities" in response.json()
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("capabilities", {"provisioner": "proxmox", "images": ["debian\u0000-12"]}),
+        ("capabilities", {"provisioner": "proxmox", "bad\u0000key": 1}),
+        ("free_resources", {"notes": {"host": "rack\u0000"}}),
+    ],
+)
+def test_heartbeat_rejects_nul_in_json(pool_with_agent, field, value):
+    _pool, _offering, agent, credential = pool_with_agent
+    body = {"version": "1", "capabilities": {"provisioner": "proxmox"}, "free_resources": {}, field: value}
+
+    response = agent_client(credential).post(url("heartbeat"), body, format="json")
+
+    assert response.status_code == 400
+    assert "null character" in response.json()[field][0]
+    assert "\u0000" not in str(Agent.objects.get(pk=agent.pk).capabilities)
+
+
 # --- catalog --------------------------------------------------------------------------------
 
 
@@ -789,6 +808,17 @@ def test_health_report_invalid_field_400(pool_with_agent, field, value, message)
 
     assert response.status_code == 400
     assert message in response.json()["reports"]["0"][field][0]
+
+
+def test_health_report_naive_time_400(pool_with_agent):
+    contract, client = activate(pool_with_agent)
+    naive = timezone.now().replace(tzinfo=None).isoformat()
+
+    response = client.post(url("health"), {"reports": [health_report(contract.pk, checked_at=naive)]}, format="json")
+
+    assert response.status_code == 400
+    assert "has no timezone" in response.json()["reports"]["0"]["checked_at"][0]
+    assert not HealthCheck.objects.exists()
 
 
 def test_health_report_empty_batch_400(pool_with_agent):

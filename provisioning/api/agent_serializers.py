@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils import timezone
 from rest_framework import serializers
 
 from marketplace.models import ProvisioningStep
@@ -20,11 +21,25 @@ RECIPE_CHUNK_MAX_CHARS = 65536
 HEALTH_REPORTS_MAX = 500
 
 
+def _contains_nul(value) -> bool:
+    """Return whether a decoded JSON value has a NUL character in any key or string."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(item) for item in value)
+    return False
+
+
 def _bounded_object(value, field: str):
     if not isinstance(value, dict):
         raise serializers.ValidationError(f"{field} must be a JSON object.")
     if len(json.dumps(value)) > HEARTBEAT_JSON_MAX_CHARS:
         raise serializers.ValidationError(f"{field} is larger than {HEARTBEAT_JSON_MAX_CHARS} characters of JSON.")
+    # PostgreSQL's jsonb cannot store U+0000, so the update would fail with a server error.
+    if _contains_nul(value):
+        raise serializers.ValidationError(f"{field} contains a null character (U+0000); remove it.")
     return value
 
 
@@ -200,9 +215,20 @@ class ReconcileResponseSerializer(serializers.Serializer):
     decisions = ReconcileAnswerSerializer(many=True)
 
 
+class AwareDateTimeField(serializers.DateTimeField):
+    """A date and time that must carry a UTC offset; DRF would read a naive one in the server's time zone."""
+
+    def enforce_timezone(self, value):
+        if timezone.is_naive(value):
+            raise serializers.ValidationError(
+                f"{value.isoformat()} has no timezone; send an aware time, for example 2026-01-05T10:00:00Z."
+            )
+        return super().enforce_timezone(value)
+
+
 class HealthReportSerializer(serializers.Serializer):
     contract_id = serializers.IntegerField(min_value=1)
-    checked_at = serializers.DateTimeField(help_text="When the probe ran, with a timezone, for example 2026-01-05T10:00:00Z.")
+    checked_at = AwareDateTimeField(help_text="When the probe ran, with a timezone, for example 2026-01-05T10:00:00Z.")
     up = serializers.BooleanField(help_text="True when the SSH port accepted a TCP connection and the VM is running.")
     latency_ms = serializers.FloatField(
         min_value=0, max_value=600_000, allow_null=True, required=False, default=None,

@@ -18,6 +18,7 @@ from marketplace.selectors import catalog_offerings
 from marketplace.services import contracts as contract_services
 from provisioning import pipeline
 from provisioning.agent_services import agent_revoke, agent_setup_token_create, secret_hash
+from provisioning.health import health_rollups_update
 from provisioning.models import Agent, AgentSetupToken, Backend, HealthCheck, HealthSource
 from provisioning.pipeline import platform_private_key
 from provisioning.tasks import provision_contract_task
@@ -819,6 +820,23 @@ def test_health_report_naive_time_400(pool_with_agent):
     assert response.status_code == 400
     assert "has no timezone" in response.json()["reports"]["0"]["checked_at"][0]
     assert not HealthCheck.objects.exists()
+
+
+@pytest.mark.parametrize("checked_at", ["0001-01-01T00:00:00Z", "1970-01-01T00:00:00Z"])
+def test_health_report_ancient_time_rejected_per_item(pool_with_agent, checked_at):
+    contract, client = activate(pool_with_agent)
+    health_rollups_update()
+
+    response = client.post(
+        url("health"), {"reports": [health_report(contract.pk, checked_at=checked_at), health_report(contract.pk)]}, format="json"
+    )
+
+    assert response.status_code == 200
+    first, second = response.json()["results"]
+    assert first["accepted"] is False
+    assert "before the rental became active" in first["reason"]
+    assert second["accepted"] is True
+    assert HealthCheck.objects.filter(contract=contract).count() == 1
 
 
 def test_health_report_empty_batch_400(pool_with_agent):

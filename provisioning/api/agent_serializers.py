@@ -21,15 +21,20 @@ RECIPE_CHUNK_MAX_CHARS = 65536
 HEALTH_REPORTS_MAX = 500
 
 
-def _contains_nul(value) -> bool:
-    """Return whether a decoded JSON value has a NUL character in any key or string."""
+def _unstorable_character(value) -> str | None:
+    """Return the first NUL or lone surrogate character in any key or string of a decoded JSON value, or None.
+
+    PostgreSQL's jsonb rejects both, so storing such a value would fail with a server error.
+    """
     if isinstance(value, str):
-        return "\x00" in value
+        return next((char for char in value if char == "\x00" or "\ud800" <= char <= "\udfff"), None)
     if isinstance(value, dict):
-        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(item) for item in value)
-    return False
+        items = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    return next((char for item in items if (char := _unstorable_character(item)) is not None), None)
 
 
 def _bounded_object(value, field: str):
@@ -37,9 +42,10 @@ def _bounded_object(value, field: str):
         raise serializers.ValidationError(f"{field} must be a JSON object.")
     if len(json.dumps(value)) > HEARTBEAT_JSON_MAX_CHARS:
         raise serializers.ValidationError(f"{field} is larger than {HEARTBEAT_JSON_MAX_CHARS} characters of JSON.")
-    # PostgreSQL's jsonb cannot store U+0000, so the update would fail with a server error.
-    if _contains_nul(value):
-        raise serializers.ValidationError(f"{field} contains a null character (U+0000); remove it.")
+    char = _unstorable_character(value)
+    if char is not None:
+        name = "a null character" if char == "\x00" else "a lone surrogate character"
+        raise serializers.ValidationError(f"{field} contains {name} (U+{ord(char):04X}); remove it.")
     return value
 
 

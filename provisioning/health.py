@@ -56,7 +56,8 @@ def health_check_record(
             provider agent's report.
         up: whether a TCP connection to the server's SSH port was established.
         latency_ms: milliseconds until the connection was established, or None when down.
-        checked_at: when the probe ran, timezone-aware; at most `MAX_CLOCK_SKEW` in the future.
+        checked_at: when the probe ran, timezone-aware; at most `MAX_CLOCK_SKEW` after now
+            and at most `MAX_CLOCK_SKEW` before the contract's `activated_at`.
         hypervisor_state: the hypervisor's state of the VM as an agent reported it, for
             example "running"; cut to 64 characters.
         detail: the probe's error or a short note; cut to 500 characters.
@@ -68,13 +69,22 @@ def health_check_record(
     A check older than the newest one already counted is stored for uptime but leaves the
     streak alone.
 
+    A check with the same source and `checked_at` as a stored one is returned as it is, so a
+    report sent twice is stored and counted once.
+
     Raises `ValidationError`, keyed by argument name, for an unknown source, a naive or
-    future `checked_at`, or a negative or non-finite latency.
+    future `checked_at`, one from before the contract was activated, or a negative or
+    non-finite latency.
     """
-    _validate_check(source=source, latency_ms=latency_ms, checked_at=checked_at)
+    _validate_check(contract=contract, source=source, latency_ms=latency_ms, checked_at=checked_at)
     with transaction.atomic():
         HealthProbeState.objects.get_or_create(contract_id=contract.pk)
         state = HealthProbeState.objects.select_for_update().get(contract_id=contract.pk)
+        # A report sent again (for example after a lost response) must not count as a second failure.
+        duplicate = HealthCheck.objects.filter(contract_id=contract.pk, source=source, checked_at=checked_at).first()
+        if duplicate is not None:
+            logger.info("Contract %s: health check %s sent again; stored once", contract.pk, duplicate.pk)
+            return duplicate
         check = HealthCheck.objects.create(
             contract_id=contract.pk,
             checked_at=checked_at,
@@ -96,7 +106,7 @@ def health_check_record(
     return check
 
 
-def _validate_check(*, source: str, latency_ms: float | None, checked_at: datetime) -> None:
+def _validate_check(*, contract: Contract, source: str, latency_ms: float | None, checked_at: datetime) -> None:
     errors = {}
     if source not in HealthSource.values:
         errors["source"] = f"Unknown health check source {source!r}; use one of {', '.join(HealthSource.values)}."
@@ -105,6 +115,11 @@ def _validate_check(*, source: str, latency_ms: float | None, checked_at: dateti
     elif checked_at > timezone.now() + MAX_CLOCK_SKEW:
         errors["checked_at"] = (
             f"checked_at {checked_at.isoformat()} is in the future; check the reporting host's clock."
+        )
+    elif contract.activated_at is not None and checked_at < contract.activated_at - MAX_CLOCK_SKEW:
+        errors["checked_at"] = (
+            f"checked_at {checked_at.isoformat()} is before the rental became active at "
+            f"{contract.activated_at.isoformat()}; check the reporting host's clock."
         )
     if latency_ms is not None and (not math.isfinite(latency_ms) or latency_ms < 0):
         errors["latency_ms"] = f"latency_ms must be a finite number of 0 or more, not {latency_ms!r}."

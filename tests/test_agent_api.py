@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 
@@ -18,6 +19,7 @@ from marketplace.selectors import catalog_offerings
 from marketplace.services import contracts as contract_services
 from provisioning import pipeline
 from provisioning.agent_services import agent_revoke, agent_setup_token_create, secret_hash
+from provisioning.health import health_rollups_update
 from provisioning.models import Agent, AgentSetupToken, Backend, HealthCheck, HealthSource
 from provisioning.pipeline import platform_private_key
 from provisioning.tasks import provision_contract_task
@@ -186,6 +188,29 @@ def test_heartbeat_rejects_non_object_capabilities(pool_with_agent):
 
     assert response.status_code == 400
     assert "capabilities" in response.json()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("capabilities", {"provisioner": "proxmox", "images": ["debian\u0000-12"]}),
+        ("capabilities", {"provisioner": "proxmox", "bad\u0000key": 1}),
+        ("free_resources", {"notes": {"host": "rack\u0000"}}),
+        ("capabilities", {"provisioner": "proxmox", "images": ["\ud800"]}),
+        ("free_resources", {"\udc00": 1}),
+    ],
+)
+def test_heartbeat_rejects_unstorable_json_text(pool_with_agent, field, value):
+    _pool, _offering, agent, credential = pool_with_agent
+    body = {"version": "1", "capabilities": {"provisioner": "proxmox"}, "free_resources": {}, field: value}
+
+    # json.dumps writes the characters as \u escapes, which the test client's own encoder rejects for surrogates.
+    response = agent_client(credential).post(url("heartbeat"), json.dumps(body), content_type="application/json")
+
+    assert response.status_code == 400
+    assert "character (U+" in response.json()[field][0]
+    assert Agent.objects.get(pk=agent.pk).capabilities["provisioner"] == "proxmox"
+    assert Agent.objects.get(pk=agent.pk).free_resources == {"vcpu": 8}
 
 
 # --- catalog --------------------------------------------------------------------------------
@@ -789,6 +814,34 @@ def test_health_report_invalid_field_400(pool_with_agent, field, value, message)
 
     assert response.status_code == 400
     assert message in response.json()["reports"]["0"][field][0]
+
+
+def test_health_report_naive_time_400(pool_with_agent):
+    contract, client = activate(pool_with_agent)
+    naive = timezone.now().replace(tzinfo=None).isoformat()
+
+    response = client.post(url("health"), {"reports": [health_report(contract.pk, checked_at=naive)]}, format="json")
+
+    assert response.status_code == 400
+    assert "has no timezone" in response.json()["reports"]["0"]["checked_at"][0]
+    assert not HealthCheck.objects.exists()
+
+
+@pytest.mark.parametrize("checked_at", ["0001-01-01T00:00:00Z", "1970-01-01T00:00:00Z"])
+def test_health_report_ancient_time_rejected_per_item(pool_with_agent, checked_at):
+    contract, client = activate(pool_with_agent)
+    health_rollups_update()
+
+    response = client.post(
+        url("health"), {"reports": [health_report(contract.pk, checked_at=checked_at), health_report(contract.pk)]}, format="json"
+    )
+
+    assert response.status_code == 200
+    first, second = response.json()["results"]
+    assert first["accepted"] is False
+    assert "before the rental became active" in first["reason"]
+    assert second["accepted"] is True
+    assert HealthCheck.objects.filter(contract=contract).count() == 1
 
 
 def test_health_report_empty_batch_400(pool_with_agent):

@@ -530,7 +530,9 @@ VM_SCRIPT = textwrap.dedent(
         server_id = "vm-" + str(contract["id"])
         state[server_id] = {{"name": contract["name"], "vcpu": contract["vcpu"]}}
         print("created " + server_id, file=sys.stderr)
-        result = {{"server_id": server_id, "address": "192.0.2.7", "port": 2200, "host_public_key": {host_key!r}}}
+        # The image "named" makes the script answer with a host name, which the platform rejects.
+        address = "vm.example.internal" if contract["image"] == "named" else "192.0.2.7"
+        result = {{"server_id": server_id, "address": address, "port": 2200, "host_public_key": {host_key!r}}}
     elif action == "terminate":
         state.pop(contract.get("cloud_server_id") or "vm-" + str(contract["id"]), None)
         result = {{}}
@@ -550,14 +552,20 @@ VM_SCRIPT = textwrap.dedent(
 )
 
 
-def test_script_provisioner_lifecycle(live_server, tmp_path, agents):
+def write_vm_script(tmp_path: Path) -> tuple[Path, Path]:
+    """Write VM_SCRIPT as an executable; return it and the JSON file it keeps its VMs in."""
     from tests.factories import ssh_public_key
 
-    _provider, pool, offering = make_pool(provisioner_type="script")
     state = tmp_path / "vms.json"
     script = tmp_path / "vm-script"
     script.write_text(VM_SCRIPT.format(python=sys.executable, state=str(state), host_key=ssh_public_key("root@vm")))
     script.chmod(0o755)
+    return script, state
+
+
+def test_script_provisioner_lifecycle(live_server, tmp_path, agents):
+    _provider, pool, offering = make_pool(provisioner_type="script")
+    script, state = write_vm_script(tmp_path)
     settings = {"type": "script", "command": [str(script)], "images": ["ubuntu-24.04", "broken"]}
     config = set_up_agent(live_server, pool, tmp_path / "agent.json", settings, name="host-1")
     agent = agents(config)
@@ -586,6 +594,26 @@ def test_script_provisioner_lifecycle(live_server, tmp_path, agents):
     failing = make_contract(tenant=make_user(), offering=offering)
     wait_for(lambda: contract_status(failing.pk) == ContractStatus.FAILED, what="the rental to fail", log=agent.log)
     assert "no image broken here" in Contract.objects.get(pk=failing.pk).status_reason
+
+
+def test_rejected_vm_details_fail_rental(live_server, tmp_path, agents):
+    _provider, pool, offering = make_pool(provisioner_type="script")
+    offering.image = "named"
+    offering.save()
+    script, state = write_vm_script(tmp_path)
+    settings = {"type": "script", "command": [str(script)], "images": ["named"]}
+    config = set_up_agent(live_server, pool, tmp_path / "agent.json", settings, name="host-1")
+    agent = agents(config)
+    wait_for(lambda: offering in catalog_offerings(), what="the offering to be listed", log=agent.log)
+
+    contract = make_contract(tenant=make_user(), offering=offering)
+
+    wait_for(lambda: contract_status(contract.pk) == ContractStatus.FAILED, what="the rental to fail", log=agent.log)
+    contract.refresh_from_db()
+    assert "Enter a valid IPv4 or IPv6 address" in contract.status_reason
+    assert contract.cloud_server_id == f"vm-{contract.pk}"
+    # Reconciliation answers "terminate" for the failed rental's VM, and the grace period is 0 here.
+    wait_for(lambda: json.loads(state.read_text()) == {}, what="the VM to be deleted", log=agent.log)
 
 
 def test_agent_package_imports_no_django():

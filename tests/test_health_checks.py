@@ -142,6 +142,36 @@ def test_record_rejects_invalid_values(arguments, field):
 
 
 @pytest.mark.django_db
+def test_record_rejects_check_before_activation():
+    contract = _active_contract()
+    Contract.objects.filter(pk=contract.pk).update(activated_at=timezone.now() - timedelta(hours=1))
+    contract.refresh_from_db()
+
+    with pytest.raises(ValidationError) as raised:
+        _record(contract, up=True, at=timezone.now() - timedelta(days=20))
+
+    assert "before the rental became active" in raised.value.message_dict["checked_at"][0]
+    assert HealthCheck.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_duplicate_down_report_counted_once():
+    contract = _active_contract()
+    checked_at = timezone.now()
+
+    checks = [
+        health_check_record(contract=contract, source=HealthSource.AGENT, up=False, latency_ms=None, checked_at=checked_at)
+        for _ in range(3)
+    ]
+
+    state = HealthProbeState.objects.get(contract=contract)
+    assert len({check.pk for check in checks}) == 1
+    assert HealthCheck.objects.filter(contract=contract).count() == 1
+    assert state.consecutive_failures == 1
+    assert _health_notifications(contract, Event.HEALTH_CHECK_FAILING) == []
+
+
+@pytest.mark.django_db
 def test_failing_notified_once_then_recovered_once():
     contract = _active_contract()
     start = timezone.now() - timedelta(minutes=30)

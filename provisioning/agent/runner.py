@@ -22,6 +22,9 @@ from provisioning.agent.provisioners import Provisioner, ProvisionerError, VmRes
 
 logger = logging.getLogger(__name__)
 
+#: Longest server id the platform stores (`server_id` of the success and failure reports).
+SERVER_ID_MAX_LENGTH = 64
+
 
 class JobStopped(Exception):
     """The platform took the contract away (lease lost or cancelled); the job stops quietly."""
@@ -207,13 +210,26 @@ class AgentRunner:
             raise JobStopped(f"contract {contract_id} was taken away while its VM was created")
         if spec.get("recipe") and not self._run_recipe(spec, result, taken_away, progress):
             return
-        self.client.succeed(
-            contract_id,
-            server_id=result.server_id,
-            address=result.address,
-            port=result.port,
-            host_public_key=result.host_public_key,
-        )
+        try:
+            self.client.succeed(
+                contract_id,
+                server_id=result.server_id,
+                address=result.address,
+                port=result.port,
+                host_public_key=result.host_public_key,
+            )
+        except PlatformError as exc:
+            if exc.status != 400:
+                raise
+            # Invalid details would be rejected again on every try, so the rental fails instead of
+            # returning to the queue forever. The stored server id lets reconciliation delete the VM.
+            logger.error("Contract %s: the platform rejected VM %s: %s", contract_id, result.server_id, exc)
+            server_id = result.server_id if len(result.server_id) <= SERVER_ID_MAX_LENGTH else ""
+            self._report_failure(
+                contract_id,
+                ProvisionerError("provisioner_error", f"The platform rejected the VM's details: {exc}", server_id=server_id),
+            )
+            return
         self.health_reporter.remember(
             ServedVm(contract_id=contract_id, server_id=result.server_id, name=spec["name"], address=result.address, port=result.port)
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.utils import timezone
 from rest_framework import serializers
 
 from marketplace.models import ProvisioningStep
@@ -20,11 +21,31 @@ RECIPE_CHUNK_MAX_CHARS = 65536
 HEALTH_REPORTS_MAX = 500
 
 
+def _unstorable_character(value) -> str | None:
+    """Return the first NUL or lone surrogate character in any key or string of a decoded JSON value, or None.
+
+    PostgreSQL's jsonb rejects both, so storing such a value would fail with a server error.
+    """
+    if isinstance(value, str):
+        return next((char for char in value if char == "\x00" or "\ud800" <= char <= "\udfff"), None)
+    if isinstance(value, dict):
+        items = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    return next((char for item in items if (char := _unstorable_character(item)) is not None), None)
+
+
 def _bounded_object(value, field: str):
     if not isinstance(value, dict):
         raise serializers.ValidationError(f"{field} must be a JSON object.")
     if len(json.dumps(value)) > HEARTBEAT_JSON_MAX_CHARS:
         raise serializers.ValidationError(f"{field} is larger than {HEARTBEAT_JSON_MAX_CHARS} characters of JSON.")
+    char = _unstorable_character(value)
+    if char is not None:
+        name = "a null character" if char == "\x00" else "a lone surrogate character"
+        raise serializers.ValidationError(f"{field} contains {name} (U+{ord(char):04X}); remove it.")
     return value
 
 
@@ -200,9 +221,20 @@ class ReconcileResponseSerializer(serializers.Serializer):
     decisions = ReconcileAnswerSerializer(many=True)
 
 
+class AwareDateTimeField(serializers.DateTimeField):
+    """A date and time that must carry a UTC offset; DRF would read a naive one in the server's time zone."""
+
+    def enforce_timezone(self, value):
+        if timezone.is_naive(value):
+            raise serializers.ValidationError(
+                f"{value.isoformat()} has no timezone; send an aware time, for example 2026-01-05T10:00:00Z."
+            )
+        return super().enforce_timezone(value)
+
+
 class HealthReportSerializer(serializers.Serializer):
     contract_id = serializers.IntegerField(min_value=1)
-    checked_at = serializers.DateTimeField(help_text="When the probe ran, with a timezone, for example 2026-01-05T10:00:00Z.")
+    checked_at = AwareDateTimeField(help_text="When the probe ran, with a timezone, for example 2026-01-05T10:00:00Z.")
     up = serializers.BooleanField(help_text="True when the SSH port accepted a TCP connection and the VM is running.")
     latency_ms = serializers.FloatField(
         min_value=0, max_value=600_000, allow_null=True, required=False, default=None,

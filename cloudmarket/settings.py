@@ -193,6 +193,7 @@ CELERY_TASK_ROUTES = {
     "marketplace.tasks.*": {"queue": "periodic"},
     "billing.tasks.*": {"queue": "periodic"},
     "provisioning.tasks.resume_stalled_provisioning_task": {"queue": "periodic"},
+    "provisioning.tasks.agent_contracts_fail_overdue_task": {"queue": "periodic"},
     "provisioning.tasks.reconcile_cloud_accounts_task": {"queue": "periodic"},
     "billing.tasks.payouts_create_monthly_task": {"queue": "periodic"},
     "provisioning.tasks.health_probe_due_task": {"queue": "periodic"},
@@ -235,6 +236,11 @@ CELERY_BEAT_SCHEDULE = {
     },
     "reject-unanswered-rentals": {
         "task": "marketplace.tasks.reject_unanswered_rentals_task",
+        "schedule": crontab(minute="*/5"),
+        "options": {"expires": 290},
+    },
+    "fail-overdue-agent-rentals": {
+        "task": "provisioning.tasks.agent_contracts_fail_overdue_task",
         "schedule": crontab(minute="*/5"),
         "options": {"expires": 290},
     },
@@ -461,6 +467,9 @@ AGENT_SETUP_TOKEN_TTL_SECONDS = env.int("AGENT_SETUP_TOKEN_TTL_SECONDS", default
 AGENT_LEASE_SECONDS = env.int("AGENT_LEASE_SECONDS", default=300)
 # Retryable failures an agent may report for one contract before it is failed and refunded.
 AGENT_MAX_RETRIES = env.int("AGENT_MAX_RETRIES", default=5)
+# An accepted agent rental that no agent has finished this many seconds after it was accepted,
+# and that no agent holds a live lease on, is failed and refunded (the pool may be offline).
+AGENT_PROVISIONING_DEADLINE_SECONDS = env.int("AGENT_PROVISIONING_DEADLINE_SECONDS", default=3600)
 RECIPE_TIMEOUT_SECONDS = env.int("RECIPE_TIMEOUT_SECONDS", default=1800)
 RECIPE_MAX_OUTPUT_BYTES = env.int("RECIPE_MAX_OUTPUT_BYTES", default=1_000_000)
 # Most self-provisioned resources one user may have at a time; deleted ones do not count.

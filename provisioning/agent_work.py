@@ -15,10 +15,16 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
 from django.utils import timezone
 
-from marketplace.models import ENDED_STATUSES, Contract, ContractStatus, ProvisioningStep
+from marketplace.models import (
+    ENDED_STATUSES,
+    Contract,
+    ContractEvent,
+    ContractStatus,
+    ProvisioningStep,
+)
 from marketplace.services import contracts as contract_services
 from provisioning.health import health_check_record
 from provisioning.models import Agent, HealthSource
@@ -376,3 +382,44 @@ def agent_health_report(*, agent: Agent, reports: list[HealthReport]) -> list[He
 
 def _rejected(report: HealthReport, reason: str) -> HealthReportResult:
     return HealthReportResult(report.contract_id, False, None, reason)
+
+
+def agent_contracts_fail_overdue(*, now: datetime | None = None) -> list[int]:
+    """Fail and refund agent rentals not finished AGENT_PROVISIONING_DEADLINE_SECONDS after acceptance; return their ids.
+
+    Only contracts without a live agent lease count, so an agent still working (renewing its
+    lease) is never cut off; a pool whose agents are offline or keep crashing is. The agent that
+    later reconciles a VM it made for such a rental is told to delete it.
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.AGENT_PROVISIONING_DEADLINE_SECONDS)
+    accepted_at = (
+        ContractEvent.objects.filter(contract=OuterRef("pk"), to_status=ContractStatus.PROVISIONING)
+        .order_by("-created_at")
+        .values("created_at")[:1]
+    )
+    overdue = list(
+        Contract.objects.filter(backend="agent", status=ContractStatus.PROVISIONING)
+        .filter(Q(lease_owner="") | Q(lease_expires_at__lt=now))
+        .annotate(accepted_at=Subquery(accepted_at))
+        .filter(accepted_at__lt=cutoff)
+        .order_by("pk")
+        .values_list("pk", "lease_owner")[:200]
+    )
+    minutes = settings.AGENT_PROVISIONING_DEADLINE_SECONDS // 60
+    failed = []
+    for contract_id, lease_owner in overdue:
+        try:
+            # Passing the lease owner read above makes a claim made since then win over this.
+            contract_services.contract_fail(
+                contract_id=contract_id,
+                reason=f"No agent of the provider's pool set up the server within {minutes} minutes of acceptance, "
+                "so the rental was cancelled and refunded in full.",
+                lease_owner=lease_owner,
+            )
+        except contract_services.InvalidTransition as exc:
+            logger.info("Contract %s: overdue agent rental not failed: %s", contract_id, exc)
+            continue
+        logger.warning("Contract %s: failed after %s minutes without an agent finishing it", contract_id, minutes)
+        failed.append(contract_id)
+    return failed

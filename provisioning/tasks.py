@@ -253,6 +253,14 @@ def resume_stalled_provisioning_task() -> None:
         RESOURCE_TASKS[status].delay(resource_id)
 
 
+@shared_task(expires=290)
+def agent_contracts_fail_overdue_task() -> list[int]:
+    """Fail and refund agent rentals that no agent finished in time (see `agent_contracts_fail_overdue`)."""
+    from provisioning.agent_work import agent_contracts_fail_overdue
+
+    return agent_contracts_fail_overdue()
+
+
 @shared_task(expires=540)
 def reconcile_cloud_accounts_task() -> None:
     """Compare the servers at every cloud account with the contracts (see `provisioning.reconcile`)."""

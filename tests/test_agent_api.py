@@ -22,7 +22,7 @@ from provisioning.agent_services import agent_revoke, agent_setup_token_create, 
 from provisioning.health import health_rollups_update
 from provisioning.models import Agent, AgentSetupToken, Backend, HealthCheck, HealthSource
 from provisioning.pipeline import platform_private_key
-from provisioning.tasks import provision_contract_task
+from provisioning.tasks import agent_contracts_fail_overdue_task, provision_contract_task
 from recipes.models import RecipeLogChunk, RecipeRun, RecipeRunStatus
 from tests.agent_helpers import make_agent, make_pool
 from tests.factories import make_contract, make_recipe, make_user, ssh_public_key
@@ -869,3 +869,51 @@ def test_revoke_releases_leases(pool_with_agent):
     agent_revoke(agent=agent, actor=pool.cloud_account.owner)
 
     assert Contract.objects.get(pk=contract.pk).lease_owner == ""
+
+
+# --- rentals no agent finishes ----------------------------------------------------------------
+
+
+def _accepted_ago(contract: Contract, seconds: float) -> None:
+    contract.events.filter(to_status=ContractStatus.PROVISIONING).update(
+        created_at=timezone.now() - timedelta(seconds=seconds)
+    )
+
+
+def test_overdue_agent_rental_failed_and_refunded(pool_with_agent, settings):
+    # Found by a review: with the pool offline, a paid rental stayed in provisioning forever.
+    settings.AGENT_PROVISIONING_DEADLINE_SECONDS = 600
+    _pool, offering, agent, credential = pool_with_agent
+    overdue = make_contract(tenant=make_user(), offering=offering)
+    recent = make_contract(tenant=make_user(), offering=offering)
+    working = make_contract(tenant=make_user(), offering=offering)
+    agent_client(credential).post(url("claim", pk=working.pk))
+    for contract in (overdue, working):
+        _accepted_ago(contract, 601)
+    _accepted_ago(recent, 300)
+
+    failed = agent_contracts_fail_overdue_task.apply().get()
+
+    statuses = dict(Contract.objects.filter(pk__in=[overdue.pk, recent.pk, working.pk]).values_list("pk", "status"))
+    assert failed == [overdue.pk]
+    assert statuses == {
+        overdue.pk: ContractStatus.FAILED,
+        recent.pk: ContractStatus.PROVISIONING,
+        working.pk: ContractStatus.PROVISIONING,
+    }
+    assert "within 10 minutes of acceptance" in Contract.objects.get(pk=overdue.pk).status_reason
+    assert Refund.objects.filter(payment__contract=overdue).exists()
+
+
+def test_overdue_agent_rental_with_expired_lease_failed(pool_with_agent, settings):
+    settings.AGENT_PROVISIONING_DEADLINE_SECONDS = 600
+    _pool, offering, _agent, credential = pool_with_agent
+    contract = make_contract(tenant=make_user(), offering=offering)
+    agent_client(credential).post(url("claim", pk=contract.pk))
+    Contract.objects.filter(pk=contract.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    _accepted_ago(contract, 601)
+
+    failed = agent_contracts_fail_overdue_task.apply().get()
+
+    assert failed == [contract.pk]
+    assert Contract.objects.get(pk=contract.pk).status == ContractStatus.FAILED

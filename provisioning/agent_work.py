@@ -207,6 +207,17 @@ def agent_contract_progress(*, agent: Agent, contract_id: int, step: str = "") -
 
 
 @transaction.atomic
+def _server_id_owner(contract: Contract, server_id: str) -> Contract | None:
+    """Return another rental of the contract's pool, not ended, whose VM has `server_id`, or None."""
+    return (
+        Contract.objects.filter(cloud_account_id=contract.cloud_account_id, cloud_server_id=server_id)
+        .exclude(pk=contract.pk)
+        .exclude(status__in=ENDED_STATUSES)
+        .only("pk", "public_id")
+        .first()
+    )
+
+
 def agent_contract_succeed(
     *, agent: Agent, contract_id: int, server_id: str, address: str, port: int, host_public_key: str
 ) -> Contract:
@@ -218,6 +229,12 @@ def agent_contract_succeed(
 
     contract = _held(agent, contract_id, status=ContractStatus.PROVISIONING)
     check_recipe_succeeded(contract)
+    owner = _server_id_owner(contract, server_id)
+    if owner is not None:
+        raise ValidationError(
+            {"server_id": f"Server id {server_id!r} already belongs to rental {owner.public_id} in this pool; "
+             "report the id of the VM made for this rental."}
+        )
     Contract.objects.filter(pk=contract.pk).update(
         cloud_server_id=server_id,
         ip_address=address,
@@ -250,7 +267,9 @@ def agent_contract_fail(*, agent: Agent, contract_id: int, reason_code: str, mes
             raise Contract.DoesNotExist(f"Contract {contract_id} is not in agent pool {agent.pool_id}.")
         contract = _held(agent, contract_id, status=current.status)
         fields = {"last_error": text}
-        if server_id and not contract.cloud_server_id:
+        # A server id that another live rental uses is not stored, so deleting this rental's VM
+        # can never delete that one.
+        if server_id and not contract.cloud_server_id and _server_id_owner(contract, server_id[:64]) is None:
             fields["cloud_server_id"] = server_id[:64]
         Contract.objects.filter(pk=contract.pk).update(**fields)
         if reason in RETRYABLE_REASONS and contract.attempts < settings.AGENT_MAX_RETRIES:

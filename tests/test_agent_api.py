@@ -595,6 +595,32 @@ def test_success_invalid_host_key_400(pool_with_agent):
     assert Contract.objects.get(pk=contract.pk).status == ContractStatus.PROVISIONING
 
 
+def test_success_with_server_id_of_other_rental_400(pool_with_agent):
+    # Found by a review: two rentals could share one VM id, so deleting one deleted the other's VM.
+    _pool, offering, _agent, _credential = pool_with_agent
+    running = make_contract(tenant=make_user(), offering=offering)
+    Contract.objects.filter(pk=running.pk).update(status=ContractStatus.ACTIVE, cloud_server_id="vm-7")
+    contract, client, _agent = claimed(pool_with_agent)
+
+    response = client.post(
+        url("success", pk=contract.pk),
+        {"server_id": "vm-7", "address": "192.0.2.10", "port": 22, "host_public_key": ssh_public_key("root@vm")},
+        format="json",
+    )
+    failure = client.post(
+        url("failure", pk=contract.pk),
+        {"reason_code": "invalid_spec", "message": "The platform rejected the VM details.", "server_id": "vm-7"},
+        format="json",
+    )
+
+    contract.refresh_from_db()
+    assert response.status_code == 400
+    assert str(running.public_id) in response.json()["server_id"][0]
+    assert failure.status_code == 200
+    assert contract.status == ContractStatus.FAILED
+    assert contract.cloud_server_id == ""
+
+
 def test_retryable_failure_requeues_with_backoff(pool_with_agent):
     contract, client, _agent = claimed(pool_with_agent)
 

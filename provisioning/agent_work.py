@@ -101,6 +101,8 @@ class HealthReportResult:
     accepted: bool
     health_check_id: int | None
     reason: str
+    # True when later reports for this contract would be rejected too (unknown or not active).
+    stop_reporting: bool = False
 
 
 def _provisioner_matches(agent: Agent) -> bool:
@@ -368,11 +370,17 @@ def agent_health_report(*, agent: Agent, reports: list[HealthReport]) -> list[He
     for report in reports:
         contract = contracts.get(report.contract_id)
         if contract is None:
-            results.append(_rejected(report, f"No contract of agent pool {agent.pool_id} has id {report.contract_id}."))
+            results.append(
+                _rejected(report, f"No contract of agent pool {agent.pool_id} has id {report.contract_id}.", stop=True)
+            )
             continue
         if contract.status != ContractStatus.ACTIVE:
             results.append(
-                _rejected(report, f"Contract {contract.pk} is {contract.status}; health reports are stored for active contracts only.")
+                _rejected(
+                    report,
+                    f"Contract {contract.pk} is {contract.status}; health reports are stored for active contracts only.",
+                    stop=True,
+                )
             )
             continue
         try:
@@ -399,8 +407,8 @@ def agent_health_report(*, agent: Agent, reports: list[HealthReport]) -> list[He
     return results
 
 
-def _rejected(report: HealthReport, reason: str) -> HealthReportResult:
-    return HealthReportResult(report.contract_id, False, None, reason)
+def _rejected(report: HealthReport, reason: str, *, stop: bool = False) -> HealthReportResult:
+    return HealthReportResult(report.contract_id, False, None, reason, stop_reporting=stop)
 
 
 def agent_contracts_fail_overdue(*, now: datetime | None = None) -> list[int]:

@@ -783,7 +783,9 @@ def test_health_report_stored_as_agent_check(pool_with_agent):
 
     assert response.status_code == 200
     check = HealthCheck.objects.get(contract=contract)
-    assert response.json()["results"] == [{"contract_id": contract.pk, "accepted": True, "health_check_id": check.pk, "reason": ""}]
+    assert response.json()["results"] == [
+        {"contract_id": contract.pk, "accepted": True, "health_check_id": check.pk, "reason": "", "stop_reporting": False}
+    ]
     assert check.source == HealthSource.AGENT
     assert check.hypervisor_state == "running"
     assert check.latency_ms == 2.5
@@ -818,8 +820,20 @@ def test_health_report_future_time_rejected_per_item(pool_with_agent):
     first, second = response.json()["results"]
     assert first["accepted"] is False
     assert "is in the future" in first["reason"]
+    # Found by a review: the agent stopped probing a VM after one report with a bad time.
+    assert first["stop_reporting"] is False
     assert second["accepted"] is True
     assert HealthCheck.objects.filter(contract=contract).count() == 1
+
+
+def test_health_report_for_unknown_contract_stops_reporting(pool_with_agent):
+    _contract, client = activate(pool_with_agent)
+
+    response = client.post(url("health"), {"reports": [health_report(987654)]}, format="json")
+
+    result = response.json()["results"][0]
+    assert result["accepted"] is False
+    assert result["stop_reporting"] is True
 
 
 @pytest.mark.parametrize(

@@ -101,6 +101,8 @@ class HealthReportResult:
     accepted: bool
     health_check_id: int | None
     reason: str
+    # True when later reports for this contract would be rejected too (unknown or not active).
+    stop_reporting: bool = False
 
 
 def _provisioner_matches(agent: Agent) -> bool:
@@ -207,6 +209,17 @@ def agent_contract_progress(*, agent: Agent, contract_id: int, step: str = "") -
 
 
 @transaction.atomic
+def _server_id_owner(contract: Contract, server_id: str) -> Contract | None:
+    """Return another rental of the contract's pool, not ended, whose VM has `server_id`, or None."""
+    return (
+        Contract.objects.filter(cloud_account_id=contract.cloud_account_id, cloud_server_id=server_id)
+        .exclude(pk=contract.pk)
+        .exclude(status__in=ENDED_STATUSES)
+        .only("pk", "public_id")
+        .first()
+    )
+
+
 def agent_contract_succeed(
     *, agent: Agent, contract_id: int, server_id: str, address: str, port: int, host_public_key: str
 ) -> Contract:
@@ -218,6 +231,12 @@ def agent_contract_succeed(
 
     contract = _held(agent, contract_id, status=ContractStatus.PROVISIONING)
     check_recipe_succeeded(contract)
+    owner = _server_id_owner(contract, server_id)
+    if owner is not None:
+        raise ValidationError(
+            {"server_id": f"Server id {server_id!r} already belongs to rental {owner.public_id} in this pool; "
+             "report the id of the VM made for this rental."}
+        )
     Contract.objects.filter(pk=contract.pk).update(
         cloud_server_id=server_id,
         ip_address=address,
@@ -250,7 +269,9 @@ def agent_contract_fail(*, agent: Agent, contract_id: int, reason_code: str, mes
             raise Contract.DoesNotExist(f"Contract {contract_id} is not in agent pool {agent.pool_id}.")
         contract = _held(agent, contract_id, status=current.status)
         fields = {"last_error": text}
-        if server_id and not contract.cloud_server_id:
+        # A server id that another live rental uses is not stored, so deleting this rental's VM
+        # can never delete that one.
+        if server_id and not contract.cloud_server_id and _server_id_owner(contract, server_id[:64]) is None:
             fields["cloud_server_id"] = server_id[:64]
         Contract.objects.filter(pk=contract.pk).update(**fields)
         if reason in RETRYABLE_REASONS and contract.attempts < settings.AGENT_MAX_RETRIES:
@@ -349,11 +370,17 @@ def agent_health_report(*, agent: Agent, reports: list[HealthReport]) -> list[He
     for report in reports:
         contract = contracts.get(report.contract_id)
         if contract is None:
-            results.append(_rejected(report, f"No contract of agent pool {agent.pool_id} has id {report.contract_id}."))
+            results.append(
+                _rejected(report, f"No contract of agent pool {agent.pool_id} has id {report.contract_id}.", stop=True)
+            )
             continue
         if contract.status != ContractStatus.ACTIVE:
             results.append(
-                _rejected(report, f"Contract {contract.pk} is {contract.status}; health reports are stored for active contracts only.")
+                _rejected(
+                    report,
+                    f"Contract {contract.pk} is {contract.status}; health reports are stored for active contracts only.",
+                    stop=True,
+                )
             )
             continue
         try:
@@ -380,8 +407,8 @@ def agent_health_report(*, agent: Agent, reports: list[HealthReport]) -> list[He
     return results
 
 
-def _rejected(report: HealthReport, reason: str) -> HealthReportResult:
-    return HealthReportResult(report.contract_id, False, None, reason)
+def _rejected(report: HealthReport, reason: str, *, stop: bool = False) -> HealthReportResult:
+    return HealthReportResult(report.contract_id, False, None, reason, stop_reporting=stop)
 
 
 def agent_contracts_fail_overdue(*, now: datetime | None = None) -> list[int]:

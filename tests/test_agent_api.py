@@ -595,6 +595,32 @@ def test_success_invalid_host_key_400(pool_with_agent):
     assert Contract.objects.get(pk=contract.pk).status == ContractStatus.PROVISIONING
 
 
+def test_success_with_server_id_of_other_rental_400(pool_with_agent):
+    # Found by a review: two rentals could share one VM id, so deleting one deleted the other's VM.
+    _pool, offering, _agent, _credential = pool_with_agent
+    running = make_contract(tenant=make_user(), offering=offering)
+    Contract.objects.filter(pk=running.pk).update(status=ContractStatus.ACTIVE, cloud_server_id="vm-7")
+    contract, client, _agent = claimed(pool_with_agent)
+
+    response = client.post(
+        url("success", pk=contract.pk),
+        {"server_id": "vm-7", "address": "192.0.2.10", "port": 22, "host_public_key": ssh_public_key("root@vm")},
+        format="json",
+    )
+    failure = client.post(
+        url("failure", pk=contract.pk),
+        {"reason_code": "invalid_spec", "message": "The platform rejected the VM details.", "server_id": "vm-7"},
+        format="json",
+    )
+
+    contract.refresh_from_db()
+    assert response.status_code == 400
+    assert str(running.public_id) in response.json()["server_id"][0]
+    assert failure.status_code == 200
+    assert contract.status == ContractStatus.FAILED
+    assert contract.cloud_server_id == ""
+
+
 def test_retryable_failure_requeues_with_backoff(pool_with_agent):
     contract, client, _agent = claimed(pool_with_agent)
 
@@ -757,7 +783,9 @@ def test_health_report_stored_as_agent_check(pool_with_agent):
 
     assert response.status_code == 200
     check = HealthCheck.objects.get(contract=contract)
-    assert response.json()["results"] == [{"contract_id": contract.pk, "accepted": True, "health_check_id": check.pk, "reason": ""}]
+    assert response.json()["results"] == [
+        {"contract_id": contract.pk, "accepted": True, "health_check_id": check.pk, "reason": "", "stop_reporting": False}
+    ]
     assert check.source == HealthSource.AGENT
     assert check.hypervisor_state == "running"
     assert check.latency_ms == 2.5
@@ -792,8 +820,20 @@ def test_health_report_future_time_rejected_per_item(pool_with_agent):
     first, second = response.json()["results"]
     assert first["accepted"] is False
     assert "is in the future" in first["reason"]
+    # Found by a review: the agent stopped probing a VM after one report with a bad time.
+    assert first["stop_reporting"] is False
     assert second["accepted"] is True
     assert HealthCheck.objects.filter(contract=contract).count() == 1
+
+
+def test_health_report_for_unknown_contract_stops_reporting(pool_with_agent):
+    _contract, client = activate(pool_with_agent)
+
+    response = client.post(url("health"), {"reports": [health_report(987654)]}, format="json")
+
+    result = response.json()["results"][0]
+    assert result["accepted"] is False
+    assert result["stop_reporting"] is True
 
 
 @pytest.mark.parametrize(

@@ -87,8 +87,9 @@ class HealthReporter:
     def report(self) -> int:
         """Probe every served VM, send the reports, and return how many the platform accepted.
 
-        Raises `PlatformError` when sending fails; reports the platform rejects are logged and
-        their contracts forgotten, because the platform no longer counts them as active here.
+        Raises `PlatformError` when sending fails. Rejected reports are logged; their contracts are
+        forgotten when the platform says to stop reporting (the contract is unknown or no longer
+        active), and probed again next time otherwise.
         """
         served = self.served()
         if not served:
@@ -102,7 +103,9 @@ class HealthReporter:
                     accepted += 1
                     continue
                 logger.warning("Contract %s: health report rejected: %s", result["contract_id"], result["reason"])
-                self.forget(result["contract_id"])
+                # A report rejected for its own values (a clock far off, say) does not end the probing.
+                if result.get("stop_reporting", True):
+                    self.forget(result["contract_id"])
         down = sum(not report["up"] for report in reports)
         logger.info("Sent %s health reports (%s down, %s accepted)", len(reports), down, accepted)
         return accepted

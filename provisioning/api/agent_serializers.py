@@ -273,6 +273,10 @@ class HealthReportResultSerializer(serializers.Serializer):
     accepted = serializers.BooleanField()
     health_check_id = serializers.IntegerField(allow_null=True)
     reason = serializers.CharField(help_text="Why the report was rejected; empty when it was accepted.")
+    stop_reporting = serializers.BooleanField(
+        help_text="True when reports for this contract will keep being rejected (unknown or no longer active "
+        "contract): stop probing its VM. False for a report rejected for its own values, such as a bad time."
+    )
 
 
 class HealthReportsResponseSerializer(serializers.Serializer):

@@ -208,7 +208,6 @@ def agent_contract_progress(*, agent: Agent, contract_id: int, step: str = "") -
     return contract
 
 
-@transaction.atomic
 def _server_id_owner(contract: Contract, server_id: str) -> Contract | None:
     """Return another rental of the contract's pool, not ended, whose VM has `server_id`, or None."""
     return (
@@ -220,6 +219,7 @@ def _server_id_owner(contract: Contract, server_id: str) -> Contract | None:
     )
 
 
+@transaction.atomic
 def agent_contract_succeed(
     *, agent: Agent, contract_id: int, server_id: str, address: str, port: int, host_public_key: str
 ) -> Contract:

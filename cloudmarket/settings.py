@@ -460,7 +460,7 @@ SANDBOX_BOOT_SECONDS = env.float("SANDBOX_BOOT_SECONDS", default=4.0)
 # Simulated duration of the Sandbox's SSH and recipe steps.
 SANDBOX_STEP_SECONDS = env.float("SANDBOX_STEP_SECONDS", default=2.0)
 # Provider agents. Offerings of an agent pool leave the catalog when no agent of the pool sent
-# a heartbeat for this many seconds; agents send one every 30 seconds by default.
+# a heartbeat for this many seconds. Agents send one every 30 seconds by default.
 AGENT_OFFLINE_AFTER_SECONDS = env.int("AGENT_OFFLINE_AFTER_SECONDS", default=180)
 AGENT_SETUP_TOKEN_TTL_SECONDS = env.int("AGENT_SETUP_TOKEN_TTL_SECONDS", default=86400)
 # An agent's lease on a contract; the agent renews it with every progress report.

@@ -21,6 +21,6 @@ urlpatterns = [
     # Browsers ask for /favicon.ico whatever the page links; the icon is an SVG in static files.
     path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("", include("marketplace.urls")),
-    # Last: an /api/ path no route above matched answers with JSON, as API clients expect.
+    # Last: an /api/ path that no route above matched returns a JSON 404, as API clients expect.
     re_path(r"^api/", api_not_found),
 ]

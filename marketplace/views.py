@@ -401,7 +401,7 @@ def rental_detail(request: HttpRequest, public_id) -> HttpResponse:
 
 
 def _card_past_due(contract: Contract) -> bool:
-    """Whether Stripe reports the running rental's subscription as past due (a renewal payment failed)."""
+    """Return whether Stripe reports the running rental's subscription as past due (a renewal payment failed)."""
     if not contract.pays_by_card or contract.is_ended:
         return False
     subscription = Subscription.objects.filter(contract=contract).only("status").first()

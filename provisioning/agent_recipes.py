@@ -172,7 +172,7 @@ def agent_recipe_run_finish(
 def check_recipe_succeeded(contract: Contract) -> None:
     """Raise `LeaseNotHeld` unless the contract has no recipe or its newest run succeeded.
 
-    An agent reports success only after the recipe succeeded, so a tenant never sees "active" before that.
+    An agent reports success only after the recipe succeeded, so a rental is never active before that.
     """
     if not contract.recipe_script.strip():
         return

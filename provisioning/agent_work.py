@@ -27,7 +27,7 @@ from marketplace.models import (
 )
 from marketplace.services import contracts as contract_services
 from provisioning.health import health_check_record
-from provisioning.models import Agent, HealthSource
+from provisioning.models import Agent, Backend, HealthSource
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class LeaseNotHeld(Exception):
 
 
 class ClaimRejected(Exception):
-    """The contract is not pending for this agent, or another agent holds it."""
+    """The contract is not pending for this agent, or another agent has its lease."""
 
 
 class ReconcileDecision(models.TextChoices):
@@ -139,7 +139,7 @@ def agent_contract_claim(*, agent: Agent, contract_id: int) -> Contract:
     """Take the lease on a pending contract of the agent's pool with one conditional UPDATE.
 
     Raises `Contract.DoesNotExist` when the contract is not in the agent's pool and
-    `ClaimRejected` when it is not pending or another agent holds it. A contract with a recipe
+    `ClaimRejected` when it is not pending or another agent has its lease. A contract with a recipe
     gets its platform key pair here, so the agent can put the public key on the VM.
     """
     Contract.objects.only("pk").get(pk=contract_id, cloud_account_id=agent.pool.cloud_account_id)
@@ -165,7 +165,7 @@ def agent_contract_claim(*, agent: Agent, contract_id: int) -> Contract:
         )
     )
     if not claimed:
-        raise ClaimRejected(f"Contract {contract_id} is not waiting for an agent, or another agent holds it.")
+        raise ClaimRejected(f"Contract {contract_id} is not waiting for an agent, or another agent has its lease.")
     contract = Contract.objects.get(pk=contract_id)
     logger.info("Contract %s: claimed by agent %s for %s (try %s)", contract_id, agent.pk, contract.status, contract.attempts)
     if contract.status == ContractStatus.PROVISIONING and contract.recipe_script.strip():
@@ -414,8 +414,8 @@ def _rejected(report: HealthReport, reason: str, *, stop: bool = False) -> Healt
 def agent_contracts_fail_overdue(*, now: datetime | None = None) -> list[int]:
     """Fail and refund agent rentals not finished AGENT_PROVISIONING_DEADLINE_SECONDS after acceptance; return their ids.
 
-    Only contracts without a live agent lease count, so an agent still working (renewing its
-    lease) is never cut off; a pool whose agents are offline or keep crashing is. The agent that
+    Only contracts without a live agent lease count, so an agent that keeps renewing its lease is
+    never cut off. A pool whose agents are offline or keep crashing is. The agent that
     later reconciles a VM it made for such a rental is told to delete it.
     """
     now = now or timezone.now()
@@ -426,7 +426,7 @@ def agent_contracts_fail_overdue(*, now: datetime | None = None) -> list[int]:
         .values("created_at")[:1]
     )
     overdue = list(
-        Contract.objects.filter(backend="agent", status=ContractStatus.PROVISIONING)
+        Contract.objects.filter(backend=Backend.AGENT, status=ContractStatus.PROVISIONING)
         .filter(Q(lease_owner="") | Q(lease_expires_at__lt=now))
         .annotate(accepted_at=Subquery(accepted_at))
         .filter(accepted_at__lt=cutoff)

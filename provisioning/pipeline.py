@@ -32,7 +32,7 @@ from provisioning.encrypted_fields import (
     RESOURCE_PLATFORM_KEY,
     EncryptedField,
 )
-from provisioning.models import Resource, ResourceStatus
+from provisioning.models import Backend, Resource, ResourceStatus
 from recipes.models import RecipeLogChunk, RecipeRun, RecipeRunStatus
 
 logger = logging.getLogger(__name__)
@@ -415,7 +415,7 @@ def recipe_ssh_failure_message(error: str) -> str:
     return f"The recipe run failed over SSH: {error}"
 
 
-#: Why a recipe run still marked running was failed when the recipe started again.
+#: The error of a recipe run still marked running that was failed because the recipe started again.
 RECIPE_RUN_INTERRUPTED = "The run was interrupted because its worker stopped; the recipe was started again."
 
 
@@ -557,7 +557,7 @@ def stalled_contract_ids(*, now=None) -> tuple[list[int], list[int]]:
     not_waiting = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lt=quiet)
     free = (Q(lease_owner="", updated_at__lt=quiet) & not_waiting) | Q(lease_expires_at__lt=now)
     # Agent pools' contracts wait in their pool's queue for an agent, not for a platform worker.
-    workers = Contract.objects.filter(free).exclude(backend="agent")
+    workers = Contract.objects.filter(free).exclude(backend=Backend.AGENT)
     provisioning = list(workers.filter(status=ContractStatus.PROVISIONING).values_list("pk", flat=True)[:500])
     terminating = list(workers.filter(status=ContractStatus.TERMINATING).values_list("pk", flat=True)[:500])
     return provisioning, terminating

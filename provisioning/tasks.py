@@ -102,7 +102,7 @@ def _provision(task, *, lease: pipeline.Lease, run, fail) -> None:
 
 
 def _served_by_agents(contract_id: int) -> bool:
-    """Whether the contract belongs to an agent pool, whose agents provision and delete its VM."""
+    """Return whether the contract belongs to an agent pool, so that its agents and not platform workers handle its VM."""
     from provisioning.models import Backend
 
     backend = Contract.objects.filter(pk=contract_id).values_list("backend", flat=True).first()

@@ -530,7 +530,7 @@ VM_SCRIPT = textwrap.dedent(
         server_id = "vm-" + str(contract["id"])
         state[server_id] = {{"name": contract["name"], "vcpu": contract["vcpu"]}}
         print("created " + server_id, file=sys.stderr)
-        # The image "named" makes the script answer with a host name, which the platform rejects.
+        # The image "named" makes the script return a host name, which the platform rejects.
         address = "vm.example.internal" if contract["image"] == "named" else "192.0.2.7"
         result = {{"server_id": server_id, "address": address, "port": 2200, "host_public_key": {host_key!r}}}
     elif action == "terminate":
@@ -579,7 +579,7 @@ def test_script_provisioner_lifecycle(live_server, tmp_path, agents):
     assert contract.ssh_port == 2200
     assert json.loads(state.read_text())[f"vm-{contract.pk}"]["vcpu"] == contract.vcpu
     wait_for(lambda: Agent.objects.get(pool=pool).free_resources.get("vcpu") == 7, what="a heartbeat with free resources")
-    # The script's "state" answer counts: 192.0.2.7 is unreachable, so the report is down but says running.
+    # The script's "state" result counts: 192.0.2.7 is unreachable, so the report is down with state "running".
     check = wait_for(lambda: HealthCheck.objects.filter(contract=contract).first(), what="a health report", log=agent.log)
     assert check.source == HealthSource.AGENT
     assert check.hypervisor_state == "running"
@@ -612,7 +612,7 @@ def test_rejected_vm_details_fail_rental(live_server, tmp_path, agents):
     contract.refresh_from_db()
     assert "Enter a valid IPv4 or IPv6 address" in contract.status_reason
     assert contract.cloud_server_id == f"vm-{contract.pk}"
-    # Reconciliation answers "terminate" for the failed rental's VM, and the grace period is 0 here.
+    # Reconciliation returns "terminate" for the failed rental's VM, and the grace period is 0 here.
     wait_for(lambda: json.loads(state.read_text()) == {}, what="the VM to be deleted", log=agent.log)
 
 

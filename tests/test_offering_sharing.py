@@ -303,7 +303,7 @@ def test_api_visibility_endpoint_sets_allowlist(provider):
 
 
 def test_api_edit_with_allowlist_is_400(provider):
-    # Found by a review: the allowlist sent with an edit was dropped, so the offering was shared with nobody.
+    # Found by a review: the allowlist sent with an edit was dropped, so the shared offering had an empty allowlist.
     make_offering(provider=provider, slug="popular")
     client = api_client(provider.user)
 

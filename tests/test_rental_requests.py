@@ -294,7 +294,7 @@ def test_api_tenant_sees_deadline(offering, tenant):
 
 
 def test_api_can_accept_only_for_provider(provider, offering, tenant):
-    # Found by a review: the tenant's view of a paid request said can_accept true.
+    # Found by a review: the tenant's view of a paid request returned can_accept true.
     contract = make_contract(tenant=tenant, offering=offering)
     url = f"/api/v1/rentals/{contract.public_id}/"
 

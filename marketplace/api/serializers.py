@@ -126,7 +126,7 @@ class ProviderOfferingSerializer(serializers.ModelSerializer):
         return fields
 
     def validate(self, attrs):
-        # The allowlist is not an offering field; accepting it silently left shared offerings shared with nobody.
+        # The allowlist is not an offering field. Ignoring it left a shared offering with an empty allowlist.
         if hasattr(self.initial_data, "get") and "allowlist" in self.initial_data:
             raise serializers.ValidationError(
                 {"allowlist": "Set the allowlist with PATCH /api/v1/provider/offerings/<slug>/visibility/ after saving."}

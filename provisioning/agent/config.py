@@ -19,7 +19,7 @@ class ConfigError(Exception):
 
 @dataclass
 class AgentConfig:
-    """What the agent needs to run. `provisioner` contains the provisioner's own settings and its `type`."""
+    """The agent's settings. `provisioner` contains the provisioner's own settings and its `type`."""
 
     platform_url: str
     credential: str = ""

@@ -88,7 +88,7 @@ class HealthReporter:
         """Probe every served VM, send the reports, and return how many the platform accepted.
 
         Raises `PlatformError` when sending fails. Rejected reports are logged; their contracts are
-        forgotten when the platform says to stop reporting (the contract is unknown or no longer
+        forgotten when the platform returns `stop_reporting` (the contract is unknown or no longer
         active), and probed again next time otherwise.
         """
         served = self.served()

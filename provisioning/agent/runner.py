@@ -22,7 +22,7 @@ from provisioning.agent.provisioners import Provisioner, ProvisionerError, VmRes
 
 logger = logging.getLogger(__name__)
 
-#: Longest server id the platform stores (`server_id` of the success and failure reports).
+#: Maximum length of a server id the platform stores (`server_id` of the success and failure reports).
 SERVER_ID_MAX_LENGTH = 64
 
 

@@ -113,7 +113,7 @@ class RecipeSpecSerializer(serializers.Serializer):
 
 
 class ContractSpecSerializer(serializers.Serializer):
-    """What the agent needs to create or delete one contract's VM."""
+    """The data an agent needs to create or delete one contract's VM."""
 
     id = serializers.IntegerField()
     public_id = serializers.UUIDField()

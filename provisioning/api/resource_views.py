@@ -49,7 +49,7 @@ CONFLICT = {409: OpenApiResponse(ErrorSerializer, description="The resource's st
     ),
     destroy=extend_schema(
         summary="Delete a resource",
-        description="Starts deleting the server (status `deleting`). While the resource is rented the answer is 409.",
+        description="Starts deleting the server (status `deleting`). While the resource is rented the response is 409.",
         responses={202: ResourceSerializer, **CONFLICT, **ERROR_RESPONSES},
     ),
 )
@@ -113,7 +113,7 @@ class ResourceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.C
 
     @extend_schema(
         summary="Stop a running resource",
-        description="Powers the server off. While the resource is rented the answer is 409.",
+        description="Powers the server off. While the resource is rented the response is 409.",
         request=None,
         responses={202: ResourceSerializer, **CONFLICT, **ERROR_RESPONSES},
     )

@@ -191,7 +191,7 @@ class ResourceSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_offering(self, resource) -> str | None:
-        """The slug of the resource's offering while it is listed, else null."""
+        """Return the slug of the resource's offering while it is listed, else None."""
         listing = getattr(resource, "listing", None)
         if listing is None or listing.visibility != "public":
             return None

@@ -5,7 +5,7 @@ template named by the contract's image, sets size and cloud-init, grows the boot
 the VM. Then it reads the address from the QEMU guest agent and installs a freshly generated SSH
 host key through the guest agent. The VM id is derived from the contract id (`vmid_min + id % span`), so a retry
 after a crash finds the VM the earlier try cloned, and its name `cm-<deployment>-<contract id>`
-tells the agent which contract a VM belongs to.
+identifies the contract a VM belongs to.
 
 Settings (the `provisioner` object of the configuration): `api_url`, `token_id`
 (USER@REALM!NAME), `token_secret`, `node`, and optionally `verify_tls` (true), `vmid_min` and
